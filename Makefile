@@ -1,0 +1,37 @@
+# Two commands: `make figures` and `make test`. Both create .venv and install everything first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CORES  ?= 2
+TARGET ?=
+
+.PHONY: setup figures test slurm-test benchmarks lint clean-figures
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import delay_stability, torch, torchvision, snakemake"
+	touch $(STAMP)
+
+# Builds the default target (`rule all`: every figure at the current scale, `quick` by default).
+figures: setup
+	$(BIN)/snakemake --cores $(CORES) $(TARGET)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+# A one-node SLURM cluster on this machine, then a quick target through workflow/profiles/slurm.
+slurm-test: setup
+	bash tests/slurm/run.sh
+
+benchmarks: setup
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+lint: setup
+	$(BIN)/snakemake --lint
+
+clean-figures:
+	rm -rf figures/*.pdf figures/*.png

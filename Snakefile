@@ -1,0 +1,16 @@
+# delay-stability: the figures of "At Stability's Edge" (ICLR 2020) and "Asynchrony begets Momentum".
+#   snakemake --cores 2                       every figure at the configured scale (quick by default)
+#   snakemake --cores 2 figures/fig6.pdf      one figure
+#   snakemake --config scale=paper -n         what the paper scale would run (GPU; see README)
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/theory.smk"
+
+
+rule all:
+    input:
+        ALL_TARGETS,
+    default_target: True

@@ -1,0 +1,14 @@
+"""delay-stability: the stability of asynchronous (delayed) SGD, exactly.
+
+Modules
+-------
+theory     characteristic equations of delayed SGD and their stability edges (exact)
+asgd       DelayedSGD, a drop-in torch.optim.Optimizer that applies stale updates
+sharpness  the top Hessian eigenvalue of the training loss (Lanczos / power iteration)
+models     the papers' networks and small stand-ins, built by name
+data       datasets (digits, MNIST, CIFAR-10/100, ImageNet), held on the device
+train      the training engine behind `delay-stability train`
+plots      figure helpers (read tidy tables only; never train)
+"""
+
+__version__ = "0.1.0"
