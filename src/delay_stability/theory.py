@@ -1,0 +1,526 @@
+"""The exact stability edge of delayed (asynchronous) SGD.
+
+Giladi et al., *At Stability's Edge*, ICLR 2020, sec. 2 and appendices B-D. Linearised around a
+minimum x* with sharpness a = λmax(H), the expected dynamics of A-SGD along the top eigenvector is
+a scalar linear recurrence; it is stable when every root of its characteristic polynomial lies
+strictly inside the unit circle (Definition 1). With α = a·η, every equation treated here reads
+
+    P(z) + α Q(z) = 0,                                                      (*)
+
+with fixed polynomials P and Q:
+
+=========  ===============  ========================================================================
+variant    delay            characteristic equation (paper's equation)
+=========  ===============  ========================================================================
+plain      constant τ       z^{τ+1} − z^τ + α = 0                                          (eq. 4)
+plain      P(τ = k) = p_k   z − 1 + α Σ_k p_k z^{−k} = 0, i.e. z^{K+1} − z^K + α Σ_k p_k z^{K−k} (eq. 19)
+momentum   constant τ       z^{τ+1} − (1+m) z^τ + m z^{τ−1} + α(1−m) = 0  (times z when τ = 0) (eq. 26)
+momentum   P(τ = k) = p_k   z^{K+2} − (1+m) z^{K+1} + m z^K + α(1−m) Σ_k p_k z^{K+1−k} = 0
+shifted    constant τ       z^{τ+2} − z^{τ+1} + (α(1−m) − m) z + m = 0                   (eq. 11)
+=========  ===============  ========================================================================
+
+The *edge* α* is the smallest α > 0 at which the largest root modulus reaches 1. For α → 0+ every
+root is strictly inside the unit circle: the roots of P are 0, m (or the (τ+1)-th roots of m) and a
+simple root at z = 1, which moves inwards (z ≈ 1 − α) because Q(1)/P'(1) = 1 > 0 in every case.
+So α* is the smallest positive α at which some root *lies on* the unit circle.
+
+How α* is found (root locus). On z = e^{iθ}, (*) holds iff α(θ) = −P(e^{iθ})/Q(e^{iθ}) is real,
+i.e. iff g(θ) = Im(P(e^{iθ}) · conj Q(e^{iθ})) = 0, and then α(θ) = −Re(P conj Q)/|Q|². With real
+coefficients it suffices to look at θ ∈ (0, π]. g is a trigonometric polynomial of degree at most
+n = deg P; we evaluate P and Q at ≥ 16(n+1) points of [0, π] with one real FFT each, and bracket
+every sign change of h(θ) = g(θ)/sin θ, whose end values h(0) = g'(0) and h(π) = −g'(π) are exact
+(so a crossing next to θ = 0, where the roots z = 1 and z ≈ m meet as m → 1, is not missed). α at
+each bracket is bounded by its values at the two ends; only the brackets that can hold the minimum
+are refined (brentq, to machine precision), and θ = π is evaluated exactly. The cost is O(n log n):
+about 1.5 ms at τ = 1024, where the companion-matrix route costs O(n³) (seconds). A sign scan
+cannot see two zeros of g closer than one grid step (a locus tangent to the circle); the tests
+compare with the companion-matrix method over all variants, m up to 0.999 and random delays.
+
+The companion-matrix method is kept as a check (``method="companion"``): the unit-circle roots of
+the reciprocal polynomial R(z) = z^n [P(z) Q(1/z) − P(1/z) Q(z)] are exactly the zeros of g, and
+``numpy.roots`` finds them as eigenvalues of R's companion matrix. ``spectral_radius`` always uses
+``numpy.roots`` on P + αQ itself.
+
+Closed forms (tested): plain, constant τ: α* = 2 sin(π/(4τ+2)) (eq. 6; appendix B drops the factor
+2), so 1/α* ≈ (2τ+1)/π (eq. 7) and η ≈ π η0/(4(τ+0.5)) (eq. 8). Momentum at τ = 0 (heavy ball with
+dampening): α* = 2(1+m)/(1−m). A geometric delay P(τ=k) = (1−q) q^k has Σ_k p_k z^{−k} =
+(1−q) z/(z−q), so eq. 19 becomes (z−1)(z−q) + α(1−q) z = 0, the τ = 0 momentum-q equation: its edge
+is 2(1+q)/(1−q) (the bridge to *Asynchrony begets Momentum*, where M workers give q = 1 − 1/M).
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+import numpy as np
+from scipy.optimize import brentq
+from scipy.special import ndtr
+
+VARIANTS = ("plain", "momentum", "shifted")
+METHODS = ("locus", "companion")
+
+#: Probabilities must sum to 1 within this tolerance.
+PROB_SUM_TOL = 1e-9
+#: geometric_delay truncates where the remaining tail mass falls below this, then renormalises.
+GEOMETRIC_TAIL = 1e-12
+#: Scan points of g on [0, π] per unit of polynomial degree (before rounding up to a power of 2).
+GRID_PER_DEGREE = 16
+#: A companion root counts as on the unit circle when | |z| − 1 | is below this.
+UNIT_CIRCLE_TOL = 1e-6
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Input checking: delays, probabilities, momentum, variant
+# ------------------------------------------------------------------------------------------------
+
+
+def check_tau(tau, name="tau"):
+    """A constant delay: a non-negative integer (an integer-valued float is accepted)."""
+    if isinstance(tau, (bool, np.bool_)):
+        raise ValueError(f"{name} must be a non-negative integer, got {tau!r}")
+    if isinstance(tau, np.ndarray) and tau.ndim == 0:
+        tau = tau.item()
+    if isinstance(tau, Integral):
+        tau = int(tau)
+    elif isinstance(tau, Real) and math.isfinite(float(tau)) and float(tau).is_integer():
+        tau = int(tau)
+    else:
+        raise ValueError(f"{name} must be a non-negative integer, got {tau!r}")
+    if tau < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {tau}")
+    return tau
+
+
+def check_probabilities(probs, name="probabilities"):
+    """Validate a delay distribution P(τ = k), k = 0..K: 1-D, finite, ≥ 0, summing to 1 (±1e-9).
+
+    Returns a float array with trailing zeros removed (they only add roots at z = 0).
+    """
+    try:
+        p = np.asarray(probs, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a 1-D sequence of numbers, got {probs!r}") from None
+    if p.ndim != 1 or p.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence, got shape {p.shape}")
+    if not np.all(np.isfinite(p)):
+        raise ValueError(f"{name} must be finite")
+    if np.any(p < 0):
+        k = int(np.flatnonzero(p < 0)[0])
+        raise ValueError(f"{name} must be non-negative, got P(tau={k}) = {p[k]:g}")
+    total = float(p.sum())
+    if abs(total - 1.0) > PROB_SUM_TOL:
+        raise ValueError(f"{name} must sum to 1 (within {PROB_SUM_TOL:g}), got sum {total:.12g}")
+    last = int(np.flatnonzero(p)[-1])
+    return p[: last + 1].copy()
+
+
+def _check_delay(delay):
+    """A constant delay (int τ ≥ 0) or a distribution (1-D probabilities over k = 0..K)."""
+    if isinstance(delay, (Integral, Real, np.bool_)) and not isinstance(delay, np.ndarray):
+        return check_tau(delay)
+    if isinstance(delay, np.ndarray) and delay.ndim == 0:
+        return check_tau(delay)
+    if isinstance(delay, (str, bytes)):
+        raise ValueError(f"delay must be an integer tau or a sequence of probabilities, got {delay!r}")
+    return check_probabilities(delay)
+
+
+def check_momentum(momentum):
+    """Momentum m: a real number in [0, 1)."""
+    if isinstance(momentum, (bool, np.bool_)) or not isinstance(momentum, Real):
+        raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
+    m = float(momentum)
+    if not (0.0 <= m < 1.0):
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    return m
+
+
+def _check_variant(variant, momentum, delay):
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
+    if variant == "plain" and momentum != 0.0:
+        raise ValueError(
+            f"variant 'plain' has no momentum (got momentum={momentum:g}); "
+            "use variant 'momentum' (server momentum, eq. 26) or 'shifted' (eq. 11)"
+        )
+    if variant == "shifted" and not isinstance(delay, int):
+        raise ValueError("variant 'shifted' (eq. 11) is defined for a constant delay tau only, "
+                         "not for a delay distribution")
+
+
+def check_positive(value, name):
+    """A finite real number > 0."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real) or not math.isfinite(value) \
+            or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. Delay distributions (appendix C)
+# ------------------------------------------------------------------------------------------------
+
+
+def uniform_delay(low, high):
+    """τ ~ unif{low, ..., high}: P(τ = k) = 1/(high − low + 1) for low ≤ k ≤ high (eq. 20).
+
+    Returns probabilities over k = 0..high. ``uniform_delay(k, k)`` is the constant delay k.
+    """
+    low = check_tau(low, "low")
+    high = check_tau(high, "high")
+    if high < low:
+        raise ValueError(f"uniform delay needs low <= high, got low={low}, high={high}")
+    p = np.zeros(high + 1)
+    p[low:] = 1.0 / (high - low + 1)
+    return p
+
+
+def gaussian_delay(mean, std=1.0):
+    """Appendix C's discretised Gaussian: P(τ = k) ∝ P(k − 0.5 ≤ z ≤ k + 0.5), z ~ N(μ, σ²),
+    for k = 1..2μ (σ = 1 in the paper), renormalised to sum to 1.
+
+    For a non-integer μ the support is k = 1..⌊2μ⌋. Note E[τ] is not exactly μ for small μ: the
+    support 1..2μ is centred on μ + 1/2 (``mean_delay`` gives the exact mean).
+    """
+    mu = check_positive(mean, "mean")
+    sigma = check_positive(std, "std")
+    top = int(math.floor(2 * mu + 1e-12))
+    if top < 1:
+        raise ValueError(f"gaussian delay needs mean >= 0.5 (support k = 1..2*mean), got {mean!r}")
+    k = np.arange(1, top + 1)
+    mass = ndtr((k + 0.5 - mu) / sigma) - ndtr((k - 0.5 - mu) / sigma)
+    p = np.zeros(top + 1)
+    p[1:] = mass / mass.sum()
+    return p
+
+
+def geometric_delay(q, tail=GEOMETRIC_TAIL):
+    """Geometric staleness P(τ = k) = (1 − q) q^k, k = 0..K, where K is the first index with tail
+    mass Σ_{k>K} p_k = q^{K+1} below ``tail`` (1e-12), renormalised.
+
+    Its expected dynamics (eq. 19) equal those of server momentum q with dampening at τ = 0.
+    """
+    if isinstance(q, (bool, np.bool_)) or not isinstance(q, Real) or not (0.0 <= float(q) < 1.0):
+        raise ValueError(f"geometric delay parameter q must be in [0, 1), got {q!r}")
+    q = float(q)
+    tail = check_positive(tail, "tail")
+    if q == 0.0:
+        return np.array([1.0])
+    K = max(0, math.ceil(math.log(tail) / math.log(q)) - 1)
+    while q ** (K + 1) >= tail:
+        K += 1
+    p = (1.0 - q) * q ** np.arange(K + 1)
+    return p / p.sum()
+
+
+def mean_delay(probs):
+    """E[τ] = Σ_k k p_k of a delay distribution (or τ itself for a constant delay)."""
+    delay = _check_delay(probs)
+    if isinstance(delay, int):
+        return float(delay)
+    return float(np.dot(np.arange(delay.size), delay))
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Characteristic polynomials P(z) + α Q(z)
+# ------------------------------------------------------------------------------------------------
+
+
+def characteristic_polynomial(delay, momentum=0.0, variant="plain"):
+    """The characteristic equation P(z) + α Q(z) = 0 of the linearised A-SGD dynamics.
+
+    Returns ``(P, Q)``: float arrays of equal length n + 1, coefficients in *descending* powers
+    (``numpy.roots`` / ``numpy.polyval`` order), P monic of degree n.
+
+    - plain, constant τ (eq. 4):       P = z^{τ+1} − z^τ,                  Q = 1
+    - plain, distribution p (eq. 19):  P = z^{K+1} − z^K,                  Q = Σ_k p_k z^{K−k}
+    - momentum, constant τ ≥ 1 (eq. 26): P = z^{τ+1} − (1+m) z^τ + m z^{τ−1}, Q = 1 − m
+      (τ = 0: both multiplied by z, P = z² − (1+m) z + m, Q = (1 − m) z)
+    - momentum, distribution p:        P = z^{K+2} − (1+m) z^{K+1} + m z^K, Q = (1−m) Σ_k p_k z^{K+1−k}
+    - shifted, constant τ (eq. 11):    P = z^{τ+2} − z^{τ+1} − m z + m,    Q = (1 − m) z
+    """
+    delay = _check_delay(delay)
+    m = check_momentum(momentum)
+    _check_variant(variant, m, delay)
+    if variant == "plain":
+        return _plain_polynomial(delay)
+    if variant == "momentum":
+        return _momentum_polynomial(delay, m)
+    return _shifted_polynomial(delay, m)
+
+
+def _plain_polynomial(delay):
+    if isinstance(delay, int):  # eq. 4
+        P, Q = np.zeros(delay + 2), np.zeros(delay + 2)
+        P[:2] = 1.0, -1.0
+        Q[-1] = 1.0
+        return P, Q
+    K = delay.size - 1  # eq. 19 times z^K
+    P, Q = np.zeros(K + 2), np.zeros(K + 2)
+    P[:2] = 1.0, -1.0
+    Q[1:] = delay
+    return P, Q
+
+
+def _momentum_polynomial(delay, m):
+    if isinstance(delay, int) and delay >= 1:  # eq. 26
+        P, Q = np.zeros(delay + 2), np.zeros(delay + 2)
+        P[:3] = 1.0, -(1.0 + m), m
+        Q[-1] = 1.0 - m
+        return P, Q
+    probs = np.array([1.0]) if isinstance(delay, int) else delay  # τ = 0: eq. 26 times z
+    K = probs.size - 1
+    P, Q = np.zeros(K + 3), np.zeros(K + 3)
+    P[:3] = 1.0, -(1.0 + m), m
+    Q[1 : K + 2] = (1.0 - m) * probs
+    return P, Q
+
+
+def _shifted_polynomial(tau, m):  # eq. 11
+    P, Q = np.zeros(tau + 3), np.zeros(tau + 3)
+    P[:2] = 1.0, -1.0
+    P[-2] += -m
+    P[-1] += m
+    Q[-2] = 1.0 - m
+    return P, Q
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. The edge: root locus on the unit circle (fast, exact) and the companion-matrix check
+# ------------------------------------------------------------------------------------------------
+
+
+class _UnitCircle:
+    """P and Q on z = e^{iθ}: g(θ) = Im(P conj Q), h(θ) = g(θ)/sin θ and α(θ) = −Re(P conj Q)/|Q|².
+
+    With real coefficients g is odd about θ = 0 and θ = π, so h is smooth on [0, π] with
+    h(0) = g'(0) = P'(1) Q(1) − P(1) Q'(1) and h(π) = −g'(π) = P(−1) S_Q − S_P Q(−1), where
+    S_P = Σ_n n a_n (−1)^n for P = Σ_n a_n z^n. The zeros of h on [0, π] are those of g on (0, π).
+    Only the non-zero coefficients are kept: a constant delay costs O(1) per evaluation.
+    """
+
+    def __init__(self, P, Q):
+        coef = np.vstack([P[::-1], Q[::-1]])  # ascending powers
+        support = np.flatnonzero(np.any(coef != 0, axis=0))  # sparse for a constant delay
+        self.coef, self.powers = coef[:, support], support.astype(float)
+        signs = (-1.0) ** self.powers
+        (p1, q1), (dp1, dq1) = self.coef.sum(axis=1), self.coef @ self.powers
+        (pm, qm), (sp, sq) = self.coef @ signs, self.coef @ (self.powers * signs)
+        self.h_at_0 = dp1 * q1 - p1 * dq1
+        self.h_at_pi = pm * sq - sp * qm
+
+    def values(self, theta):
+        p, q = self.coef @ np.exp(1j * theta * self.powers)
+        return p, q
+
+    def g(self, theta):
+        p, q = self.values(theta)
+        return (p * q.conjugate()).imag
+
+    def h(self, theta):
+        if theta <= 0.0:
+            return self.h_at_0
+        if theta >= math.pi:
+            return self.h_at_pi
+        return self.g(theta) / math.sin(theta)
+
+    def alpha(self, theta):
+        p, q = self.values(theta)
+        return -(p * q.conjugate()).real / abs(q) ** 2
+
+    def g_and_slope(self, theta):
+        """g(θ) and g'(θ), with d/dθ P(e^{iθ}) = i Σ_n n a_n e^{iθn}."""
+        z = np.exp(1j * theta * self.powers)
+        p, q = self.coef @ z
+        dp, dq = (self.coef * (1j * self.powers)) @ z
+        return (p * q.conjugate()).imag, (dp * q.conjugate() + p * dq.conjugate()).imag
+
+
+def _alpha_at_minus_one(P, Q):
+    """α at z = −1 (θ = π), where (*) is real: α = −P(−1)/Q(−1); None if Q(−1) = 0."""
+    signs = (-1.0) ** np.arange(P.size)[::-1]
+    p, q = float(P @ signs), float(Q @ signs)
+    if abs(q) <= 1e-14 * float(np.abs(Q).sum()):
+        return None
+    return -p / q
+
+
+def _scan_grid(P, Q):
+    """P(e^{iθ_j}), Q(e^{iθ_j}) on θ_j = π j / N, j = 0..N, by one real FFT of each coefficient list.
+
+    rfft(a)_j = Σ_n a_n e^{−iθ_j n} = conj P(e^{iθ_j}) for real ascending coefficients a.
+    N is a power of 2 with N ≥ GRID_PER_DEGREE · (n + 1).
+    """
+    degree = P.size - 1
+    N = 1 << max(6, int(math.ceil(math.log2(GRID_PER_DEGREE * (degree + 1)))))
+    p = np.fft.rfft(P[::-1], 2 * N).conj()
+    q = np.fft.rfft(Q[::-1], 2 * N).conj()
+    theta = np.pi * np.arange(N + 1) / N
+    return theta, p, q
+
+
+def _zero_in_bracket(f, lo, hi):
+    """The zero of f in [lo, hi] to machine precision (brentq). The scan saw a sign change; if
+    the direct evaluation disagrees, f vanishes at an end up to rounding, and that end is the zero."""
+    f_lo, f_hi = f(lo), f(hi)
+    if f_lo == 0.0 or f_hi == 0.0 or (f_lo > 0) == (f_hi > 0):
+        return lo if abs(f_lo) <= abs(f_hi) else hi
+    return brentq(f, lo, hi, xtol=1e-300, maxiter=200)
+
+
+def _edge_by_root_locus(P, Q):
+    """Smallest α > 0 with a root on the unit circle, by the root locus α(θ) = −P/Q on z = e^{iθ}.
+
+    1. Scan h(θ) = Im(P conj Q)/sin θ on a dense grid of [0, π] (one FFT each for P and Q; exact
+       end values), and bracket its sign changes: every zero of g = Im(P conj Q) in (0, π).
+    2. Bound α at each bracket's zero by its end values: [min − spread, max + spread], spread =
+       |α(θ_a) − α(θ_b)|. Brackets whose upper bound is ≤ 0 cannot give a positive α.
+    3. Refine brackets in order of their lower bound (brentq to machine precision) while the lower
+       bound is below the best α found; θ = π (z = −1) is evaluated exactly.
+    """
+    theta, p, q = _scan_grid(P, Q)
+    circle = _UnitCircle(P, Q)
+    cross = p * q.conj()
+    h = np.empty_like(theta)
+    h[1:-1] = cross.imag[1:-1] / np.sin(theta[1:-1])
+    h[0], h[-1] = circle.h_at_0, circle.h_at_pi
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alpha_grid = -cross.real / np.abs(q) ** 2
+
+    best = _alpha_at_minus_one(P, Q)
+    best = best if best is not None and best > 0 else math.inf
+
+    for j in np.flatnonzero(h[1:-1] == 0.0) + 1:  # zeros that fall on a grid point
+        a = circle.alpha(theta[j])
+        if 0 < a < best:
+            best = a
+
+    left = np.flatnonzero(h[:-1] * h[1:] < 0)  # bracket [θ_j, θ_{j+1}] for j in left
+    a_lo, a_hi = alpha_grid[left], alpha_grid[left + 1]
+    with np.errstate(invalid="ignore"):
+        spread = np.abs(a_hi - a_lo)
+        lower = np.fmin(a_lo, a_hi) - spread
+        upper = np.fmax(a_lo, a_hi) + spread
+    lower = np.where(np.isfinite(lower), lower, -math.inf)
+    upper = np.where(np.isfinite(upper), upper, math.inf)
+    keep = upper > 0
+    left, lower = left[keep], lower[keep]
+    for i in np.argsort(lower, kind="stable"):
+        if lower[i] >= best:
+            break
+        j = left[i]
+        root = _zero_in_bracket(circle.h, theta[j], theta[j + 1])
+        if 0.0 < root < math.pi:
+            a = circle.alpha(root)
+            if 0 < a < best:
+                best = a
+    if not math.isfinite(best):
+        raise RuntimeError("no positive alpha puts a root on the unit circle")
+    return float(best)
+
+
+def _edge_by_companion(P, Q):
+    """Smallest α > 0 with a root on the unit circle, from the eigenvalues of a companion matrix.
+
+    On |z| = 1, Q(1/z) = conj Q(z), so the unit-circle roots of the reciprocal polynomial
+    R(z) = z^n [P(z) Q(1/z) − P(1/z) Q(z)] are the zeros of g(θ) = Im(P conj Q). ``numpy.roots``
+    (eigenvalues of R's companion matrix, O(n³)) finds them; each θ is polished by two Newton
+    steps on g, and α(θ) = −Re(P conj Q)/|Q|² is kept when positive.
+    """
+    R = np.convolve(P, Q[::-1]) - np.convolve(P[::-1], Q)
+    roots = np.roots(R)
+    on_circle = roots[np.abs(np.abs(roots) - 1.0) < UNIT_CIRCLE_TOL]
+    thetas = np.abs(np.angle(on_circle))
+    circle = _UnitCircle(P, Q)
+    best = math.inf
+    for theta in thetas:
+        if theta < 1e-9:  # z = 1: α = 0, the root that leaves the circle inwards
+            continue
+        for _ in range(2):
+            value, slope = circle.g_and_slope(theta)
+            if slope != 0:
+                theta = theta - value / slope
+        a = circle.alpha(theta)
+        if 0 < a < best:
+            best = a
+    minus_one = _alpha_at_minus_one(P, Q)
+    if minus_one is not None and 0 < minus_one < best:
+        best = minus_one
+    if not math.isfinite(best):
+        raise RuntimeError("no positive alpha puts a root on the unit circle")
+    return float(best)
+
+
+def critical_alpha(delay, momentum=0.0, variant="plain", *, method="locus"):
+    """The stability edge α* = a·η: the smallest α > 0 at which the largest root of the
+    characteristic equation P(z) + α Q(z) = 0 reaches the unit circle.
+
+    ``delay``: an int τ ≥ 0 (constant delay; eq. 4, eq. 26, eq. 11) or a 1-D sequence of
+    probabilities P(τ = k), k = 0..K (stochastic delay; eq. 19, and eq. 26 averaged over τ).
+    ``variant``: "plain" (no momentum), "momentum" (server momentum m with dampening, eq. 9/22),
+    "shifted" (shifted momentum, eq. 10, constant delay only). ``method``: "locus" (root locus on
+    the unit circle, O(n log n), default) or "companion" (companion-matrix eigenvalues, O(n³)).
+    Exact to ~1e-12 relative; closed forms: 2 sin(π/(4τ+2)) (eq. 6) and 2(1+m)/(1−m) at τ = 0.
+    """
+    P, Q = characteristic_polynomial(delay, momentum, variant)
+    if method == "locus":
+        return _edge_by_root_locus(P, Q)
+    if method == "companion":
+        return _edge_by_companion(P, Q)
+    raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+
+
+def spectral_radius(alpha, delay, momentum=0.0, variant="plain"):
+    """max |z| over the roots of P(z) + α Q(z) (``numpy.roots``, i.e. companion-matrix eigenvalues).
+
+    The dynamics at α = a·η are stable iff this is < 1 (Definition 1).
+    """
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, Real) or not math.isfinite(alpha):
+        raise ValueError(f"alpha must be a finite real number, got {alpha!r}")
+    P, Q = characteristic_polynomial(delay, momentum, variant)
+    return float(np.max(np.abs(np.roots(P + float(alpha) * Q))))
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. Learning rates and closed forms
+# ------------------------------------------------------------------------------------------------
+
+
+def eq6_alpha(tau):
+    """Plain A-SGD, constant delay: α* = 2 sin(π/(4τ+2)) (eq. 6)."""
+    tau = check_tau(tau)
+    return 2.0 * math.sin(math.pi / (4 * tau + 2))
+
+
+def eq7_inv_alpha(tau):
+    """The linear approximation 1/α* ≈ (2τ+1)/π (eq. 7); τ may be a mean delay E[τ] ≥ 0."""
+    if isinstance(tau, (bool, np.bool_)) or not isinstance(tau, Real) or not tau >= 0:
+        raise ValueError(f"tau must be a non-negative number, got {tau!r}")
+    return (2.0 * float(tau) + 1.0) / math.pi
+
+
+def momentum_alpha_tau0(momentum):
+    """Server momentum with dampening at τ = 0 (heavy ball): α* = 2(1+m)/(1−m)."""
+    m = check_momentum(momentum)
+    return 2.0 * (1.0 + m) / (1.0 - m)
+
+
+def recommended_lr(eta0, tau, momentum=0.0, variant="plain"):
+    """The learning rate that keeps the minima that were stable at τ = 0 with η0 stable at delay τ:
+
+        η = η0 · α*(τ) / α*(0),
+
+    exact from the characteristic equation (eq. 4 / 19 / 26 / 11). ``tau`` is an int or a delay
+    distribution; α*(0) is the edge of the same variant and momentum without delay.
+    """
+    eta0 = check_positive(eta0, "eta0")
+    return eta0 * critical_alpha(tau, momentum, variant) / critical_alpha(0, momentum, variant)
+
+
+def eq8_lr(eta0, tau):
+    """The paper's rule η ≈ π η0 / (4(τ + 0.5)) (eq. 8); τ may be a mean delay E[τ] ≥ 0."""
+    eta0 = check_positive(eta0, "eta0")
+    if isinstance(tau, (bool, np.bool_)) or not isinstance(tau, Real) or not tau >= 0:
+        raise ValueError(f"tau must be a non-negative number, got {tau!r}")
+    return math.pi * eta0 / (4.0 * (float(tau) + 0.5))
