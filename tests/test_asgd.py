@@ -1,0 +1,364 @@
+"""DelayedSGD against the paper's recurrences (eq. 2, 22, 10) and its characteristic equations."""
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from delay_stability.asgd import DelayedSGD
+
+torch.set_num_threads(1)
+M_TEST = 0.6
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def quadratic(eigenvalues, seed=0):
+    """A = Q diag(eigenvalues) Q^T (float64) and a starting point w0."""
+    rng = np.random.default_rng(seed)
+    d = len(eigenvalues)
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    a = q @ np.diag(eigenvalues) @ q.T
+    return torch.tensor((a + a.T) / 2), torch.tensor(rng.standard_normal(d))
+
+
+def run_optimizer(a, w0, steps, **kwargs):
+    """Iterates w_0..w_T of DelayedSGD on f(w) = 1/2 w^T A w, and the staleness of each update."""
+    w = torch.nn.Parameter(w0.clone())
+    opt = DelayedSGD([w], **kwargs)
+    traj, stale = [w0.clone()], []
+    for _ in range(steps):
+        opt.zero_grad()
+        (0.5 * w @ (a @ w)).backward()
+        opt.step()
+        traj.append(w.detach().clone())
+        stale.append(opt.last_staleness)
+    return torch.stack(traj), stale, opt
+
+
+def recurrence(a, w0, staleness, lr, variant="plain", momentum=0.0, dampening=True, weight_decay=0.0):
+    """The explicit recurrences, with tau_t the staleness of the update at step t:
+
+    plain (eq. 2):     x_{t+1} = x_t - c (A x_{t-tau} + wd x_t)
+    momentum (eq. 22): x_{t+1} = x_t + m (x_t - x_{t-1}) - c (A x_{t-tau} + wd x_t)
+    shifted (eq. 10):  x_{t+1} = x_t + m (x_{t-tau} - x_{t-tau-1}) - c (A x_{t-tau} + wd x_t)
+    with c = eta (1-m) (dampening) or eta, and x_{-1} = x_0 (all velocities start at zero).
+    """
+    a, x = a.numpy(), [w0.numpy().copy()]
+    c = lr * (1 - momentum) if dampening else lr
+    for t, tau in enumerate(staleness):
+        s = t - tau
+        step = -c * (a @ x[s] + weight_decay * x[t])
+        if variant == "momentum" and t >= 1:
+            step = step + momentum * (x[t] - x[t - 1])
+        if variant == "shifted" and s >= 1:
+            step = step + momentum * (x[s] - x[s - 1])
+        x.append(x[t] + step)
+    return np.stack(x)
+
+
+def constant_staleness(tau, steps):
+    """Round robin: the first tau+1 updates use g(w_0), then g(w_{t-tau})."""
+    return [t - max(t - tau, 0) for t in range(steps)]
+
+
+def char_poly(variant, tau, alpha, m):
+    """Characteristic polynomials (highest power first): eq. 4, eq. 26 (times z), eq. 11."""
+    if variant == "plain":
+        terms = [(tau + 1, 1.0), (tau, -1.0), (0, alpha)]
+    elif variant == "momentum":
+        terms = [(tau + 2, 1.0), (tau + 1, -(1 + m)), (tau, m), (1, alpha * (1 - m))]
+    else:
+        terms = [(tau + 2, 1.0), (tau + 1, -1.0), (1, alpha * (1 - m) - m), (0, m)]
+    degree = max(power for power, _ in terms)
+    coeffs = np.zeros(degree + 1)
+    for power, c in terms:
+        coeffs[degree - power] += c
+    return coeffs
+
+
+def spectral_radius(variant, tau, alpha, m):
+    return np.abs(np.roots(char_poly(variant, tau, alpha, m))).max()
+
+
+def critical_alpha(variant, tau, m):
+    """Smallest alpha > 0 with a root on the unit circle: geometric scan, then bisection."""
+    lo = 1e-4
+    while spectral_radius(variant, tau, lo * 1.02, m) < 1:
+        lo *= 1.02
+    hi = lo * 1.02
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if spectral_radius(variant, tau, mid, m) < 1 else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+# ------------------------------------------------------------------ exactness
+
+
+@pytest.mark.parametrize("tau", [0, 1, 3, 8])
+@pytest.mark.parametrize("variant", ["plain", "momentum", "shifted"])
+def test_trajectory_equals_recurrence(tau, variant):
+    a, w0 = quadratic([1.0, 0.6, 0.3, 0.1])
+    m = 0.0 if variant == "plain" else M_TEST
+    lr, steps = 0.05, 150
+    traj, stale, _ = run_optimizer(a, w0, steps, lr=lr, delay=tau, variant=variant, momentum=m)
+    assert stale == constant_staleness(tau, steps)
+    expected = recurrence(a, w0, stale, lr, variant, m)
+    np.testing.assert_allclose(traj.numpy(), expected, rtol=0, atol=1e-12)
+    assert np.abs(expected[-1]).max() > 1e-3  # the comparison is not between two zeros
+
+
+@pytest.mark.parametrize("variant", ["momentum", "shifted"])
+def test_no_dampening_and_weight_decay(variant):
+    a, w0 = quadratic([1.0, 0.5, 0.2])
+    lr, m, wd, tau, steps = 0.02, 0.5, 0.3, 3, 120
+    traj, stale, _ = run_optimizer(
+        a, w0, steps, lr=lr, delay=tau, variant=variant, momentum=m, dampening=False, weight_decay=wd
+    )
+    expected = recurrence(a, w0, stale, lr, variant, m, dampening=False, weight_decay=wd)
+    np.testing.assert_allclose(traj.numpy(), expected, rtol=0, atol=1e-12)
+
+
+def test_plain_weight_decay_on_current_weights():
+    a, w0 = quadratic([1.0, 0.4])
+    traj, stale, _ = run_optimizer(a, w0, 100, lr=0.1, delay=4, weight_decay=0.5)
+    expected = recurrence(a, w0, stale, 0.1, weight_decay=0.5)
+    np.testing.assert_allclose(traj.numpy(), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", ["plain", "momentum", "shifted"])
+@pytest.mark.parametrize("schedule", ["random", "distribution"])
+def test_stochastic_schedules_follow_their_recorded_staleness(schedule, variant):
+    """eq. 18 (and its momentum forms) with tau_t the staleness the optimizer reports."""
+    a, w0 = quadratic([1.0, 0.5, 0.25])
+    m = 0.0 if variant == "plain" else M_TEST
+    kw = dict(workers=5) if schedule == "random" else dict(delay=[0.1, 0.2, 0.0, 0.4, 0.3])
+    traj, stale, _ = run_optimizer(
+        a, w0, 200, lr=0.03, schedule=schedule, variant=variant, momentum=m, seed=3, **kw
+    )
+    assert len(set(stale)) > 3  # the delays really vary
+    expected = recurrence(a, w0, stale, 0.03, variant, m)
+    np.testing.assert_allclose(traj.numpy(), expected, rtol=0, atol=1e-12)
+
+
+def test_distribution_one_hot_is_constant_delay_and_one_worker_is_sgd():
+    a, w0 = quadratic([1.0, 0.5])
+    rr, _, _ = run_optimizer(a, w0, 60, lr=0.05, delay=3, variant="shifted", momentum=0.5)
+    dist, _, _ = run_optimizer(a, w0, 60, lr=0.05, delay=[0, 0, 0, 1.0], variant="shifted", momentum=0.5)
+    assert torch.equal(rr, dist)
+    sgd, _, _ = run_optimizer(a, w0, 60, lr=0.05, delay=0)
+    one, _, _ = run_optimizer(a, w0, 60, lr=0.05, workers=1, schedule="random")
+    assert torch.equal(sgd, one)
+
+
+def test_param_groups_use_their_own_lr_and_momentum():
+    """Block-diagonal A: each group follows its own recurrence with its own eta and m."""
+    a1, w1 = quadratic([1.0, 0.3], seed=1)
+    a2, w2 = quadratic([0.8, 0.2], seed=2)
+    p1, p2 = torch.nn.Parameter(w1.clone()), torch.nn.Parameter(w2.clone())
+    opt = DelayedSGD(
+        [{"params": [p1]}, {"params": [p2], "lr": 0.02, "momentum": 0.3}],
+        lr=0.1, delay=2, variant="momentum", momentum=0.7,
+    )
+    traj1, traj2 = [w1.clone()], [w2.clone()]
+    for _ in range(80):
+        opt.zero_grad()
+        (0.5 * p1 @ (a1 @ p1) + 0.5 * p2 @ (a2 @ p2)).backward()
+        opt.step()
+        traj1.append(p1.detach().clone())
+        traj2.append(p2.detach().clone())
+    stale = constant_staleness(2, 80)
+    np.testing.assert_allclose(torch.stack(traj1), recurrence(a1, w1, stale, 0.1, "momentum", 0.7), atol=1e-12, rtol=0)
+    np.testing.assert_allclose(torch.stack(traj2), recurrence(a2, w2, stale, 0.02, "momentum", 0.3), atol=1e-12, rtol=0)
+
+
+def test_unused_parameter_gets_zero_gradient():
+    used, unused = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))
+    opt = DelayedSGD([used, unused], lr=0.1, delay=1)
+    for _ in range(3):
+        opt.zero_grad()
+        used.sum().backward()
+        opt.step()
+    assert torch.equal(unused.detach(), torch.ones(3))
+    assert torch.allclose(used.detach(), torch.full((2,), 0.7))
+
+
+# ------------------------------------------------------------------ stability edge
+
+
+@pytest.mark.parametrize("tau", [0, 3])
+def test_local_root_finder_matches_closed_forms(tau):
+    assert critical_alpha("plain", tau, 0.0) == pytest.approx(2 * math.sin(math.pi / (4 * tau + 2)), rel=1e-9)
+    if tau == 0:
+        m = 0.5
+        assert critical_alpha("momentum", 0, m) == pytest.approx(2 * (1 + m) / (1 - m), rel=1e-9)
+    try:  # the package's own theory module, where it exists, must agree
+        from delay_stability.theory import critical_alpha as theory_alpha
+    except ImportError:
+        return
+    assert theory_alpha(tau) == pytest.approx(critical_alpha("plain", tau, 0.0), rel=1e-6)
+    for variant in ("momentum", "shifted"):
+        assert theory_alpha(tau, 0.5, variant) == pytest.approx(critical_alpha(variant, tau, 0.5), rel=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["plain", "momentum", "shifted"])
+@pytest.mark.parametrize("tau", [2, 5])
+def test_decays_below_and_grows_above_the_edge(variant, tau):
+    """At 0.95 alpha*/lambda_max the iterates decay; at 1.05 alpha*/lambda_max they grow."""
+    m = 0.0 if variant == "plain" else 0.5
+    lam = 3.0
+    a, w0 = quadratic([lam, lam / 2])
+    alpha_star = critical_alpha(variant, tau, m)
+    for factor, stable in ((0.95, True), (1.05, False)):
+        alpha = factor * alpha_star
+        rho = max(spectral_radius(variant, tau, alpha, m), spectral_radius(variant, tau, alpha / 2, m))
+        assert (rho < 1) == stable
+        steps = min(20000, int(math.ceil(10 / abs(math.log(rho)))) + 4 * (tau + 2))
+        traj, _, _ = run_optimizer(a, w0, steps, lr=alpha / lam, delay=tau, variant=variant, momentum=m)
+        size = traj[-(tau + 3):].norm(dim=1).max().item() / w0.norm().item()
+        if stable:
+            assert size < 1e-2
+        else:
+            assert size > 1e2
+
+
+# ------------------------------------------------------------------ staleness statistics
+
+
+def _staleness_counts(steps, warmup=0, **kwargs):
+    """Staleness histogram of `steps` updates, after `warmup` updates left out."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = DelayedSGD([p], lr=1.0, **kwargs)
+    p.grad = torch.zeros(1)
+    for _ in range(warmup):
+        opt.step()
+    before = opt.staleness_histogram()
+    for _ in range(steps):
+        opt.step()
+    counts = opt.staleness_histogram()
+    counts[: before.size] -= before
+    return counts, opt
+
+
+def _chi_square_pvalue(counts, probs, min_expected=5.0):
+    """Pearson chi-square p-value, the tail merged into one bin where expected counts are small."""
+    n = counts.sum()
+    k = len(probs)
+    counts = np.concatenate([counts, np.zeros(max(0, k - len(counts)))])
+    observed, expected = list(counts[:k]), list(n * np.asarray(probs))
+    observed[-1] += counts[k:].sum()
+    assert all(o == 0 for o, e in zip(observed, expected) if e == 0)  # impossible delays never occur
+    observed = [o for o, e in zip(observed, expected) if e > 0]
+    expected = [e for e in expected if e > 0]
+    while len(expected) > 2 and expected[-1] < min_expected:
+        tail_expected, tail_observed = expected.pop(), observed.pop()
+        expected[-1] += tail_expected
+        observed[-1] += tail_observed
+    return stats.chisquare(observed, expected).pvalue
+
+
+def test_random_schedule_staleness_is_geometric_with_mean_m_minus_1():
+    workers, steps = 4, 40000
+    counts, opt = _staleness_counts(steps, workers=workers, schedule="random", seed=7)
+    q = 1 - 1 / workers
+    kmax = 60
+    probs = [(1 - q) * q**k for k in range(kmax)]
+    probs[-1] += q**kmax  # P(tau >= kmax - 1) in the last bin
+    assert counts.sum() == steps
+    assert _chi_square_pvalue(counts, probs) > 1e-3
+    se = math.sqrt(workers * (workers - 1) / steps)
+    assert abs(opt.mean_staleness() - (workers - 1)) < 5 * se
+
+
+def test_distribution_schedule_matches_its_probabilities():
+    probs = [0.05, 0.25, 0.0, 0.5, 0.2]
+    counts, _ = _staleness_counts(30000, warmup=len(probs), delay=probs, seed=11)
+    assert counts.sum() == 30000 and counts[2] == 0
+    assert _chi_square_pvalue(counts, probs) > 1e-3
+
+
+def test_round_robin_histogram_counts_warmup_then_constant():
+    counts, opt = _staleness_counts(100, delay=5)
+    assert counts.tolist() == [1, 1, 1, 1, 1, 95]
+    assert opt.mean_staleness() == pytest.approx((0 + 1 + 2 + 3 + 4 + 5 * 95) / 100)
+
+
+# ------------------------------------------------------------------ state, memory, validation
+
+
+@pytest.mark.parametrize("schedule", ["round_robin", "random", "distribution"])
+def test_state_dict_resumes_bit_for_bit(schedule):
+    a, w0 = quadratic([1.0, 0.5, 0.2])
+    kw = {"round_robin": dict(delay=4), "random": dict(workers=4), "distribution": dict(delay=[0.2, 0.3, 0.5])}
+    kw = dict(kw[schedule], schedule=schedule, variant="shifted", momentum=0.5, lr=0.05, seed=5)
+    full, _, _ = run_optimizer(a, w0, 70, **kw)
+
+    w = torch.nn.Parameter(w0.clone())
+    opt = DelayedSGD([w], **kw)
+    for _ in range(30):
+        opt.zero_grad()
+        (0.5 * w @ (a @ w)).backward()
+        opt.step()
+    buffer = io.BytesIO()
+    torch.save({"w": w.detach().clone(), "opt": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+
+    w2 = torch.nn.Parameter(saved["w"])
+    opt2 = DelayedSGD([w2], **dict(kw, seed=999))  # the seed must come from the state
+    opt2.load_state_dict(saved["opt"])
+    for _ in range(40):
+        opt2.zero_grad()
+        (0.5 * w2 @ (a @ w2)).backward()
+        opt2.step()
+    assert torch.equal(w2.detach(), full[-1])
+    assert opt2.staleness_histogram().sum() == 70
+
+
+def test_load_state_dict_rejects_a_different_configuration():
+    p = torch.nn.Parameter(torch.zeros(3))
+    state = DelayedSGD([p], lr=0.1, delay=3).state_dict()
+    with pytest.raises(ValueError, match="num_slots"):
+        DelayedSGD([p], lr=0.1, delay=4).load_state_dict(state)
+    with pytest.raises(ValueError, match="in-flight"):
+        DelayedSGD([p], lr=0.1, delay=3).load_state_dict(torch.optim.SGD([p], lr=0.1).state_dict())
+
+
+def test_buffer_bytes_and_flat_buffer_is_reused():
+    model = torch.nn.Linear(10, 3)  # 33 parameters
+    opt = DelayedSGD(model.parameters(), lr=0.1, delay=7, variant="shifted", momentum=0.5)
+    assert opt.buffer_bytes() == (8 + 8) * 33 * 4
+    assert DelayedSGD(model.parameters(), lr=0.1, delay=7).buffer_bytes() == 8 * 33 * 4
+    ptr = opt._grads.data_ptr()
+    for _ in range(20):
+        opt.zero_grad()
+        model(torch.randn(4, 10)).sum().backward()
+        opt.step()
+    assert opt._grads.data_ptr() == ptr and opt._grads.shape == (8, 33)
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        (dict(lr=0.0), "lr"),
+        (dict(lr=-1.0), "lr"),
+        (dict(lr=0.1, delay=-1), "delay"),
+        (dict(lr=0.1, delay=1.5), "delay"),
+        (dict(lr=0.1, workers=0, schedule="random"), "workers"),
+        (dict(lr=0.1, variant="nesterov"), "nesterov"),
+        (dict(lr=0.1, schedule="fifo"), "fifo"),
+        (dict(lr=0.1, momentum=0.9), "variant"),
+        (dict(lr=0.1, momentum=1.0, variant="momentum"), "momentum"),
+        (dict(lr=0.1, delay=[0.5, 0.6]), "sum to 1"),
+        (dict(lr=0.1, delay=[0.5, -0.5, 1.0]), ">= 0"),
+        (dict(lr=0.1, delay=3, workers=2), "disagree"),
+    ],
+)
+def test_invalid_arguments_raise_value_error_naming_them(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        DelayedSGD([torch.nn.Parameter(torch.zeros(2))], **kwargs)
