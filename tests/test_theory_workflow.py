@@ -12,32 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+from workflow_util import REPO, SNAKEMAKE, copy_workflow, edit_config, snakemake
 
 pytestmark = pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake is not installed in this environment")
-
-
-def copy_workflow(dest):
-    shutil.copy(REPO / "Snakefile", dest / "Snakefile")
-    shutil.copy(REPO / "config.yaml", dest / "config.yaml")
-    shutil.copy(REPO / "environment.yml", dest / "environment.yml")  # the rules' `conda:` file
-    shutil.copytree(REPO / "workflow", dest / "workflow")
-    return dest
-
-
-def snakemake(workdir, *args):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SNAKEMAKE")}
-    env["PATH"] = f"{SNAKEMAKE.parent}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.run([str(SNAKEMAKE), *args], cwd=workdir, env=env, capture_output=True, text=True,
-                          timeout=600)
-
-
-def edit_config(workdir, edit):
-    path = workdir / "config.yaml"
-    config = yaml.safe_load(path.read_text())
-    edit(config)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,622 @@
+"""The minima-stability experiment (Section 3.1 and appendix F; figures 2, 12 and 4-right).
+
+The chain, one Snakemake rule per step (workflow/rules/stability.smk), every step a file under
+``results/<scale>/<experiment>/``:
+
+1. ``baseline/``   synchronous training to a steady state (``delay-stability train``).
+2. ``minimum/``    optional polish of that steady state to a critical point by full-batch L-BFGS,
+                   so that ``‖∇L‖`` is tiny and the sharpness cannot drift during continuation
+                   (``delay-stability stability-polish``). With squared loss on one-hot targets the
+                   network interpolates and the polished point is a true minimum.
+3. ``sharpness.json``  a = λmax(H) at the minimum (``delay-stability sharpness``).
+4. ``kick/``       the start of every continuation: the minimum plus a perturbation of norm ε along
+                   the top Hessian eigenvector (or a random direction), ``delay-stability stability-kick``.
+5. ``search/<variant>-m<m>/tau<τ>/``  for each (variant, m, τ): continuation runs from the kicked
+                   minimum at learning rates chosen by a downward scan and a bisection on log η
+                   (``delay-stability stability-search``); each probe is a full training run directory.
+6. ``thresholds.csv``, ``probes.csv``, ``curves.csv``  tidy tables for the figures
+                   (``delay-stability stability-collect``).
+
+Escape criterion (documented in the figures): with ``search.escape.kind: kick_growth`` a continuation
+*left the minimum* when its training loss exceeds ``L_min + G²·(L_kick − L_min)``, i.e. when the kick
+along the top eigen-direction has grown G-fold in amplitude (G = ``search.escape.growth``), within
+the epoch budget
+``min(search.max_epochs, search.base_epochs + search.epochs_per_tau·τ)``. Near the edge the
+instability grows like ρ^t with ρ = 1 + O((α/α* − 1)/τ), so the budget grows linearly with τ.
+With ``kind: loss`` (minibatch runs at paper scale) it left when loss > factor·L0 + delta.
+η_max is the largest learning rate that stayed; the bracket [η_max, η_escape] has relative width
+at most ``search.rel_tol``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+#: Columns of thresholds.csv (one row per experiment, variant, momentum and τ).
+THRESHOLD_COLUMNS = (
+    "experiment", "variant", "momentum", "tau", "lr_max", "lr_escape", "sharpness",
+    "alpha_measured", "alpha_escape", "alpha_theory", "ratio", "inv_a_lr_max", "inv_a_lr_theory",
+    "n_probes", "budget_epochs", "censored",
+)
+#: Columns of probes.csv (one row per continuation run).
+PROBE_COLUMNS = (
+    "experiment", "variant", "momentum", "tau", "lr", "alpha", "escaped", "epochs_to_escape",
+    "epochs_run", "budget_epochs", "status", "final_train_loss", "run_dir",
+)
+#: Columns of curves.csv (one row per probe and evaluation epoch).
+CURVE_COLUMNS = ("experiment", "variant", "momentum", "tau", "lr", "epoch", "train_loss", "val_error")
+
+
+# ----------------------------------------------------------------------------- small helpers
+def write_json_atomic(path, record) -> None:
+    """Write JSON to ``path`` atomically (the engine's writer: non-finite floats become null)."""
+    from .train import write_json
+
+    write_json(str(path), record)
+
+
+def write_csv_atomic(path, columns, rows) -> None:
+    """Write a tidy CSV (header = ``columns``) atomically."""
+    from .train import _atomic_write
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic_write(str(path), lambda f: f.write(buf.getvalue().encode()))
+
+
+def read_json(path, what="file"):
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{what} {path} is not valid JSON ({exc})") from None
+
+
+def deep_merge(base: dict, override: dict | None) -> dict:
+    """A copy of ``base`` with ``override`` merged in, recursively for nested dicts."""
+    out = dict(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def momentum_tag(m: float) -> str:
+    """Directory tag of a momentum value: 0.5 -> 'm0.5'."""
+    return f"m{float(m):g}"
+
+
+def lr_tag(lr: float) -> str:
+    return f"lr{lr:.6e}"
+
+
+# ----------------------------------------------------------------------------- the search
+def probe_budget(tau: int, search: dict) -> int:
+    """Epoch budget of one continuation: min(max_epochs, base_epochs + epochs_per_tau·τ)."""
+    return int(min(search["max_epochs"], search["base_epochs"] + search["epochs_per_tau"] * tau))
+
+
+def escape_rule(kick: dict, escape: dict) -> dict:
+    """The engine's escape rule ``train loss > factor·L0 + delta`` (L0 = loss at the start) for a
+    search's ``escape`` setting.
+
+    ``kick_growth``: left when the kick has grown G-fold in amplitude along the top eigen-direction,
+    i.e. loss > L_min + G²·(L_kick − L_min) (factor 0, delta = that level).
+    ``loss``: left when loss > factor·L0 + delta (for minibatch runs, where SGD noise kicks).
+    """
+    if escape["kind"] == "kick_growth":
+        l_min, l_kick = kick["loss_minimum"], kick["loss_kicked"]
+        if not l_kick > l_min:
+            raise UserError("search.escape.kind 'kick_growth' needs a kick (kick.norm > 0) that raises the loss")
+        level = l_min + escape["growth"] ** 2 * (l_kick - l_min)
+        return {"factor": 0.0, "delta": float(level), "stop": True}
+    return {"factor": float(escape["factor"]), "delta": float(escape["delta"]), "stop": True}
+
+
+def settle_rule(kick: dict, escape: dict, tau: int):
+    """Early 'stayed' verdict for kick_growth searches: the kick's amplitude has decayed
+    ``settle`` -fold (loss < L_min + (L_kick − L_min)/settle²) for 4τ + 8 epochs in a row — longer
+    than one oscillation period of the slowest mode near the edge (≈ 4τ + 2 steps). None otherwise."""
+    factor = escape.get("settle")
+    if escape["kind"] != "kick_growth" or not factor:
+        return None
+    l_min, l_kick = kick["loss_minimum"], kick["loss_kicked"]
+    return {"below": float(l_min + (l_kick - l_min) / factor**2), "window": 4 * int(tau) + 8}
+
+
+def probe_spec(base_spec: dict, continuation: dict, *, lr, tau, variant, momentum, init_checkpoint,
+               epochs, escape, settle=None) -> dict:
+    """The training spec of one continuation from the kicked minimum."""
+    spec = deep_merge(base_spec, continuation)
+    spec = deep_merge(spec, {
+        "lr": float(lr),
+        "epochs": int(epochs),
+        "init_checkpoint": str(init_checkpoint),
+        "perturb": 0.0,
+        "optimizer": {"delay": int(tau), "variant": variant, "momentum": float(momentum),
+                      "schedule": "round_robin", "workers": None},
+        "stop": {"steady_state": None,
+                 "escape": escape, "settle": settle},
+    })
+    return spec
+
+
+def run_probe(spec: dict, out_dir: Path) -> dict:
+    """One continuation run (cached: an existing summary for the same spec is reused)."""
+    from . import train
+
+    out_dir = Path(out_dir)
+    summary_path = out_dir / "summary.json"
+    run_path = out_dir / "run.json"
+    if summary_path.exists() and run_path.exists():
+        try:
+            if json.loads(run_path.read_text()).get("spec") == train.validate_spec(spec):
+                return json.loads(summary_path.read_text())
+        except (json.JSONDecodeError, UserError):
+            pass
+    return train.run_training(spec, out_dir)
+
+
+def search_threshold(*, base_spec, continuation, kick, search, variant, momentum, tau, out_dir,
+                     log=print) -> dict:
+    """Largest stable learning rate for (variant, m, τ): downward scan, then bisection on log η.
+
+    Learning rates are handled as α = a·η (a = sharpness at the minimum). The scan starts at
+    ``alpha_max`` and divides by ``scan_factor`` until a probe stays; the bracket
+    [α_stay, α_escape] is then bisected geometrically until α_escape/α_stay − 1 ≤ ``rel_tol``.
+    """
+    a = float(kick["sharpness"])
+    out_dir = Path(out_dir)
+    epochs = probe_budget(tau, search)
+    escape = escape_rule(kick, search["escape"])
+    settle = settle_rule(kick, search["escape"], tau)
+    probes = []
+
+    def probe(alpha):
+        lr = alpha / a
+        spec = probe_spec(base_spec, continuation, lr=lr, tau=tau, variant=variant, momentum=momentum,
+                          init_checkpoint=kick["checkpoint"], epochs=epochs, escape=escape, settle=settle)
+        t0 = time.time()
+        summary = run_probe(spec, out_dir / lr_tag(lr))
+        escaped = bool(summary.get("escaped") or summary.get("diverged"))
+        record = {"lr": lr, "alpha": alpha, "escaped": escaped,
+                  "epochs_to_escape": summary.get("epochs_to_escape") if escaped else None,
+                  "epochs_run": summary.get("epochs_run"), "status": summary.get("status"),
+                  "final_train_loss": (summary.get("final") or {}).get("train_loss"),
+                  "run_dir": str(out_dir / lr_tag(lr))}
+        if escaped and record["epochs_to_escape"] is None:
+            record["epochs_to_escape"] = summary.get("diverged_epoch")
+        probes.append(record)
+        log(f"{variant} m={momentum:g} tau={tau}: alpha={alpha:.6g} lr={lr:.6g} "
+            f"{'left' if escaped else 'stayed'} ({time.time() - t0:.1f}s)")
+        return escaped
+
+    alpha_min, alpha_max = search["alpha_min"], search["alpha_max"]
+    factor = search.get("scan_factor", 2.0)
+    alpha_hi = alpha_max
+    if not probe(alpha_hi):
+        alpha_lo, alpha_hi, censored = alpha_hi, None, True   # stable up to the top of the range
+    else:
+        censored = False
+        alpha_lo = None
+        alpha = alpha_hi
+        while alpha_lo is None:
+            alpha = alpha / factor
+            if alpha < alpha_min:
+                raise UserError(
+                    f"stability search {variant} m={momentum:g} tau={tau}: every learning rate down to "
+                    f"α = a·η ≥ search.alpha_min={alpha_min:g} left the minimum; lower search.alpha_min")
+            if probe(alpha):
+                alpha_hi = alpha
+            else:
+                alpha_lo = alpha
+        while alpha_hi / alpha_lo - 1.0 > search["rel_tol"]:
+            mid = math.sqrt(alpha_lo * alpha_hi)
+            if probe(mid):
+                alpha_hi = mid
+            else:
+                alpha_lo = mid
+    from .theory import critical_alpha
+
+    alpha_theory = critical_alpha(int(tau), momentum=float(momentum), variant=variant)
+    result = {
+        "variant": variant, "momentum": float(momentum), "tau": int(tau), "sharpness": a,
+        "lr_max": alpha_lo / a, "lr_escape": (alpha_hi / a) if alpha_hi else None,
+        "alpha_measured": alpha_lo, "alpha_escape": alpha_hi, "alpha_theory": alpha_theory,
+        "ratio": alpha_lo / alpha_theory, "censored": censored, "budget_epochs": epochs,
+        "escape_rule": escape, "search": search,
+        "probes": sorted(probes, key=lambda p: p["lr"]),
+    }
+    return result
+
+
+# ----------------------------------------------------------------------------- the tables
+def _geometric_midpoint(lo, hi):
+    return math.sqrt(lo * hi) if hi else lo
+
+
+def threshold_row(experiment: str, result: dict) -> dict:
+    """One row of thresholds.csv from a search result."""
+    a = result["sharpness"]
+    return {
+        "experiment": experiment, "variant": result["variant"], "momentum": result["momentum"],
+        "tau": result["tau"], "lr_max": result["lr_max"], "lr_escape": result["lr_escape"],
+        "sharpness": a, "alpha_measured": result["alpha_measured"],
+        "alpha_escape": result["alpha_escape"], "alpha_theory": result["alpha_theory"],
+        "ratio": result["ratio"], "inv_a_lr_max": 1.0 / result["alpha_measured"],
+        "inv_a_lr_theory": 1.0 / result["alpha_theory"], "n_probes": len(result["probes"]),
+        "budget_epochs": result["budget_epochs"], "censored": result["censored"],
+    }
+
+
+def read_metrics(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def collect(search_files, experiment_of, out_thresholds, out_probes, out_curves) -> list[dict]:
+    """Gather search results into the tidy tables the figures read."""
+    thresholds, probes, curves = [], [], []
+    for path in search_files:
+        result = read_json(path, "search result")
+        experiment = experiment_of(path)
+        thresholds.append(threshold_row(experiment, result))
+        for p in result["probes"]:
+            probes.append({"experiment": experiment, "variant": result["variant"],
+                           "momentum": result["momentum"], "tau": result["tau"],
+                           "budget_epochs": result["budget_epochs"], **p})
+            metrics = Path(p["run_dir"]) / "metrics.csv"
+            if metrics.exists():
+                for row in read_metrics(metrics):
+                    curves.append({"experiment": experiment, "variant": result["variant"],
+                                   "momentum": result["momentum"], "tau": result["tau"],
+                                   "lr": p["lr"], "epoch": row["epoch"],
+                                   "train_loss": row["train_loss"], "val_error": row["val_error"]})
+    key = lambda r: (r["experiment"], r["variant"], float(r["momentum"]), int(r["tau"]))
+    thresholds.sort(key=key)
+    write_csv_atomic(out_thresholds, THRESHOLD_COLUMNS, thresholds)
+    write_csv_atomic(out_probes, PROBE_COLUMNS, sorted(probes, key=lambda r: (*key(r), r["lr"])))
+    write_csv_atomic(out_curves, CURVE_COLUMNS, curves)
+    return thresholds
+
+
+def linear_fit(x, y):
+    """Least-squares line y = slope·x + intercept and its R²."""
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    sxx = sum((xi - mx) ** 2 for xi in x)
+    sxy = sum((xi - mx) * (yi - my) for xi, yi in zip(x, y))
+    slope = sxy / sxx
+    intercept = my - slope * mx
+    ss_res = sum((yi - slope * xi - intercept) ** 2 for xi, yi in zip(x, y))
+    ss_tot = sum((yi - my) ** 2 for yi in y)
+    return slope, intercept, 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
+
+
+# ----------------------------------------------------------------------------- minimum and kick
+def _training_batches(spec, dataset):
+    """The whole training set in batches of the run's batch size (0 = one full batch)."""
+    import torch
+
+    x, y = dataset.train_x, dataset.train_y
+    size = spec["batch_size"] if spec["batch_size"] > 0 else len(x)
+    return list(zip(torch.split(x, size), torch.split(y, size)))
+
+
+def _mean_loss_and_grad(model, loss_fn, batches, params):
+    """Mean training loss over all batches (weighted by size) and its gradient, as flat tensors."""
+    import torch
+
+    n = sum(len(y) for _, y in batches)
+    total = 0.0
+    grads = [torch.zeros_like(p) for p in params]
+    for x, y in batches:
+        loss = loss_fn(model(x), y) * (len(y) / n)
+        for g, gi in zip(grads, torch.autograd.grad(loss, params)):
+            g += gi
+        total += float(loss.detach())
+    return total, grads
+
+
+def _flat(tensors):
+    import torch
+
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def resolve_device(name):
+    import torch
+
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _gauss_newton(model, batches, params, *, max_iter, grad_tol, log=print):
+    """Minimum-norm Gauss–Newton steps for the squared loss L = (1/2N) Σ_i ‖f(x_i) − e_{y_i}‖².
+
+    With r(w) the N·C residuals scaled by 1/√N and J = ∂r/∂w (N·C × P, P > N·C for an
+    over-parameterised network), each step solves δ = −Jᵀ(JJᵀ + λI)⁻¹ r: the smallest move that
+    interpolates the linearised model. It converges quadratically to a zero-loss minimum near the
+    starting point; λ (Levenberg–Marquardt) grows ×10 when a step does not lower the loss.
+    """
+    import torch
+    from torch.func import functional_call, jacrev
+
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    shapes = [p.shape for p in params]
+    sizes = [p.numel() for p in params]
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    w = torch.cat([p.detach().reshape(-1) for p in params])
+    n = len(y)
+
+    def residual(flat):
+        tensors = [t.view(s) for t, s in zip(torch.split(flat, sizes), shapes)]
+        out = functional_call(model, dict(zip(names, tensors)), (x,))
+        onehot = torch.nn.functional.one_hot(y, out.shape[1]).to(out.dtype)
+        return (out - onehot).reshape(-1) / math.sqrt(n)
+
+    lam, iterations = 1e-6, 0
+    r = residual(w)
+    loss = 0.5 * float(r @ r)
+    while iterations < max_iter:
+        J = jacrev(residual)(w)
+        grad = J.T @ r
+        if float(grad.norm()) <= grad_tol:
+            break
+        gram = J @ J.T
+        while True:
+            eye = torch.eye(len(r), dtype=r.dtype, device=r.device)
+            step = -J.T @ torch.linalg.solve(gram + lam * eye, r)
+            r_new = residual(w + step)
+            loss_new = 0.5 * float(r_new @ r_new)
+            if loss_new < loss:
+                w, r, loss, lam = w + step, r_new, loss_new, max(lam / 10, 1e-12)
+                break
+            lam *= 10
+            if lam > 1e8:
+                return w, iterations  # no descent possible: at a minimum to working precision
+        iterations += 1
+        log(f"Gauss-Newton {iterations}: loss {loss:.3e}, |grad| {float(grad.norm()):.3e}, lambda {lam:.0e}")
+    return w, iterations
+
+
+def _lbfgs(model, loss_fn, batches, params, *, max_iter, grad_tol):
+    """Full-batch L-BFGS with a strong Wolfe line search (any loss)."""
+    import torch
+
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=min(max_iter, 500), history_size=50,
+                            tolerance_grad=grad_tol, tolerance_change=0.0, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        loss, grads = _mean_loss_and_grad(model, loss_fn, batches, params)
+        for p, g in zip(params, grads):
+            p.grad = g
+        return torch.tensor(loss, dtype=torch.float64)
+
+    iterations = 0
+    while iterations < max_iter:
+        opt.step(closure)
+        done = opt.state[opt._params[0]]["n_iter"]
+        _, grads = _mean_loss_and_grad(model, loss_fn, batches, params)
+        stalled = done == iterations
+        iterations = done
+        if float(_flat(grads).norm()) <= grad_tol or stalled:
+            break
+    return iterations
+
+
+def polish_minimum(checkpoint, out, info_path, *, max_iter=100, grad_tol=1e-9, device="auto",
+                   method="auto") -> dict:
+    """Polish a steady state to a critical point of the full-batch training loss.
+
+    Synchronous GD with a fixed η sits at its edge of stability (sharpness ≈ 2/η, Cohen et al. 2021)
+    or keeps sharpening slowly; a continuation from there would measure a moving target. For the
+    squared loss, minimum-norm Gauss–Newton (``method="gauss_newton"``, the default for ``loss: mse``)
+    reaches an interpolating minimum close to the start, where the gradient vanishes to rounding
+    error; otherwise L-BFGS drives ‖∇L‖ down. Afterwards the weights, the loss and the sharpness stay
+    put under any stable continuation. ``max_iter = 0`` copies the checkpoint and only records the
+    loss and gradient norm there.
+    """
+    import torch
+
+    from . import data, train
+
+    t0 = time.time()
+    device = resolve_device(device)
+    model, spec = train.model_from_checkpoint(checkpoint, device)
+    loss_fn = train.build_loss(spec)
+    batches = _training_batches(spec, data.load_dataset(spec, device))
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    if method == "auto":
+        method = "gauss_newton" if spec["loss"] == "mse" else "lbfgs"
+    if method == "gauss_newton" and spec["loss"] != "mse":
+        raise UserError("polish method gauss_newton needs loss: mse in the baseline spec")
+    loss0, grad0 = _mean_loss_and_grad(model, loss_fn, batches, params)
+    start = torch.cat([p.detach().reshape(-1) for p in params])
+    iterations = 0
+    if max_iter > 0 and float(_flat(grad0).norm()) > grad_tol:
+        if method == "gauss_newton":
+            w, iterations = _gauss_newton(model, batches, params, max_iter=max_iter, grad_tol=grad_tol)
+            with torch.no_grad():
+                for p, t in zip(params, torch.split(w, [p.numel() for p in params])):
+                    p.copy_(t.view_as(p))
+        else:
+            iterations = _lbfgs(model, loss_fn, batches, params, max_iter=max_iter, grad_tol=grad_tol)
+    loss1, grad1 = _mean_loss_and_grad(model, loss_fn, batches, params)
+    moved = float((torch.cat([p.detach().reshape(-1) for p in params]) - start).norm())
+    info = {
+        "checkpoint": str(checkpoint), "out": str(out), "method": method if max_iter > 0 else "none",
+        "max_iter": max_iter, "grad_tol": grad_tol, "iterations": iterations,
+        "loss_before": loss0, "grad_norm_before": float(_flat(grad0).norm()),
+        "loss_after": loss1, "grad_norm_after": float(_flat(grad1).norm()), "distance_moved": moved,
+        "seconds": round(time.time() - t0, 3), "n_samples": sum(len(y) for _, y in batches),
+    }
+    if not math.isfinite(loss1):
+        raise UserError(f"polishing {checkpoint} diverged (loss {loss1}); set polish: null in the config")
+    train.save_checkpoint(str(out), {"spec": spec, "model": model.state_dict(), "polish": info})
+    write_json_atomic(info_path, info)
+    return info
+
+
+def kick_minimum(checkpoint, sharpness_json, out, info_path, *, norm, direction="top_eigenvector",
+                 device="auto", tol=1e-10, max_iter=200, method="lanczos", bn_mode="train", seed=0) -> dict:
+    """The start of every continuation: w = w* + ε·u with ‖u‖ = 1.
+
+    u is the top eigenvector of the training-loss Hessian at w* (``direction="top_eigenvector"``,
+    the direction that loses stability first, eq. 13) or a seeded random direction. Records
+    L_min = L(w*), L_kick = L(w) and a, which the escape criterion uses.
+    """
+    import torch
+
+    from . import data, sharpness, train
+
+    device = resolve_device(device)
+    model, spec = train.model_from_checkpoint(checkpoint, device)
+    loss_fn = train.build_loss(spec)
+    batches = _training_batches(spec, data.load_dataset(spec, device))
+    params = [p for p in model.parameters() if p.requires_grad]
+    a_record = read_json(sharpness_json, "sharpness result")
+    model.train()
+    loss_min, _ = _mean_loss_and_grad(model, loss_fn, batches, params)
+    if norm > 0 and direction == "top_eigenvector":
+        result = sharpness.top_eigenvalue(model, loss_fn, batches, tol=tol, max_iter=max_iter,
+                                          method=method, bn_mode=bn_mode,
+                                          generator=torch.Generator().manual_seed(seed))
+        u = result.eigenvector.to(device)
+        eig = result.eigenvalue
+    else:
+        g = torch.Generator().manual_seed(seed)
+        u = torch.randn(sum(p.numel() for p in params), generator=g, dtype=torch.float64).to(device)
+        eig = None
+    u = u / u.norm()
+    with torch.no_grad():
+        offset = 0
+        for p in params:
+            k = p.numel()
+            p.add_((norm * u[offset:offset + k]).view_as(p).to(p.dtype))
+            offset += k
+    loss_kick, _ = _mean_loss_and_grad(model, loss_fn, batches, params)
+    info = {
+        "checkpoint": str(out), "minimum": str(checkpoint), "norm": norm, "direction": direction,
+        "sharpness": float(a_record["eigenvalue"]), "kick_eigenvalue": eig,
+        "loss_minimum": loss_min, "loss_kicked": loss_kick,
+        "predicted_loss_increase": 0.5 * float(a_record["eigenvalue"]) * norm**2
+        if direction == "top_eigenvector" else None,
+    }
+    train.save_checkpoint(str(out), {"spec": spec, "model": model.state_dict(), "kick": info})
+    write_json_atomic(info_path, info)
+    return info
+
+
+# ----------------------------------------------------------------------------- command line
+def _json_arg(text, flag):
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{flag}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{flag}: expected a JSON object")
+    return value
+
+
+def _cli_polish(args):
+    info = polish_minimum(args.checkpoint, args.out, args.info, max_iter=args.max_iter,
+                          grad_tol=args.grad_tol, device=args.device, method=args.method)
+    print(f"minimum: loss {info['loss_before']:.3e} -> {info['loss_after']:.3e}, |grad| "
+          f"{info['grad_norm_before']:.2e} -> {info['grad_norm_after']:.2e} ({info['iterations']} {info['method']} iterations)")
+
+
+def _cli_kick(args):
+    s = read_json(args.sharpness, "sharpness result")
+    info = kick_minimum(args.checkpoint, args.sharpness, args.out, args.info, norm=args.norm,
+                        direction=args.direction, device=args.device,
+                        tol=min(float(s.get("tol", 1e-8)), 1e-8), method="lanczos",
+                        bn_mode=s.get("bn_mode", "train"))
+    print(f"kick {info['norm']:g} along {info['direction']}: loss {info['loss_minimum']:.3e} -> {info['loss_kicked']:.3e}")
+
+
+def _cli_search(args):
+    from . import train
+
+    kick = read_json(args.kick, "kick record")
+    base_spec = train.read_spec(args.spec)
+    result = search_threshold(
+        base_spec=base_spec, continuation=_json_arg(args.continuation, "--continuation"),
+        kick=kick, search=_json_arg(args.search, "--search"), variant=args.variant,
+        momentum=args.momentum, tau=args.tau, out_dir=Path(args.out).parent,
+        log=lambda msg: print(msg, flush=True))
+    write_json_atomic(args.out, result)
+    print(f"eta_max = {result['lr_max']:.6g} (alpha = {result['alpha_measured']:.6g}, "
+          f"theory {result['alpha_theory']:.6g}, ratio {result['ratio']:.4f})")
+
+
+def _experiment_of(path):
+    """results/<scale>/<experiment>/search/<variant>-m<m>/tau<τ>/search.json -> <experiment>."""
+    return Path(path).parents[3].name
+
+
+def _cli_collect(args):
+    rows = collect(args.search, _experiment_of, args.thresholds, args.probes, args.curves)
+    for r in rows:
+        print(f"{r['experiment']:>18} {r['variant']:>8} m={float(r['momentum']):<4g} tau={int(r['tau']):<3d} "
+              f"alpha_measured/alpha_theory = {float(r['ratio']):.4f}")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("stability-polish", help="polish a steady state to a minimum (Gauss-Newton/L-BFGS)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="checkpoint of the minimum")
+    p.add_argument("--info", required=True, help="JSON record (losses, gradient norms, iterations)")
+    p.add_argument("--max-iter", type=int, default=100, help="iterations (0: copy as is)")
+    p.add_argument("--grad-tol", type=float, default=1e-9)
+    p.add_argument("--method", choices=("auto", "gauss_newton", "lbfgs"), default="auto",
+                   help="auto: Gauss-Newton for loss mse, else L-BFGS")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cli_polish)
+
+    p = subparsers.add_parser("stability-kick", help="perturb a minimum along its top eigenvector")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--sharpness", required=True, help="sharpness JSON of the minimum")
+    p.add_argument("--norm", type=float, required=True)
+    p.add_argument("--direction", choices=("top_eigenvector", "random"), default="top_eigenvector")
+    p.add_argument("--out", required=True)
+    p.add_argument("--info", required=True)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cli_kick)
+
+    p = subparsers.add_parser("stability-search", help="largest stable learning rate for (variant, m, tau)")
+    p.add_argument("--kick", required=True, help="kick.json (start checkpoint, losses, sharpness)")
+    p.add_argument("--spec", required=True, help="the baseline's training spec")
+    p.add_argument("--continuation", default="{}", help="JSON: spec overrides of every continuation")
+    p.add_argument("--search", required=True, help="JSON: the search settings (see config.yaml)")
+    p.add_argument("--variant", choices=("plain", "momentum", "shifted"), default="plain")
+    p.add_argument("--momentum", type=float, default=0.0)
+    p.add_argument("--tau", type=int, required=True)
+    p.add_argument("--out", required=True, help="search.json; probes go in folders beside it")
+    p.set_defaults(func=_cli_search)
+
+    p = subparsers.add_parser("stability-collect", help="tidy tables from search results")
+    p.add_argument("--search", nargs="+", required=True)
+    p.add_argument("--thresholds", required=True)
+    p.add_argument("--probes", required=True)
+    p.add_argument("--curves", required=True)
+    p.set_defaults(func=_cli_collect)
