@@ -30,13 +30,14 @@ def tiny(config):
     block["search"].update(alpha_max=4096.0, rel_tol=0.08, base_epochs=300, epochs_per_tau=300,
                            max_epochs=1000)
     block["continuation"] = {"eval_every": 20}
+    block["curves"] = {"taus": [2], "lr_factors": [0.8, 1.5], "epochs": 300}
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     workdir = copy_workflow(tmp_path_factory.mktemp("stability"))
     edit_config(workdir, tiny)
-    result = snakemake(workdir, "--cores", "2", "figures/fig2.pdf", "figures/fig4.pdf")
+    result = snakemake(workdir, "--cores", "2", "figures/fig2.pdf", "figures/fig4.pdf", "figures/fig12.pdf")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workdir
 
@@ -72,6 +73,17 @@ def test_minimum_is_a_critical_point_and_the_kick_is_quadratic(built):
     increase = kick["loss_kicked"] - kick["loss_minimum"]
     # L(w* + εu) − L(w*) = ½ a ε² + O(ε³) along the top eigenvector u
     assert increase == pytest.approx(0.5 * kick["sharpness"] * kick["norm"] ** 2, rel=1e-2)
+
+
+def test_curves_stay_below_and_leave_above_the_threshold(built):
+    rows = read_csv(built / "results" / "quick" / "stability" / "curves.csv")
+    by_factor = {}
+    for r in rows:
+        by_factor.setdefault(float(r["lr_factor"]), []).append(float(r["train_loss"]))
+    kick = json.loads((built / "results/quick/stability/kick/kick.json").read_text())
+    assert max(by_factor[0.8]) <= kick["loss_kicked"] * 1.0001  # stays: the kick dies out
+    assert max(by_factor[1.5]) > 9 * kick["loss_kicked"]        # leaves the minimum
+    assert (built / "figures" / "fig12.png").exists()
 
 
 def test_diverged_runs_are_recorded_as_escaped(built):

@@ -298,10 +298,29 @@ def test_resume_in_process_is_bit_for_bit(tmp_path):
     assert again == summary | {"seconds": again["seconds"]}
 
 
-def test_checkpoint_of_another_spec_is_refused(tmp_path):
-    run_training(quick_spec(epochs=2), str(tmp_path))
-    with pytest.raises(UserError, match=r"final.pt.*different spec.*lr"):
-        run_training(quick_spec(epochs=2, lr=0.3), str(tmp_path))
+def test_finished_run_of_another_spec_is_redone(tmp_path):
+    run_training(quick_spec(epochs=2), str(tmp_path / "a"))
+    redone = run_training(quick_spec(epochs=2, lr=0.3), str(tmp_path / "a"))  # the options changed
+    fresh = run_training(quick_spec(epochs=2, lr=0.3), str(tmp_path / "b"))
+    def timeless(summary):
+        return summary | {"seconds": 0, "final": summary["final"] | {"seconds": 0}}
+
+    assert timeless(redone) == timeless(fresh)
+    assert_same_weights(final_weights(str(tmp_path / "a")), final_weights(str(tmp_path / "b")))
+
+
+def test_interrupted_run_of_another_spec_is_refused(tmp_path):
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_epoch_3(event, state):
+        if event == "epoch" and state.epoch == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_training(quick_spec(epochs=6, checkpoint_every=2), str(tmp_path), callbacks=[stop_at_epoch_3])
+    with pytest.raises(UserError, match=r"checkpoint.pt.*different spec.*lr"):
+        run_training(quick_spec(epochs=6, checkpoint_every=2, lr=0.3), str(tmp_path))
 
 
 def test_damaged_checkpoints_name_the_file(tmp_path):

@@ -53,7 +53,8 @@ PROBE_COLUMNS = (
     "epochs_run", "budget_epochs", "status", "final_train_loss", "run_dir",
 )
 #: Columns of curves.csv (one row per probe and evaluation epoch).
-CURVE_COLUMNS = ("experiment", "variant", "momentum", "tau", "lr", "epoch", "train_loss", "val_error")
+CURVE_COLUMNS = ("experiment", "variant", "momentum", "tau", "lr", "lr_factor", "lr_max", "status",
+                 "epoch", "train_loss", "val_error")
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -140,7 +141,7 @@ def settle_rule(kick: dict, escape: dict, tau: int):
 
 
 def probe_spec(base_spec: dict, continuation: dict, *, lr, tau, variant, momentum, init_checkpoint,
-               epochs, escape, settle=None) -> dict:
+               epochs, escape=None, settle=None) -> dict:
     """The training spec of one continuation from the kicked minimum."""
     spec = deep_merge(base_spec, continuation)
     spec = deep_merge(spec, {
@@ -269,8 +270,8 @@ def read_metrics(path):
         return list(csv.DictReader(fh))
 
 
-def collect(search_files, experiment_of, out_thresholds, out_probes, out_curves) -> list[dict]:
-    """Gather search results into the tidy tables the figures read."""
+def collect(search_files, curve_summaries, experiment_of, out_thresholds, out_probes, out_curves) -> list[dict]:
+    """Gather search results and long continuations into the tidy tables the figures read."""
     thresholds, probes, curves = [], [], []
     for path in search_files:
         result = read_json(path, "search result")
@@ -280,19 +281,36 @@ def collect(search_files, experiment_of, out_thresholds, out_probes, out_curves)
             probes.append({"experiment": experiment, "variant": result["variant"],
                            "momentum": result["momentum"], "tau": result["tau"],
                            "budget_epochs": result["budget_epochs"], **p})
-            metrics = Path(p["run_dir"]) / "metrics.csv"
-            if metrics.exists():
-                for row in read_metrics(metrics):
-                    curves.append({"experiment": experiment, "variant": result["variant"],
-                                   "momentum": result["momentum"], "tau": result["tau"],
-                                   "lr": p["lr"], "epoch": row["epoch"],
-                                   "train_loss": row["train_loss"], "val_error": row["val_error"]})
+    for path in curve_summaries:
+        info = read_json(Path(path).with_name("curve.json"), "curve record")
+        summary = read_json(path, "run summary")
+        for row in read_metrics(Path(path).with_name("metrics.csv")):
+            curves.append({"experiment": experiment_of(path), **info, "status": summary["status"],
+                           "epoch": row["epoch"], "train_loss": row["train_loss"],
+                           "val_error": row["val_error"]})
     key = lambda r: (r["experiment"], r["variant"], float(r["momentum"]), int(r["tau"]))
     thresholds.sort(key=key)
     write_csv_atomic(out_thresholds, THRESHOLD_COLUMNS, thresholds)
     write_csv_atomic(out_probes, PROBE_COLUMNS, sorted(probes, key=lambda r: (*key(r), r["lr"])))
     write_csv_atomic(out_curves, CURVE_COLUMNS, curves)
     return thresholds
+
+
+def run_curve(*, search_json, kick, base_spec, continuation, factor, epochs, out_dir) -> dict:
+    """A long continuation at η = factor·η_max (no early stop), for the curves of fig. 12: what
+    happens after a run leaves the minimum (appendix F: it settles in another minimum)."""
+    from . import train
+
+    result = read_json(search_json, "search result")
+    lr = factor * result["lr_max"]
+    spec = probe_spec(base_spec, continuation, lr=lr, tau=result["tau"], variant=result["variant"],
+                      momentum=result["momentum"], init_checkpoint=kick["checkpoint"], epochs=epochs)
+    # only a non-finite loss ends these runs: L0 is the tiny loss at the kicked minimum
+    spec["stop"]["divergence"] = {"loss_factor": 1e300}
+    info = {"variant": result["variant"], "momentum": result["momentum"], "tau": result["tau"],
+            "lr": lr, "lr_factor": factor, "lr_max": result["lr_max"]}
+    write_json_atomic(Path(out_dir) / "curve.json", info)
+    return train.run_training(spec, str(out_dir))
 
 
 def linear_fit(x, y):
@@ -570,12 +588,22 @@ def _cli_search(args):
 
 
 def _experiment_of(path):
-    """results/<scale>/<experiment>/search/<variant>-m<m>/tau<τ>/search.json -> <experiment>."""
+    """results/<scale>/<experiment>/{search,curves}/<a>/<b>/<file> -> <experiment>."""
     return Path(path).parents[3].name
 
 
+def _cli_curve(args):
+    from . import train
+
+    summary = run_curve(search_json=args.search, kick=read_json(args.kick, "kick record"),
+                        base_spec=train.read_spec(args.spec),
+                        continuation=_json_arg(args.continuation, "--continuation"),
+                        factor=args.factor, epochs=args.epochs, out_dir=args.out)
+    print(f"{args.out}: {summary['status']} after {summary['epochs_run']} epochs")
+
+
 def _cli_collect(args):
-    rows = collect(args.search, _experiment_of, args.thresholds, args.probes, args.curves)
+    rows = collect(args.search, args.curve or [], _experiment_of, args.thresholds, args.probes, args.curves)
     for r in rows:
         print(f"{r['experiment']:>18} {r['variant']:>8} m={float(r['momentum']):<4g} tau={int(r['tau']):<3d} "
               f"alpha_measured/alpha_theory = {float(r['ratio']):.4f}")
@@ -614,8 +642,19 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="search.json; probes go in folders beside it")
     p.set_defaults(func=_cli_search)
 
+    p = subparsers.add_parser("stability-curve", help="a long continuation at factor x eta_max (fig. 12)")
+    p.add_argument("--search", required=True, help="search.json of the (variant, m, tau)")
+    p.add_argument("--kick", required=True)
+    p.add_argument("--spec", required=True, help="the baseline's training spec")
+    p.add_argument("--continuation", default="{}", help="JSON: spec overrides of every continuation")
+    p.add_argument("--factor", type=float, required=True, help="eta = factor * eta_max")
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--out", required=True, help="run folder")
+    p.set_defaults(func=_cli_curve)
+
     p = subparsers.add_parser("stability-collect", help="tidy tables from search results")
     p.add_argument("--search", nargs="+", required=True)
+    p.add_argument("--curve", nargs="*", help="summary.json of the fig. 12 continuations")
     p.add_argument("--thresholds", required=True)
     p.add_argument("--probes", required=True)
     p.add_argument("--curves", required=True)

@@ -403,33 +403,37 @@ def plot_fig2(tables, scale=None, options=None):
 
 @plotter("fig12")
 def plot_fig12(tables, scale=None, options=None):
-    """Fig. 12: validation error vs epochs of the continuations, one panel per τ."""
+    """Fig. 12: training loss or validation error vs epochs of long continuations at η = f·η_max."""
     options = options or {}
-    curves = _stability_rows(_by_name(tables, "epoch", "val_error"), options, "plain", 0.0)
-    thr = _stability_rows(_by_name(tables, "lr_max", "alpha_theory"), options, "plain", 0.0)
+    curves = _stability_rows(_by_name(tables, "epoch", "lr_factor"), options)
+    if curves.n_rows == 0:
+        raise UserError("fig12: the curves table has no continuation runs")
+    metric = options.get("metric", "val_error")
     taus = [t for t in options.get("taus", sorted(set(curves["tau"]))) if t in set(curves["tau"])]
-    if not taus:
-        raise UserError("fig12: no continuation curves for the requested taus")
-    max_lines = int(options.get("max_lines", 6))
-    fig, axes = new_figure(ncols=len(taus), width=3.0 * len(taus), height=3.2)
+    factors = sorted(set(curves["lr_factor"]))
+    cmap = matplotlib.colormaps["coolwarm"]
+    colors = dict(zip(factors, cmap(np.linspace(0.0, 1.0, len(factors)))))
+    fig, axes = new_figure(ncols=len(taus), width=3.1 * len(taus), height=3.3)
     axes = axes if isinstance(axes, list) else [axes]
     for ax, tau in zip(axes, taus):
         c = curves.where(tau=tau)
-        lr_max = float(thr.where(tau=tau)["lr_max"][0])
-        lrs = sorted(set(c["lr"]), key=lambda lr: abs(np.log(lr / lr_max)))[:max_lines]
-        cmap = matplotlib.colormaps["coolwarm"]
-        span = max(abs(np.log(lr / lr_max)) for lr in lrs) or 1.0
-        for lr in sorted(lrs):
-            rows = c.where(lr=lr)
-            color = cmap(0.5 + 0.5 * np.log(lr / lr_max) / span)
-            style = "-" if lr <= lr_max * (1 + 1e-12) else "--"
-            ax.plot(rows["epoch"], rows["val_error"], style, color=color,
-                    label=f"η = {lr:.3g}" + (" (η_max)" if abs(lr / lr_max - 1) < 1e-9 else ""))
-        ax.set(title=f"τ = {int(tau)}", xlabel="epochs after the minimum", ylabel="validation error")
+        for f in factors:
+            rows = c.where(lr_factor=f)
+            if rows.n_rows == 0:
+                continue
+            y = rows[metric]
+            ax.plot(rows["epoch"], y, "-" if f <= 1 else "--", color=colors[f],
+                    label=f"η = {f:g}·η_max ({rows['status'][0]})")
+        lr_max = float(c["lr_max"][0])
+        ax.set(title=f"τ = {int(tau)}, η_max = {lr_max:.3g}", xlabel="epochs after the minimum",
+               ylabel=metric.replace("_", " "))
+        if metric == "train_loss":
+            ax.set_yscale("log")
         ax.legend(fontsize=6)
-    return caption(fig, "Fig. 12: validation error of the continuations of Fig. 2 (solid: stayed, dashed: left; "
-                        "the closest learning rates to η_max). Runs that leave stop once they have left "
-                        f"(escape criterion). {ESCAPE_NOTE}", scale)
+    return caption(fig, "Fig. 12: continuations from the minimum of Fig. 2 at learning rates around the "
+                        "measured stability threshold η_max (plain A-SGD, no early stop). Below η_max the "
+                        "kick dies out and the run stays; above it the run leaves the minimum, faster for "
+                        "larger η, and settles elsewhere or diverges (status in the legend).", scale)
 
 
 @plotter("fig4")
@@ -441,7 +445,8 @@ def plot_fig4(tables, scale=None, options=None):
     variant = options.get("variant", "shifted")
     momenta = [float(m) for m in options.get("momenta", sorted(set(theory["momentum"])))]
     fig, (ax, ax_r) = new_figure(ncols=2, height=3.6)
-    colors = dict(zip(momenta, matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(momenta)))))
+    all_m = sorted(set(theory["momentum"]) | set(momenta))
+    colors = dict(zip(all_m, matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(all_m)))))
     for m in sorted(set(theory["momentum"])):
         rows = theory.where(momentum=m)
         ax.plot(rows["tau"], rows["inv_alpha"], "-", color=colors.get(m, "0.6"), label=f"m = {m:g}")
@@ -670,6 +675,7 @@ def _eos_caption(plateaus, edge_tol, names):
                       for r in plain if r["tau"] > 4)
     starts = [r["start_sharpness"] / r["predicted"] for r in scaled if np.isfinite(r["start_sharpness"])]
     missed = [r for r in rows if not r["reached_edge"]]
+    diverged = sum(1 for r in missed if r["status"] == "diverged")
     parts = [
         "Delayed edge of stability (beyond the paper): full-batch delayed GD (eq. 2), sharpness a = λmax of the "
         "training-loss Hessian tracked by warm-started Lanczos. Linear stability (eq. 4) predicts that a(t) settles "
@@ -681,11 +687,13 @@ def _eos_caption(plateaus, edge_tol, names):
                      "below (progressive sharpening) or from above (a(0) already exceeds it); the excess over the "
                      "edge is largest where the edge α*(τ)/η is small.")
     if scaled:
-        start = f", starting at a(0)/A = {min(starts):.2f}–{max(starts):.2f}" if starts else ""
+        low, high = (f"{min(starts):.2f}", f"{max(starts):.2f}") if starts else ("", "")
+        start = f", starting at a(0)/A = {low}" + (f"–{high}" if high != low else "") if starts else ""
         parts.append(f"{names['scaled']}: η = α*(τ, m)/A{start}; plateau = median a(t) over the last half of "
                      f"training; plain τ ≤ 4: max |plateau/(α*/η) − 1| = {worst:.1%} (band ±{edge_tol:.0%})"
                      + (f"; larger delays: {large}" if large else "") + ".")
     parts.append(f"{names['summary']}: 1/(η·plateau) vs τ against 1/α*.")
     if missed:
-        parts.append(f"{len(missed)} run(s) never reached the edge within the budget (x; noted in the legends).")
+        note = f", {diverged} of them diverged" if diverged else ""
+        parts.append(f"{len(missed)} run(s) did not reach the edge within the budget{note} (x; noted in the legends).")
     return " ".join(parts)

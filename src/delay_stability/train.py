@@ -587,11 +587,18 @@ class Run:
         self.loop["rows"].append(self._row(0, loss, error, lr=self.spec["lr"] * self._lr_factor(0)))
 
     def _existing_checkpoint(self):
+        """The checkpoint to resume from: checkpoint.pt (an interrupted run) or final.pt (a finished
+        one) of the same spec. A finished run of another spec is stale and is started afresh (the
+        pipeline reruns a step when its options change); an interrupted one of another spec is an error."""
         for name in ("checkpoint.pt", "final.pt"):
             path = os.path.join(self.out_dir, name)
             if os.path.exists(path):
                 ckpt = load_checkpoint(path)
                 diff = _spec_differences(ckpt.get("spec"), self.spec)
+                if diff and name == "final.pt":
+                    print(f"[train {self.out_dir}] {path} is a finished run of another spec "
+                          f"(differs in: {', '.join(diff[:8])}); starting afresh", file=sys.stderr)
+                    return None
                 if diff:
                     raise UserError(
                         f"{path!r} was written for a different spec (differs in: {', '.join(diff[:8])}); "

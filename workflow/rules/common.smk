@@ -170,3 +170,16 @@ def sharpness_flags(block):
     if "subset" in s:
         flags.append(f"--subset {s['subset']}")
     return " ".join(flags)
+
+
+def all_curve_files(wildcards=None):
+    """summary.json of every fig. 12 continuation (plain A-SGD at factor·η_max)."""
+    out = []
+    for e in STABILITY_EXPERIMENTS:
+        curves = EXP[e].get("curves")
+        if not curves:
+            continue
+        for tau in curves["taus"]:
+            for f in curves["lr_factors"]:
+                out.append(str(stability_dir(e) / "curves" / f"tau{tau}" / f"x{float(f):g}" / "summary.json"))
+    return out

@@ -138,10 +138,41 @@ rule stability_search:
         "--out {output} > {log} 2>&1"
 
 
+rule stability_curve:
+    """A long continuation at η = factor·η_max, without early stop (the curves of fig. 12)."""
+    input:
+        search=str(SCALE_DIR / "{exp}" / "search" / "plain-m0" / "tau{tau}" / "search.json"),
+        kick=str(SCALE_DIR / "{exp}" / "kick" / "kick.json"),
+        spec=str(SCALE_DIR / "{exp}" / "baseline" / "spec.json"),
+    output:
+        summary=str(SCALE_DIR / "{exp}" / "curves" / "tau{tau}" / "x{factor}" / "summary.json"),
+        metrics=str(SCALE_DIR / "{exp}" / "curves" / "tau{tau}" / "x{factor}" / "metrics.csv"),
+    params:
+        ds=DS_GPU,
+        continuation=lambda wc: json.dumps(EXP[wc.exp]["continuation"], sort_keys=True),
+        epochs=lambda wc: EXP[wc.exp]["curves"]["epochs"],
+        code=src_hash("asgd", "models", "data", "train", "pipeline"),
+    wildcard_constraints:
+        tau=r"\d+",
+    conda:
+        "../../environment.yml"
+    log:
+        str(LOGS / "{exp}" / "curves" / "tau{tau}-x{factor}.log"),
+    benchmark:
+        str(LOGS / "{exp}" / "curves" / "tau{tau}-x{factor}.benchmark.tsv")
+    resources:
+        **gpu_resources(runtime_quick=30, runtime_paper=24 * 60),
+    shell:
+        "{params.ds} stability-curve --search {input.search} --kick {input.kick} --spec {input.spec} "
+        "--continuation {params.continuation:q} --factor {wildcards.factor} --epochs {params.epochs} "
+        "--out $(dirname {output.summary}) > {log} 2>&1"
+
+
 rule stability_tables:
     """Tidy tables: thresholds.csv (η_max per τ), probes.csv (every continuation), curves.csv."""
     input:
-        all_search_files,
+        search=all_search_files,
+        curves=all_curve_files,
     output:
         thresholds=str(STABILITY_TABLES / "thresholds.csv"),
         probes=str(STABILITY_TABLES / "probes.csv"),
@@ -154,8 +185,8 @@ rule stability_tables:
     log:
         str(LOGS / "stability" / "tables.log"),
     shell:
-        "{params.ds} stability-collect --search {input} --thresholds {output.thresholds} "
-        "--probes {output.probes} --curves {output.curves} > {log} 2>&1"
+        "{params.ds} stability-collect --search {input.search} --curve {input.curves} "
+        "--thresholds {output.thresholds} --probes {output.probes} --curves {output.curves} > {log} 2>&1"
 
 
 rule fig2:

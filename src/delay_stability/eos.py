@@ -1,0 +1,546 @@
+"""The delayed edge of stability: sharpness along training self-stabilises at α*(τ)/η.
+
+Full-batch gradient descent trains "at the edge of stability" (Cohen et al., ICLR 2021): the
+sharpness a(t) = λmax(∇²L(w_t)) rises during training (progressive sharpening) until it reaches
+2/η, the largest value at which GD on the quadratic model is stable, and then hovers there while
+the loss keeps falling, non-monotonically. For delayed updates w_{t+1} = w_t − η ∇L(w_{t−τ})
+(eq. 2) the quadratic model along the top eigenvector is stable iff every root of
+
+    z^{τ+1} − z^τ + aη = 0                                                    (eq. 4)
+
+lies strictly inside the unit circle, i.e. iff aη < α*(τ) = 2 sin(π/(4τ+2)) (eq. 6). The
+prediction tested here is that delayed GD self-stabilises at the delayed edge
+
+    a* = α*(τ, m) / η,
+
+with α* of plain delay (eq. 4/6), server momentum with dampening (eq. 26) or shifted momentum
+(eq. 11) from ``theory.critical_alpha``.
+
+The file reads top to bottom:
+
+1. ``SharpnessTracker``: a callback of ``train.run_training`` that computes a(t) every k steps by
+   Lanczos warm-started from the previous top eigenvector and keeps the tidy table sharpness.csv
+   (TRACK_COLUMNS), written atomically and consistent with the run's checkpoints on resume;
+2. ``edge_alpha`` / ``predicted_edge``: α* and α*/η of a training spec;
+3. ``plateau``: the analysis of one track (median sharpness over the last half of training);
+4. ``collect``: the tidy tables plateaus.csv, tracks.csv and theory.csv of a set of runs;
+5. the commands ``eos-run`` and ``eos-collect``.
+
+Files of a tracked run (besides those of ``train.run_training``):
+
+    eos.json                 the series label, the edge (if the lr was set from it) and the tracking
+                             settings; a resumed run must use the same settings
+    sharpness.partial.csv    the track so far, rewritten atomically after every measurement
+    sharpness.csv            the finished track (written when the run ends; the partial file goes)
+
+Resume: ``run_training`` continues from the last checkpoint (step S); the tracker keeps the rows
+with step ≤ S and measures the later steps again, so the finished table has the same steps and
+losses as an uninterrupted run. The first measurement after a resume starts Lanczos from a seeded
+random vector instead of the lost previous eigenvector; its value agrees to the solver tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from . import sharpness, theory, train
+from .errors import UserError
+
+#: Columns of sharpness.csv, in order (the one place they are named).
+TRACK_COLUMNS = ("step", "sharpness", "loss", "hvps", "converged", "residual", "seconds")
+#: Columns of plateaus.csv (one row per run).
+PLATEAU_COLUMNS = (
+    "series", "variant", "momentum", "tau", "lr", "plateau", "predicted", "ratio", "reached_edge",
+    "approach", "start_sharpness", "first_edge_step", "plateau_mean", "plateau_q10", "plateau_q90",
+    "max_sharpness", "steps", "tracked", "status", "final_loss", "hvps", "track_seconds",
+    "run_seconds", "run",
+)
+#: Columns of tracks.csv (one row per run and tracked step).
+TRACKS_COLUMNS = ("series", "variant", "momentum", "tau", "lr", "predicted", "step", "sharpness", "loss")
+#: Columns of theory.csv (the exact edge α* for every τ up to the largest delay run).
+THEORY_COLUMNS = ("variant", "momentum", "tau", "alpha_star")
+
+TRACK_FILE = "sharpness.csv"
+PARTIAL_FILE = "sharpness.partial.csv"
+SETTINGS_FILE = "eos.json"
+EDGE_TOL = 0.05  # a run "reached the edge" when a(t) >= (1 - EDGE_TOL) * α*/η
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Sharpness tracking along training
+# ------------------------------------------------------------------------------------------------
+
+
+class SharpnessTracker:
+    """Callback ``cb(event, state)`` for ``train.run_training`` that tracks the sharpness.
+
+    At step 0 and every ``every`` optimizer steps (and at the last step) it computes
+    a(t) = λmax(H(w_t)), H the Hessian of the mean training loss over the whole training set at the
+    current weights (``sharpness.top_eigenvalue``: Lanczos, or power iteration, stopped when
+    ‖Hy − θy‖ ≤ tol·|θ|), starting from the previous top eigenvector (a warm start: a(t) moves
+    little between measurements, so a few Hessian-vector products suffice). ``loss`` is the mean
+    training loss at the same weights. HVPs use batches of ``hvp_batch`` samples (None: the run's
+    training batch size; 0: the whole set in one batch). BatchNorm uses batch statistics and
+    leaves its running statistics alone (sharpness.py's bn_mode="train").
+
+    Tracking reads the weights only: it consumes no random numbers of the run, so the trained
+    weights are bit-for-bit those of the same run without tracking.
+    """
+
+    def __init__(self, out_dir, every, *, tol=1e-3, max_iter=100, method="lanczos", hvp_batch=None,
+                 seed=0):
+        self.out_dir = out_dir
+        self.every = _positive_int("--track-every", every)
+        if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+            raise UserError(f"--tol must be a positive number, got {tol!r}")
+        self.tol = float(tol)
+        self.max_iter = _positive_int("--max-iter", max_iter)
+        if method not in sharpness.METHODS:
+            raise UserError(f"--method must be one of {', '.join(sharpness.METHODS)}; got {method!r}")
+        self.method = method
+        if hvp_batch is not None and (isinstance(hvp_batch, bool) or not isinstance(hvp_batch, int) or hvp_batch < 0):
+            raise UserError(f"--hvp-batch must be an integer >= 0, got {hvp_batch!r}")
+        self.hvp_batch = hvp_batch
+        self.seed = int(seed)
+        self.rows: list[dict] = []
+        self.vector = None
+        self.batches = None
+
+    # -- the callback
+
+    def __call__(self, event, state):
+        if event == "start":
+            self._start(state)
+        elif event == "step" and state.step % self.every == 0:
+            self._measure(state)
+        elif event == "end":
+            if not self.rows or self.rows[-1]["step"] != state.step:
+                self._measure(state)
+            self._finish()
+
+    def _start(self, state):
+        self.batches = self._hessian_batches(state)
+        self.vector = None
+        if state.step == 0:  # a fresh run: forget any table of an earlier run in this folder
+            self.rows = []
+            self._measure(state)
+            return
+        self.rows = [r for r in read_track_rows(self.out_dir) if r["step"] <= state.step]
+        missing = sorted(set(range(0, state.step + 1, self.every)) - {r["step"] for r in self.rows})
+        if missing:
+            raise UserError(
+                f"{self.out_dir}: the run resumes at step {state.step} but its sharpness track lacks "
+                f"step {missing[0]}{' and more' if len(missing) > 1 else ''}; delete the folder to start afresh")
+        self._write(PARTIAL_FILE)
+
+    def _measure(self, state):
+        model, loss_fn = state.model, state.loss_fn
+        start = time.perf_counter()
+        loss = mean_loss(model, loss_fn, self.batches)
+        row = {"step": int(state.step), "sharpness": math.nan, "loss": loss, "hvps": 0,
+               "converged": 0, "residual": math.nan}
+        if math.isfinite(loss):
+            result = self._top_eigenvalue(model, loss_fn, state.step)
+            self.vector = result.eigenvector
+            row.update(sharpness=result.eigenvalue, hvps=result.hvps,
+                       converged=int(result.converged), residual=result.residual)
+        row["seconds"] = round(time.perf_counter() - start, 4)
+        self.rows.append(row)
+        self._write(PARTIAL_FILE)
+
+    def _top_eigenvalue(self, model, loss_fn, step):
+        generator = torch.Generator().manual_seed(self.seed + int(step))  # cold starts only
+        return sharpness.top_eigenvalue(
+            model, loss_fn, self.batches, tol=self.tol, max_iter=self.max_iter, method=self.method,
+            init=self.vector, generator=generator, bn_mode="train")
+
+    def _hessian_batches(self, state):
+        data = state.dataset
+        if not hasattr(data, "train_x"):
+            raise UserError(f"dataset {state.spec['dataset']!r} is streamed from disk; sharpness "
+                            "tracking needs a training set held in memory (digits, mnist, cifar10, cifar100)")
+        size = self.hvp_batch if self.hvp_batch is not None else int(state.spec["batch_size"])
+        size = size if size > 0 else len(data.train_x)
+        return list(zip(torch.split(data.train_x, size), torch.split(data.train_y, size)))
+
+    # -- files
+
+    def _write(self, name):
+        write_table(os.path.join(self.out_dir, name), TRACK_COLUMNS, self.rows)
+
+    def _finish(self):
+        self._write(TRACK_FILE)
+        partial = os.path.join(self.out_dir, PARTIAL_FILE)
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def _positive_int(flag, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{flag} must be an integer >= 1, got {value!r}")
+    return value
+
+
+@torch.no_grad()
+def mean_loss(model, loss_fn, batches) -> float:
+    """L(w) = Σ_b (n_b/N) L_b(w): the mean training loss over all samples, in the Hessian's mode
+    (``sharpness.hessian_mode``: dropout off, BatchNorm with batch statistics)."""
+    total, n = 0.0, 0
+    with sharpness.hessian_mode(model, "train"):
+        for x, y in batches:
+            total += float(loss_fn(model(x), y).double()) * len(x)
+            n += len(x)
+    return total / n
+
+
+def read_track_rows(out_dir) -> list[dict]:
+    """The rows of a run's track so far: sharpness.partial.csv if present (a run in progress),
+    else sharpness.csv (a finished run), else none. A file that is not a track is a UserError."""
+    for name in (PARTIAL_FILE, TRACK_FILE):
+        path = os.path.join(out_dir, name)
+        if os.path.exists(path):
+            return read_track(path)
+    return []
+
+
+def read_track(path) -> list[dict]:
+    """sharpness.csv as a list of rows (ints for step, hvps and converged; floats otherwise)."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = tuple(reader.fieldnames or ())
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{path}: cannot be read ({exc})") from None
+    if header != TRACK_COLUMNS:
+        raise UserError(f"{path}: not a sharpness track (columns {', '.join(header) or 'none'}; "
+                        f"expected {', '.join(TRACK_COLUMNS)}); delete it to start afresh")
+    out = []
+    for i, row in enumerate(rows, start=2):
+        try:
+            out.append({k: (int(row[k]) if k in ("step", "hvps", "converged") else float(row[k]))
+                        for k in TRACK_COLUMNS})
+        except (TypeError, ValueError):
+            raise UserError(f"{path}: line {i} is corrupt; delete the file to start afresh") from None
+    return out
+
+
+def _csv_value(v):
+    if isinstance(v, float):
+        return repr(v)
+    return "" if v is None else str(v)
+
+
+def write_table(path, columns, rows) -> None:
+    """A tidy CSV (header ``columns``, one line per row dict), written atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_value(row.get(c)) for c in columns])
+    train._atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. The predicted edge of a training spec
+# ------------------------------------------------------------------------------------------------
+
+
+def delay_of(spec) -> int | list:
+    """The delay of a validated spec as ``theory`` takes it: an int τ (round robin), P(τ = k)
+    of a delay distribution, or, for M workers picked at random, the geometric staleness
+    P(τ = k) = (1/M)(1 − 1/M)^k of *Asynchrony begets Momentum*."""
+    o = spec["optimizer"]
+    if o["schedule"] == "random":
+        workers = o["workers"] if o["workers"] is not None else o["delay"] + 1
+        return [float(p) for p in theory.geometric_delay(1.0 - 1.0 / workers)]
+    if isinstance(o["delay"], dict):
+        return train.delay_probabilities(o["delay"])
+    return int(o["delay"])
+
+
+def edge_alpha(spec) -> float:
+    """α* = a·η at the stability edge for the optimizer of a validated spec:
+    ``theory.critical_alpha(τ, m, variant)`` (eq. 4/6 plain, eq. 26 server momentum with
+    dampening, eq. 11 shifted momentum, eq. 19 stochastic delay)."""
+    o = spec["optimizer"]
+    if o["momentum"] != 0 and not o["dampening"]:
+        raise UserError("spec key 'optimizer.dampening': the predicted edge (eq. 26) assumes dampening")
+    if o["weight_decay"] != 0:
+        raise UserError("spec key 'optimizer.weight_decay': the predicted edge assumes no weight decay "
+                        "(it shifts the Hessian by the decay)")
+    try:
+        return float(theory.critical_alpha(delay_of(spec), o["momentum"], o["variant"]))
+    except ValueError as exc:
+        raise UserError(f"spec key 'optimizer': {exc}") from None
+
+
+def predicted_edge(spec) -> float:
+    """The predicted plateau of the sharpness, a* = α*(τ, m) / η (η = the spec's lr)."""
+    return edge_alpha(spec) / spec["lr"]
+
+
+def with_edge_lr(spec: dict, edge: float) -> dict:
+    """The spec with η = α*(τ, m)/edge, so that the predicted plateau is ``edge`` for every τ and m
+    (the paper's rule that η must fall as α*(τ), eq. 8). The spec must not set lr itself."""
+    if not (isinstance(edge, (int, float)) and math.isfinite(edge) and edge > 0):
+        raise UserError(f"--edge must be a positive number, got {edge!r}")
+    if "lr" in spec:
+        raise UserError("--edge sets the learning rate (lr = α*/edge): remove 'lr' from the spec")
+    probe = train.validate_spec({**spec, "lr": 1.0})
+    return {**spec, "lr": edge_alpha(probe) / edge}
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. The plateau of one track
+# ------------------------------------------------------------------------------------------------
+
+
+def plateau(steps, values, predicted, *, edge_tol=EDGE_TOL) -> dict:
+    """Where the sharpness of one run settled, and how it got there.
+
+    With T the last tracked step and a(t) the tracked sharpness (non-finite values dropped):
+
+        plateau          = median{ a(t) : t ≥ T/2 }   (the last half of training)
+        ratio            = plateau / predicted          (predicted = α*(τ, m)/η)
+        first_edge_step  = the first t with a(t) ≥ (1 − edge_tol)·predicted (None: never)
+        reached_edge     = first_edge_step ≤ T/2: the edge was reached before the plateau window
+        approach         = "below" if a(0) < predicted else "above"
+
+    plus the mean and the 10% / 90% quantiles over the window, a(0) and max a(t).
+    """
+    steps = np.asarray(steps, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    keep = np.isfinite(values)
+    steps, values = steps[keep], values[keep]
+    out = {"plateau": math.nan, "ratio": math.nan, "reached_edge": False, "approach": "",
+           "start_sharpness": math.nan, "first_edge_step": None, "plateau_mean": math.nan,
+           "plateau_q10": math.nan, "plateau_q90": math.nan, "max_sharpness": math.nan}
+    if values.size == 0:
+        return out
+    last = steps.max()
+    window = values[steps >= last / 2]
+    at_edge = np.flatnonzero(values >= (1 - edge_tol) * predicted)
+    first = int(steps[at_edge[0]]) if at_edge.size else None
+    median = float(np.median(window))
+    out.update(
+        plateau=median, ratio=median / predicted,
+        reached_edge=first is not None and first <= last / 2,
+        approach="below" if values[0] < predicted else "above",
+        start_sharpness=float(values[0]), first_edge_step=first,
+        plateau_mean=float(window.mean()), plateau_q10=float(np.quantile(window, 0.1)),
+        plateau_q90=float(np.quantile(window, 0.9)), max_sharpness=float(values.max()),
+    )
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. The tables of a set of runs
+# ------------------------------------------------------------------------------------------------
+
+
+def _read_json(path):
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file (is the run finished?)")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+
+
+def run_facts(run_dir) -> dict:
+    """Series, variant, momentum, τ, lr and predicted edge of a finished tracked run."""
+    settings = _read_json(os.path.join(run_dir, SETTINGS_FILE))
+    provenance = _read_json(os.path.join(run_dir, "run.json"))
+    try:
+        spec = train.validate_spec(provenance["spec"])
+    except (KeyError, TypeError):
+        raise UserError(f"{os.path.join(run_dir, 'run.json')}: has no training spec") from None
+    delay = delay_of(spec)
+    o = spec["optimizer"]
+    return {
+        "series": settings.get("series", ""),
+        "variant": o["variant"],
+        "momentum": float(o["momentum"]),
+        "tau": delay if isinstance(delay, int) else float(theory.mean_delay(delay)),
+        "lr": float(spec["lr"]),
+        "predicted": predicted_edge(spec),
+    }
+
+
+def collect(run_dirs, *, edge_tol=EDGE_TOL):
+    """(plateau rows, track rows, theory rows) of finished tracked runs (see the *_COLUMNS)."""
+    plateaus, tracks = [], []
+    for run_dir in run_dirs:
+        facts = run_facts(run_dir)
+        summary = _read_json(os.path.join(run_dir, "summary.json"))
+        path = os.path.join(run_dir, TRACK_FILE)
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: no such file (is the run finished?)")
+        rows = read_track(path)
+        steps = [r["step"] for r in rows]
+        values = [r["sharpness"] for r in rows]
+        stats = plateau(steps, values, facts["predicted"], edge_tol=edge_tol)
+        if summary.get("status") == "diverged":  # no plateau: the run left the edge for good
+            stats.update({k: math.nan for k in ("plateau", "ratio", "plateau_mean", "plateau_q10", "plateau_q90")},
+                         reached_edge=False)
+        track_seconds = sum(r["seconds"] for r in rows)
+        plateaus.append({
+            **facts, **stats,
+            "reached_edge": int(stats["reached_edge"]),
+            "steps": summary.get("steps"), "tracked": len(rows), "status": summary.get("status"),
+            "final_loss": rows[-1]["loss"] if rows else math.nan,
+            "hvps": sum(r["hvps"] for r in rows), "track_seconds": round(track_seconds, 3),
+            "run_seconds": summary.get("seconds"), "run": os.path.normpath(run_dir),
+        })
+        tracks.extend({**facts, "step": r["step"], "sharpness": r["sharpness"], "loss": r["loss"]}
+                      for r in rows)
+    order = lambda r: (r["series"], r["variant"], r["momentum"], r["tau"], r["lr"])  # noqa: E731
+    plateaus.sort(key=order)
+    tracks.sort(key=lambda r: (*order(r), r["step"]))
+    return plateaus, tracks, theory_rows(plateaus)
+
+
+def theory_rows(plateaus) -> list[dict]:
+    """α*(τ, m) for τ = 0..(largest constant delay run), for every (variant, m) in the runs."""
+    groups = sorted({(r["variant"], r["momentum"]) for r in plateaus if isinstance(r["tau"], int)})
+    tau_max = max((r["tau"] for r in plateaus if isinstance(r["tau"], int)), default=0)
+    return [{"variant": v, "momentum": m, "tau": tau, "alpha_star": theory.critical_alpha(tau, m, v)}
+            for v, m in groups for tau in range(tau_max + 1)]
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. Commands: eos-run and eos-collect
+# ------------------------------------------------------------------------------------------------
+
+
+def run_tracked(spec, out_dir, *, every, tol=1e-3, max_iter=100, method="lanczos", hvp_batch=None,
+                series="", edge=None) -> dict:
+    """Train as ``spec`` says with a SharpnessTracker; returns the run's summary.
+
+    ``edge``: set η = α*(τ, m)/edge (``with_edge_lr``). A folder that holds a checkpoint of the
+    same spec resumes; its tracking settings (eos.json) must then be the same.
+    """
+    if edge is not None:
+        spec = with_edge_lr(spec, edge)
+    settings = {"series": series, "edge": edge, "track_every": every, "tol": tol,
+                "max_iter": max_iter, "method": method, "hvp_batch": hvp_batch}
+    tracker = SharpnessTracker(out_dir, every, tol=tol, max_iter=max_iter, method=method,
+                               hvp_batch=hvp_batch, seed=int(spec.get("seed", 0)))
+    _check_settings(out_dir, settings)
+    train.write_json(os.path.join(out_dir, SETTINGS_FILE), settings)
+    return train.run_training(spec, out_dir, callbacks=[tracker])
+
+
+def _check_settings(out_dir, settings):
+    """A run that will resume (a checkpoint is there) must keep its tracking settings."""
+    path = os.path.join(out_dir, SETTINGS_FILE)
+    resumes = any(os.path.exists(os.path.join(out_dir, n)) for n in ("checkpoint.pt", "final.pt"))
+    if not (resumes and os.path.exists(path)):
+        return
+    previous = _read_json(path)
+    changed = [k for k in settings if previous.get(k) != settings[k]]
+    if changed:
+        what = ", ".join(f"{k} {previous.get(k)!r} -> {settings[k]!r}" for k in changed)
+        raise UserError(f"{out_dir} holds a run tracked with other settings ({what}); "
+                        "use another --out folder or delete it to start afresh")
+
+
+def _cli_run(args) -> int:
+    spec = train.apply_overrides(train.read_spec(args.spec), args.set)
+    summary = run_tracked(spec, args.out, every=args.track_every, tol=args.tol,
+                          max_iter=args.max_iter, method=args.method, hvp_batch=args.hvp_batch,
+                          series=args.series, edge=args.edge)
+    rows = read_track(os.path.join(args.out, TRACK_FILE))
+    last = rows[-1]
+    print(f"{args.out}: {summary['status']} after {summary['steps']} steps; sharpness "
+          f"{rows[0]['sharpness']:.4g} -> {last['sharpness']:.4g} ({len(rows)} measurements, "
+          f"{sum(r['hvps'] for r in rows)} HVPs)")
+    return 0
+
+
+def _cli_collect(args) -> int:
+    if not (0 <= args.edge_tol < 1):
+        raise UserError(f"--edge-tol must be in [0, 1), got {args.edge_tol}")
+    missing = [p for p in args.run if not os.path.exists(p)]
+    if missing:
+        raise UserError(f"--run {missing[0]}: no such file or folder")
+    run_dirs = [p if os.path.isdir(p) else os.path.dirname(p) or "." for p in args.run]
+    plateaus, tracks, edges = collect(run_dirs, edge_tol=args.edge_tol)
+    write_table(args.out, PLATEAU_COLUMNS, plateaus)
+    if args.tracks:
+        write_table(args.tracks, TRACKS_COLUMNS, tracks)
+    if args.theory:
+        write_table(args.theory, THEORY_COLUMNS, edges)
+    for r in plateaus:
+        note = "" if r["reached_edge"] else "  (edge not reached)"
+        print(f"{r['series']:>8} {r['variant']:>8} m={r['momentum']:g} tau={r['tau']} lr={r['lr']:.4g}: "
+              f"plateau {r['plateau']:.4g} / predicted {r['predicted']:.4g} = {r['ratio']:.3f}{note}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``eos-run`` and ``eos-collect``."""
+    p = subparsers.add_parser(
+        "eos-run", help="train with sharpness tracking (delayed edge of stability)",
+        description="Train as the spec says (like `train`) and track the sharpness λmax(H) every K "
+                    "steps by warm-started Lanczos into DIR/sharpness.csv; resumes like `train`.")
+    p.add_argument("--spec", required=True, metavar="FILE", help="training spec, .yaml or .json")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec key, e.g. --set optimizer.delay=4 (repeatable)")
+    p.add_argument("--track-every", type=int, required=True, metavar="K",
+                   help="measure the sharpness every K optimizer steps (and at the first and last)")
+    p.add_argument("--tol", type=float, default=1e-3, help="relative residual tolerance (default 1e-3)")
+    p.add_argument("--max-iter", type=int, default=100, help="most HVPs per measurement (default 100)")
+    p.add_argument("--method", choices=sharpness.METHODS, default="lanczos")
+    p.add_argument("--hvp-batch", type=int, default=None, metavar="N",
+                   help="HVP batch size (default: the training batch size; 0 = the whole set)")
+    p.add_argument("--edge", type=float, default=None, metavar="A",
+                   help="set lr = α*(τ, m)/A so that the predicted plateau is A (the spec must not set lr)")
+    p.add_argument("--series", default="", help="a label stored with the run (e.g. fixed, scaled)")
+    p.set_defaults(func=_cli_run)
+
+    c = subparsers.add_parser(
+        "eos-collect", help="plateau table of tracked runs (delayed edge of stability)",
+        description="Read finished eos-run folders and write the tidy tables: plateaus (one row per "
+                    "run: median sharpness over the last half of training vs α*(τ, m)/η), tracks "
+                    "(every measurement) and theory (α*(τ, m) for τ = 0..max).")
+    c.add_argument("--run", nargs="+", required=True, metavar="PATH",
+                   help="run folders (or their sharpness.csv)")
+    c.add_argument("--out", required=True, metavar="CSV", help="plateaus.csv")
+    c.add_argument("--tracks", default=None, metavar="CSV", help="tracks.csv (optional)")
+    c.add_argument("--theory", default=None, metavar="CSV", help="theory.csv (optional)")
+    c.add_argument("--edge-tol", type=float, default=EDGE_TOL,
+                   help=f"reached the edge: a(t) >= (1 - TOL)·α*/η (default {EDGE_TOL})")
+    c.set_defaults(func=_cli_collect)
+
+
+def main(argv=None) -> int:
+    """``python -m delay_stability.eos COMMAND ...``: the same commands as ``delay-stability
+    eos-run`` / ``eos-collect``, with the same one-line errors (exit status 2)."""
+    parser = argparse.ArgumentParser(prog="delay-stability")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    register(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ValueError, FileNotFoundError) as exc:
+        print(f"delay-stability {args.command}: error: {exc or exc.__class__.__name__}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
