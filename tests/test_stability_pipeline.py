@@ -65,6 +65,21 @@ def test_thresholds_table_schema_and_theory(built):
         assert float(r["alpha_measured"]) / theory == pytest.approx(1.0, abs=0.15)
 
 
+def test_fits_table_summarises_the_thresholds(built):
+    rows = read_csv(built / "results" / "quick" / "stability" / "thresholds.csv")
+    fits = {(f["variant"], float(f["momentum"])): f
+            for f in read_csv(built / "results" / "quick" / "stability" / "fits.csv")}
+    plain = [r for r in rows if r["variant"] == "plain"]
+    fit = fits[("plain", 0.0)]
+    ratios = [float(r["ratio"]) for r in plain]
+    assert float(fit["ratio_min"]) == min(ratios) and float(fit["ratio_max"]) == max(ratios)
+    taus = [int(r["tau"]) for r in plain]
+    inv = [1 / float(r["lr_max"]) for r in plain]
+    slope = (inv[1] - inv[0]) / (taus[1] - taus[0])  # two points: the line through them, R² = 1
+    assert float(fit["slope"]) == pytest.approx(slope, rel=1e-9)
+    assert float(fit["r2"]) == pytest.approx(1.0)
+
+
 def test_minimum_is_a_critical_point_and_the_kick_is_quadratic(built):
     polish = json.loads((built / "results/quick/stability/minimum/polish.json").read_text())
     assert polish["method"] == "gauss_newton"

@@ -67,7 +67,7 @@ def test_validate_spec_fills_defaults():
         "delay": 0, "workers": None, "schedule": "round_robin", "momentum": 0.0, "variant": "plain",
         "dampening": True, "weight_decay": 0.0,
     }
-    assert s["stop"] == {"steady_state": None, "divergence": {"loss_factor": 1e4}, "escape": None}
+    assert s["stop"] == {"steady_state": None, "divergence": {"loss_factor": 1e4}, "escape": None, "settle": None}
     assert s["dataset_args"] == {"train_size": 1297, "split_seed": 0}
     assert s["lr_schedule"] == {"kind": "constant", "warmup_epochs": 0}
     assert validate_spec(s) == s  # idempotent
@@ -296,6 +296,19 @@ def test_resume_in_process_is_bit_for_bit(tmp_path):
     assert [r["epoch"] for r in run["resumed"]] == [6]
     again = run_training(spec, str(tmp_path / "cut"))  # a finished run is not trained again
     assert again == summary | {"seconds": again["seconds"]}
+
+
+def test_settle_stops_a_run_whose_loss_stayed_low(tmp_path):
+    """status 'settled' at the first epoch that ends `window` consecutive epochs below the level."""
+    base = run_training(quick_spec(epochs=30, lr=0.05), str(tmp_path / "free"))
+    losses = [r["train_loss"] for r in read_metrics(str(tmp_path / "free" / "metrics.csv"))][1:]
+    level = sorted(losses)[len(losses) // 2]
+    below = [loss < level for loss in losses]
+    expected = next(e for e in range(4, 31) if all(below[e - 4:e]))  # brute force over the epochs
+    spec = quick_spec(epochs=30, lr=0.05, stop={"settle": {"below": level, "window": 4}})
+    summary = run_training(spec, str(tmp_path / "settled"))
+    assert summary["status"] == "settled" and summary["settled_epoch"] == expected == summary["epochs_run"]
+    assert base["status"] == "completed" and expected < 30
 
 
 def test_finished_run_of_another_spec_is_redone(tmp_path):

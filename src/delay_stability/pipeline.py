@@ -47,6 +47,9 @@ THRESHOLD_COLUMNS = (
     "alpha_measured", "alpha_escape", "alpha_theory", "ratio", "inv_a_lr_max", "inv_a_lr_theory",
     "n_probes", "budget_epochs", "censored",
 )
+#: Columns of fits.csv (one row per experiment, variant and momentum): the line 1/η_max = s·τ + c.
+FIT_COLUMNS = ("experiment", "variant", "momentum", "n_tau", "slope", "intercept", "r2",
+               "ratio_min", "ratio_max", "max_abs_deviation")
 #: Columns of probes.csv (one row per continuation run).
 PROBE_COLUMNS = (
     "experiment", "variant", "momentum", "tau", "lr", "alpha", "escaped", "epochs_to_escape",
@@ -291,6 +294,7 @@ def collect(search_files, curve_summaries, experiment_of, out_thresholds, out_pr
     key = lambda r: (r["experiment"], r["variant"], float(r["momentum"]), int(r["tau"]))
     thresholds.sort(key=key)
     write_csv_atomic(out_thresholds, THRESHOLD_COLUMNS, thresholds)
+    write_csv_atomic(Path(out_thresholds).with_name("fits.csv"), FIT_COLUMNS, fit_rows(thresholds))
     write_csv_atomic(out_probes, PROBE_COLUMNS, sorted(probes, key=lambda r: (*key(r), r["lr"])))
     write_csv_atomic(out_curves, CURVE_COLUMNS, curves)
     return thresholds
@@ -311,6 +315,24 @@ def run_curve(*, search_json, kick, base_spec, continuation, factor, epochs, out
             "lr": lr, "lr_factor": factor, "lr_max": result["lr_max"]}
     write_json_atomic(Path(out_dir) / "curve.json", info)
     return train.run_training(spec, str(out_dir))
+
+
+def fit_rows(thresholds):
+    """Per (experiment, variant, m): the linear fit of 1/η_max vs τ and the range of α_measured/α*."""
+    groups = {}
+    for r in thresholds:
+        groups.setdefault((r["experiment"], r["variant"], float(r["momentum"])), []).append(r)
+    rows = []
+    for (experiment, variant, m), rs in sorted(groups.items()):
+        ratios = [float(r["ratio"]) for r in rs]
+        row = {"experiment": experiment, "variant": variant, "momentum": m, "n_tau": len(rs),
+               "ratio_min": min(ratios), "ratio_max": max(ratios),
+               "max_abs_deviation": max(abs(x - 1) for x in ratios)}
+        if len(rs) >= 2:
+            slope, intercept, r2 = linear_fit([int(r["tau"]) for r in rs], [1 / float(r["lr_max"]) for r in rs])
+            row.update(slope=slope, intercept=intercept, r2=r2)
+        rows.append(row)
+    return rows
 
 
 def linear_fit(x, y):

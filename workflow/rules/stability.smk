@@ -175,6 +175,7 @@ rule stability_tables:
         curves=all_curve_files,
     output:
         thresholds=str(STABILITY_TABLES / "thresholds.csv"),
+        fits=str(STABILITY_TABLES / "fits.csv"),
         probes=str(STABILITY_TABLES / "probes.csv"),
         curves=str(STABILITY_TABLES / "curves.csv"),
     params:
