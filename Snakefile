@@ -9,6 +9,7 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/theory.smk"
 include: "workflow/rules/stability.smk"
+include: "workflow/rules/eos.smk"
 
 
 rule all:

@@ -172,6 +172,9 @@ def test_resume_with_other_tracking_settings_is_refused(tmp_path):
     eos.run_tracked(tiny(epochs=4), out, every=2, tol=1e-6)
     with pytest.raises(UserError, match="track_every 2 -> 3"):
         eos.run_tracked(tiny(epochs=4), out, every=3, tol=1e-6)
+    # a finished run of another spec is started afresh, with the new settings
+    eos.run_tracked(tiny(epochs=6), out, every=3, tol=1e-6)
+    assert [r["step"] for r in eos.read_track(os.path.join(out, eos.TRACK_FILE))] == [0, 3, 6]
 
 
 def test_a_corrupt_track_names_the_file(tmp_path):

@@ -151,7 +151,8 @@ class SharpnessTracker:
                "converged": 0, "residual": math.nan}
         if math.isfinite(loss):
             result = self._top_eigenvalue(model, loss_fn, state.step)
-            self.vector = result.eigenvector
+            finite = math.isfinite(result.eigenvalue) and bool(torch.isfinite(result.eigenvector).all())
+            self.vector = result.eigenvector if finite else None  # a broken vector is no warm start
             row.update(sharpness=result.eigenvalue, hvps=result.hvps,
                        converged=int(result.converged), residual=result.residual)
         row["seconds"] = round(time.perf_counter() - start, 4)
@@ -236,8 +237,8 @@ def read_track(path) -> list[dict]:
 
 
 def _csv_value(v):
-    if isinstance(v, float):
-        return repr(v)
+    if isinstance(v, (float, np.floating)):
+        return repr(float(v))  # shortest exact round trip (numpy scalars too)
     return "" if v is None else str(v)
 
 
@@ -438,16 +439,25 @@ def run_tracked(spec, out_dir, *, every, tol=1e-3, max_iter=100, method="lanczos
                 "max_iter": max_iter, "method": method, "hvp_batch": hvp_batch}
     tracker = SharpnessTracker(out_dir, every, tol=tol, max_iter=max_iter, method=method,
                                hvp_batch=hvp_batch, seed=int(spec.get("seed", 0)))
-    _check_settings(out_dir, settings)
+    if _will_resume(out_dir, train.validate_spec(spec)):
+        _check_settings(out_dir, settings)
     train.write_json(os.path.join(out_dir, SETTINGS_FILE), settings)
     return train.run_training(spec, out_dir, callbacks=[tracker])
 
 
+def _will_resume(out_dir, spec) -> bool:
+    """Whether ``train.run_training`` will continue a run in ``out_dir``: an interrupted one
+    (checkpoint.pt), or a finished one (final.pt) of the same spec."""
+    if os.path.exists(os.path.join(out_dir, "checkpoint.pt")):
+        return True
+    final = os.path.join(out_dir, "final.pt")
+    return os.path.exists(final) and not train._spec_differences(train.load_checkpoint(final).get("spec"), spec)
+
+
 def _check_settings(out_dir, settings):
-    """A run that will resume (a checkpoint is there) must keep its tracking settings."""
+    """A run that resumes must keep the tracking settings it was started with (eos.json)."""
     path = os.path.join(out_dir, SETTINGS_FILE)
-    resumes = any(os.path.exists(os.path.join(out_dir, n)) for n in ("checkpoint.pt", "final.pt"))
-    if not (resumes and os.path.exists(path)):
+    if not os.path.exists(path):
         return
     previous = _read_json(path)
     changed = [k for k in settings if previous.get(k) != settings[k]]

@@ -683,9 +683,13 @@ def _eos_caption(plateaus, edge_tol, names):
         "shifted momentum.",
     ]
     if names["fixed"]:
+        excess = [r["plateau"] - r["predicted"] for r in rows
+                  if r["series"] == "fixed" and r["tau"] >= 1 and r["reached_edge"] and np.isfinite(r["plateau"])]
+        size = f" (plateau − α*/η = {min(excess):.2f} to {max(excess):.2f} for τ ≥ 1)" if excess else ""
         parts.append(f"{names['fixed']}: one η for every τ; each delay settles near its own dashed edge, from "
                      "below (progressive sharpening) or from above (a(0) already exceeds it); the excess over the "
-                     "edge is largest where the edge α*(τ)/η is small.")
+                     f"edge is about the same in absolute terms{size}, so it is largest relative to small edges "
+                     "α*(τ)/η.")
     if scaled:
         low, high = (f"{min(starts):.2f}", f"{max(starts):.2f}") if starts else ("", "")
         start = f", starting at a(0)/A = {low}" + (f"–{high}" if high != low else "") if starts else ""
