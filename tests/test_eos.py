@@ -8,7 +8,6 @@ against an uninterrupted run; the predicted column against theory.critical_alpha
 
 import csv
 import json
-import math
 import os
 
 import numpy as np

@@ -3,16 +3,10 @@ on a bad config value with a message naming the key (no Python traceback)."""
 
 import csv
 import math
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
-from workflow_util import REPO, SNAKEMAKE, copy_workflow, edit_config, snakemake
+from workflow_util import SNAKEMAKE, copy_workflow, edit_config, snakemake
 
 pytestmark = pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake is not installed in this environment")
 

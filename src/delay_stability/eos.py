@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import math
 import os
@@ -55,6 +54,7 @@ import torch
 
 from . import sharpness, theory, train
 from .errors import UserError
+from .files import write_csv
 
 #: Columns of sharpness.csv, in order (the one place they are named).
 TRACK_COLUMNS = ("step", "sharpness", "loss", "hvps", "converged", "residual", "seconds")
@@ -236,20 +236,9 @@ def read_track(path) -> list[dict]:
     return out
 
 
-def _csv_value(v):
-    if isinstance(v, (float, np.floating)):
-        return repr(float(v))  # shortest exact round trip (numpy scalars too)
-    return "" if v is None else str(v)
-
-
 def write_table(path, columns, rows) -> None:
     """A tidy CSV (header ``columns``, one line per row dict), written atomically."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_csv_value(row.get(c)) for c in columns])
-    train._atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+    write_csv(path, columns, rows)
 
 
 # ------------------------------------------------------------------------------------------------

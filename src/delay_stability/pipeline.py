@@ -30,16 +30,15 @@ at most ``search.rel_tol``.
 
 from __future__ import annotations
 
-import argparse
 import csv
-import io
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 from .errors import UserError
+from .files import write_csv as write_csv_atomic
+from .files import write_json as write_json_atomic
 
 #: Columns of thresholds.csv (one row per experiment, variant, momentum and τ).
 THRESHOLD_COLUMNS = (
@@ -61,24 +60,6 @@ CURVE_COLUMNS = ("experiment", "variant", "momentum", "tau", "lr", "lr_factor", 
 
 
 # ----------------------------------------------------------------------------- small helpers
-def write_json_atomic(path, record) -> None:
-    """Write JSON to ``path`` atomically (the engine's writer: non-finite floats become null)."""
-    from .train import write_json
-
-    write_json(str(path), record)
-
-
-def write_csv_atomic(path, columns, rows) -> None:
-    """Write a tidy CSV (header = ``columns``) atomically."""
-    from .train import _atomic_write
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    _atomic_write(str(path), lambda f: f.write(buf.getvalue().encode()))
-
-
 def read_json(path, what="file"):
     path = Path(path)
     try:

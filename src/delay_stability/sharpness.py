@@ -32,10 +32,8 @@ buffers and its parameters' ``.grad`` are the same after the call as before.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -44,6 +42,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .files import write_json as write_json_atomic
 
 METHODS = ("lanczos", "power")
 STOP_RULES = ("residual", "change")
@@ -596,19 +595,3 @@ def result_record(result: SharpnessResult, **extra) -> dict:
     }
     record.update(extra)
     return record
-
-
-def write_json_atomic(path, record):
-    """Write ``record`` as JSON to ``path`` via a temporary file in the same folder + os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -12,14 +12,9 @@ the figures themselves only read them (see plots.py).
 
 from __future__ import annotations
 
-import csv
 import json
-import math
-import os
-import tempfile
-from pathlib import Path
 
-from . import theory
+from . import files, theory
 from .errors import UserError
 
 # ------------------------------------------------------------------------------------------------
@@ -154,30 +149,10 @@ def _check_list(values, name, check):
     return out
 
 
-def _format(value):
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else str(value)
-    return str(value)
-
-
 def write_csv(path, rows):
-    """Write tidy rows (dicts with the same keys) as CSV, atomically (temporary file, then rename).
-    Floats are written with repr, so they read back bit for bit."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = list(rows[0])
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(columns)
-            for row in rows:
-                writer.writerow([_format(row[c]) for c in columns])
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write tidy rows (dicts with the same keys) as CSV, atomically; floats by repr, so they read
+    back bit for bit."""
+    files.write_csv(path, list(rows[0]), rows)
 
 
 # ------------------------------------------------------------------------------------------------

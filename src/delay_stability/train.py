@@ -34,13 +34,11 @@ from __future__ import annotations
 
 import copy
 import csv
-import io
 import json
 import math
 import os
 import socket
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from types import SimpleNamespace
@@ -52,6 +50,8 @@ from . import __version__
 from .asgd import SCHEDULES, VARIANTS, DelayedSGD
 from .data import DATASETS, DTYPES, dataset_args_with_defaults, load_dataset
 from .errors import UserError
+from .files import atomic_write as _atomic_write
+from .files import write_csv, write_json
 from .models import MODELS, build_model
 
 #: Columns of metrics.csv, in order (the one place they are named).
@@ -386,25 +386,6 @@ def _flat_norm(tensors) -> float:
 # ================================================================ checkpoints
 
 
-def _atomic_write(path: str, write, sync: bool = False) -> None:
-    """Write via a temporary file in the same folder, then os.replace (readers never see a partial
-    file, and a killed process leaves the old file); ``sync`` also flushes it to disk first."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            if sync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_checkpoint(path: str, payload: dict) -> None:
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
     _atomic_write(path, lambda f: torch.save(payload, f), sync=True)
@@ -453,21 +434,9 @@ def _spec_differences(a, b, prefix="") -> list[str]:
 # ================================================================ outputs
 
 
-def _csv_value(v):
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return repr(v)
-    return str(v)
-
-
 def write_metrics(path: str, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(METRIC_COLUMNS)
-    for row in rows:
-        writer.writerow([_csv_value(row.get(c)) for c in METRIC_COLUMNS])
-    _atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+    """metrics.csv: one row per evaluation epoch, columns METRIC_COLUMNS, atomically."""
+    write_csv(path, METRIC_COLUMNS, rows)
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -481,21 +450,6 @@ def read_metrics(path: str) -> list[dict]:
             parsed[k] = None if v == "" else (int(v) if k in ("epoch", "step") else float(v))
         out.append(parsed)
     return out
-
-
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def write_json(path: str, record: dict) -> None:
-    text = json.dumps(_json_safe(record), indent=2, sort_keys=False) + "\n"
-    _atomic_write(path, lambda f: f.write(text.encode()))
 
 
 class _Progress:
