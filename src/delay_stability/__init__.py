@@ -8,7 +8,11 @@ sharpness  the top Hessian eigenvalue of the training loss (Lanczos / power iter
 models     the papers' networks and small stand-ins, built by name
 data       datasets (digits, MNIST, CIFAR-10/100, ImageNet), held on the device
 train      the training engine behind `delay-stability train`
+pipeline   the minima-stability experiment: minimum, kick, threshold searches, long continuations
+tables     its tidy tables (thresholds, fits, probes, curves)
+eos        sharpness tracking along training and the delayed edge of stability
 plots      figure helpers (read tidy tables only; never train)
+files      atomic JSON/CSV writers
 """
 
 __version__ = "0.1.0"

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "delay_stability.sharpness",
     "delay_stability.plots",
     "delay_stability.pipeline",
+    "delay_stability.tables",
     "delay_stability.eos",
 )
 

@@ -14,8 +14,8 @@ The chain, one Snakemake rule per step (workflow/rules/stability.smk), every ste
 5. ``search/<variant>-m<m>/tau<τ>/``  for each (variant, m, τ): continuation runs from the kicked
                    minimum at learning rates chosen by a downward scan and a bisection on log η
                    (``delay-stability stability-search``); each probe is a full training run directory.
-6. ``thresholds.csv``, ``probes.csv``, ``curves.csv``  tidy tables for the figures
-                   (``delay-stability stability-collect``).
+6. ``thresholds.csv``, ``fits.csv``, ``probes.csv``, ``curves.csv``: tidy tables for the
+                   figures (delay_stability.tables, ``delay-stability stability-collect``).
 
 Escape criterion (documented in the figures): with ``search.escape.kind: kick_growth`` a continuation
 *left the minimum* when its training loss exceeds ``L_min + G²·(L_kick − L_min)``, i.e. when the kick
@@ -30,34 +30,13 @@ at most ``search.rel_tol``.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
 from pathlib import Path
 
 from .errors import UserError
-from .files import write_csv as write_csv_atomic
 from .files import write_json as write_json_atomic
-
-#: Columns of thresholds.csv (one row per experiment, variant, momentum and τ).
-THRESHOLD_COLUMNS = (
-    "experiment", "variant", "momentum", "tau", "lr_max", "lr_escape", "sharpness",
-    "alpha_measured", "alpha_escape", "alpha_theory", "ratio", "inv_a_lr_max", "inv_a_lr_theory",
-    "n_probes", "budget_epochs", "censored",
-)
-#: Columns of fits.csv (one row per experiment, variant and momentum): the line 1/η_max = s·τ + c.
-FIT_COLUMNS = ("experiment", "variant", "momentum", "n_tau", "slope", "intercept", "r2",
-               "ratio_min", "ratio_max", "max_abs_deviation")
-#: Columns of probes.csv (one row per continuation run).
-PROBE_COLUMNS = (
-    "experiment", "variant", "momentum", "tau", "lr", "alpha", "escaped", "epochs_to_escape",
-    "epochs_run", "budget_epochs", "status", "final_train_loss", "run_dir",
-)
-#: Columns of curves.csv (one row per probe and evaluation epoch).
-CURVE_COLUMNS = ("experiment", "variant", "momentum", "tau", "lr", "lr_factor", "lr_max", "status",
-                 "epoch", "train_loss", "val_error")
-
 
 # ----------------------------------------------------------------------------- small helpers
 def read_json(path, what="file"):
@@ -79,11 +58,6 @@ def deep_merge(base: dict, override: dict | None) -> dict:
         else:
             out[key] = value
     return out
-
-
-def momentum_tag(m: float) -> str:
-    """Directory tag of a momentum value: 0.5 -> 'm0.5'."""
-    return f"m{float(m):g}"
 
 
 def lr_tag(lr: float) -> str:
@@ -230,57 +204,6 @@ def search_threshold(*, base_spec, continuation, kick, search, variant, momentum
     return result
 
 
-# ----------------------------------------------------------------------------- the tables
-def _geometric_midpoint(lo, hi):
-    return math.sqrt(lo * hi) if hi else lo
-
-
-def threshold_row(experiment: str, result: dict) -> dict:
-    """One row of thresholds.csv from a search result."""
-    a = result["sharpness"]
-    return {
-        "experiment": experiment, "variant": result["variant"], "momentum": result["momentum"],
-        "tau": result["tau"], "lr_max": result["lr_max"], "lr_escape": result["lr_escape"],
-        "sharpness": a, "alpha_measured": result["alpha_measured"],
-        "alpha_escape": result["alpha_escape"], "alpha_theory": result["alpha_theory"],
-        "ratio": result["ratio"], "inv_a_lr_max": 1.0 / result["alpha_measured"],
-        "inv_a_lr_theory": 1.0 / result["alpha_theory"], "n_probes": len(result["probes"]),
-        "budget_epochs": result["budget_epochs"], "censored": result["censored"],
-    }
-
-
-def read_metrics(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def collect(search_files, curve_summaries, experiment_of, out_thresholds, out_probes, out_curves) -> list[dict]:
-    """Gather search results and long continuations into the tidy tables the figures read."""
-    thresholds, probes, curves = [], [], []
-    for path in search_files:
-        result = read_json(path, "search result")
-        experiment = experiment_of(path)
-        thresholds.append(threshold_row(experiment, result))
-        for p in result["probes"]:
-            probes.append({"experiment": experiment, "variant": result["variant"],
-                           "momentum": result["momentum"], "tau": result["tau"],
-                           "budget_epochs": result["budget_epochs"], **p})
-    for path in curve_summaries:
-        info = read_json(Path(path).with_name("curve.json"), "curve record")
-        summary = read_json(path, "run summary")
-        for row in read_metrics(Path(path).with_name("metrics.csv")):
-            curves.append({"experiment": experiment_of(path), **info, "status": summary["status"],
-                           "epoch": row["epoch"], "train_loss": row["train_loss"],
-                           "val_error": row["val_error"]})
-    key = lambda r: (r["experiment"], r["variant"], float(r["momentum"]), int(r["tau"]))
-    thresholds.sort(key=key)
-    write_csv_atomic(out_thresholds, THRESHOLD_COLUMNS, thresholds)
-    write_csv_atomic(Path(out_thresholds).with_name("fits.csv"), FIT_COLUMNS, fit_rows(thresholds))
-    write_csv_atomic(out_probes, PROBE_COLUMNS, sorted(probes, key=lambda r: (*key(r), r["lr"])))
-    write_csv_atomic(out_curves, CURVE_COLUMNS, curves)
-    return thresholds
-
-
 def run_curve(*, search_json, kick, base_spec, continuation, factor, epochs, out_dir) -> dict:
     """A long continuation at η = factor·η_max (no early stop), for the curves of fig. 12: what
     happens after a run leaves the minimum (appendix F: it settles in another minimum)."""
@@ -296,37 +219,6 @@ def run_curve(*, search_json, kick, base_spec, continuation, factor, epochs, out
             "lr": lr, "lr_factor": factor, "lr_max": result["lr_max"]}
     write_json_atomic(Path(out_dir) / "curve.json", info)
     return train.run_training(spec, str(out_dir))
-
-
-def fit_rows(thresholds):
-    """Per (experiment, variant, m): the linear fit of 1/η_max vs τ and the range of α_measured/α*."""
-    groups = {}
-    for r in thresholds:
-        groups.setdefault((r["experiment"], r["variant"], float(r["momentum"])), []).append(r)
-    rows = []
-    for (experiment, variant, m), rs in sorted(groups.items()):
-        ratios = [float(r["ratio"]) for r in rs]
-        row = {"experiment": experiment, "variant": variant, "momentum": m, "n_tau": len(rs),
-               "ratio_min": min(ratios), "ratio_max": max(ratios),
-               "max_abs_deviation": max(abs(x - 1) for x in ratios)}
-        if len(rs) >= 2:
-            slope, intercept, r2 = linear_fit([int(r["tau"]) for r in rs], [1 / float(r["lr_max"]) for r in rs])
-            row.update(slope=slope, intercept=intercept, r2=r2)
-        rows.append(row)
-    return rows
-
-
-def linear_fit(x, y):
-    """Least-squares line y = slope·x + intercept and its R²."""
-    n = len(x)
-    mx, my = sum(x) / n, sum(y) / n
-    sxx = sum((xi - mx) ** 2 for xi in x)
-    sxy = sum((xi - mx) * (yi - my) for xi, yi in zip(x, y))
-    slope = sxy / sxx
-    intercept = my - slope * mx
-    ss_res = sum((yi - slope * xi - intercept) ** 2 for xi, yi in zip(x, y))
-    ss_tot = sum((yi - my) ** 2 for yi in y)
-    return slope, intercept, 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
 
 
 # ----------------------------------------------------------------------------- minimum and kick
@@ -590,11 +482,6 @@ def _cli_search(args):
           f"theory {result['alpha_theory']:.6g}, ratio {result['ratio']:.4f})")
 
 
-def _experiment_of(path):
-    """results/<scale>/<experiment>/{search,curves}/<a>/<b>/<file> -> <experiment>."""
-    return Path(path).parents[3].name
-
-
 def _cli_curve(args):
     from . import train
 
@@ -603,13 +490,6 @@ def _cli_curve(args):
                         continuation=_json_arg(args.continuation, "--continuation"),
                         factor=args.factor, epochs=args.epochs, out_dir=args.out)
     print(f"{args.out}: {summary['status']} after {summary['epochs_run']} epochs")
-
-
-def _cli_collect(args):
-    rows = collect(args.search, args.curve or [], _experiment_of, args.thresholds, args.probes, args.curves)
-    for r in rows:
-        print(f"{r['experiment']:>18} {r['variant']:>8} m={float(r['momentum']):<4g} tau={int(r['tau']):<3d} "
-              f"alpha_measured/alpha_theory = {float(r['ratio']):.4f}")
 
 
 def register(subparsers) -> None:
@@ -654,11 +534,3 @@ def register(subparsers) -> None:
     p.add_argument("--epochs", type=int, required=True)
     p.add_argument("--out", required=True, help="run folder")
     p.set_defaults(func=_cli_curve)
-
-    p = subparsers.add_parser("stability-collect", help="tidy tables from search results")
-    p.add_argument("--search", nargs="+", required=True)
-    p.add_argument("--curve", nargs="*", help="summary.json of the fig. 12 continuations")
-    p.add_argument("--thresholds", required=True)
-    p.add_argument("--probes", required=True)
-    p.add_argument("--curves", required=True)
-    p.set_defaults(func=_cli_collect)

@@ -180,6 +180,7 @@ rule stability_tables:
         curves=str(STABILITY_TABLES / "curves.csv"),
     params:
         ds=DS,
+        code=src_hash("tables"),
     localrule: True
     conda:
         "../../environment.yml"
