@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from delay_stability import eos, plots, sharpness, theory, train
+from delay_stability import eos, eos_tables, plots, sharpness, theory, train
 from delay_stability.errors import UserError
 
 torch.set_num_threads(1)
@@ -224,18 +224,18 @@ def test_geometric_staleness_of_random_workers_has_the_momentum_edge():
 def test_plateau_is_the_median_over_the_last_half():
     steps = np.arange(0, 101, 10)
     values = np.array([1.0, 3, 6, 9, 11, 10.5, 9.5, 10.2, 9.9, 10.1, np.nan])  # a diverged last point dropped
-    out = eos.plateau(steps, values, predicted=10.0, edge_tol=0.05)
+    out = eos_tables.plateau(steps, values, predicted=10.0, edge_tol=0.05)
     # last finite step 90 -> window t >= 45: 10.5, 9.5, 10.2, 9.9, 10.1
     assert out["plateau"] == 10.1
     assert out["ratio"] == pytest.approx(1.01)
     assert out["first_edge_step"] == 40 and out["reached_edge"]
     assert out["approach"] == "below" and out["start_sharpness"] == 1.0 and out["max_sharpness"] == 11.0
     assert out["plateau_mean"] == pytest.approx(np.mean([10.5, 9.5, 10.2, 9.9, 10.1]))
-    late = eos.plateau(steps[:10], [1, 2, 3, 4, 5, 6, 7, 8, 9.6, 9.9], predicted=10.0)
+    late = eos_tables.plateau(steps[:10], [1, 2, 3, 4, 5, 6, 7, 8, 9.6, 9.9], predicted=10.0)
     assert late["first_edge_step"] == 80 and not late["reached_edge"]  # reached after the window began
-    never = eos.plateau(steps[:3], [1, 2, 3], predicted=10.0)
+    never = eos_tables.plateau(steps[:3], [1, 2, 3], predicted=10.0)
     assert never["first_edge_step"] is None and not never["reached_edge"]
-    above = eos.plateau(steps[:3], [20, 12, 10], predicted=10.0)
+    above = eos_tables.plateau(steps[:3], [20, 12, 10], predicted=10.0)
     assert above["approach"] == "above" and above["reached_edge"]
 
 
@@ -257,7 +257,7 @@ def _finished_runs(tmp_path):
 
 def test_collect_predicted_column_is_critical_alpha_over_lr(tmp_path):
     runs = _finished_runs(tmp_path)
-    plateaus, tracks, edges = eos.collect(runs)
+    plateaus, tracks, edges = eos_tables.collect(runs)
     assert len(plateaus) == 3 and len(tracks) == 3 * 3  # steps 0, 3, 6 per run
     for r in plateaus:
         alpha = theory.critical_alpha(r["tau"], r["momentum"], r["variant"])
@@ -282,11 +282,11 @@ def test_cli_writes_the_tables_and_reports_user_errors(tmp_path, capsys):
                      "--theory", str(out / "theory.csv")])
     assert code == 0
     table = read_csv(out / "plateaus.csv")
-    assert list(table[0]) == list(eos.PLATEAU_COLUMNS)
+    assert list(table[0]) == list(eos_tables.PLATEAU_COLUMNS)
     for row in table:
         alpha = theory.critical_alpha(int(row["tau"]), float(row["momentum"]), row["variant"])
         assert float(row["predicted"]) == pytest.approx(alpha / float(row["lr"]), rel=1e-14)
-    assert list(read_csv(out / "tracks.csv")[0]) == list(eos.TRACKS_COLUMNS)
+    assert list(read_csv(out / "tracks.csv")[0]) == list(eos_tables.TRACKS_COLUMNS)
     # user mistakes: one line, exit status 2, naming the flag or file
     assert eos.main(["eos-collect", "--run", str(tmp_path / "nope"), "--out", str(out / "x.csv")]) == 2
     assert "--run " + str(tmp_path / "nope") + ": no such file" in capsys.readouterr().err
@@ -307,10 +307,10 @@ def test_cli_writes_the_tables_and_reports_user_errors(tmp_path, capsys):
 
 def test_delayed_eos_figure_draws_every_run_against_its_edge(tmp_path):
     runs = _finished_runs(tmp_path)
-    plateaus, tracks, edges = eos.collect(runs)
+    plateaus, tracks, edges = eos_tables.collect(runs)
     paths = {}
-    for name, columns, rows in [("plateaus", eos.PLATEAU_COLUMNS, plateaus), ("tracks", eos.TRACKS_COLUMNS, tracks),
-                                ("theory", eos.THEORY_COLUMNS, edges)]:
+    for name, columns, rows in [("plateaus", eos_tables.PLATEAU_COLUMNS, plateaus), ("tracks", eos_tables.TRACKS_COLUMNS, tracks),
+                                ("theory", eos_tables.THEORY_COLUMNS, edges)]:
         paths[name] = str(tmp_path / f"{name}.csv")
         eos.write_table(paths[name], columns, rows)
     tables = [plots.read_table(paths[n]) for n in ("theory", "tracks", "plateaus")]  # any order

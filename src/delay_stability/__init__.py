@@ -10,7 +10,8 @@ data       datasets (digits, MNIST, CIFAR-10/100, ImageNet), held on the device
 train      the training engine behind `delay-stability train`
 pipeline   the minima-stability experiment: minimum, kick, threshold searches, long continuations
 tables     its tidy tables (thresholds, fits, probes, curves)
-eos        sharpness tracking along training and the delayed edge of stability
+eos        sharpness tracking along training (the delayed edge of stability)
+eos_tables its plateau analysis and tables
 plots      figure helpers (read tidy tables only; never train)
 files      atomic JSON/CSV writers
 """

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "delay_stability.pipeline",
     "delay_stability.tables",
     "delay_stability.eos",
+    "delay_stability.eos_tables",
 )
 
 

@@ -103,7 +103,7 @@ rule eos_collect:
         theory=str(EOS_DIR / "theory.csv"),
     params:
         edge_tol=lambda wc: EOS.get("edge_tol", 0.05),
-        code=src_hash("theory", "train", "eos"),
+        code=src_hash("theory", "train", "eos", "eos_tables"),
         cli=EOS_CLI,
     conda:
         "../../environment.yml"
