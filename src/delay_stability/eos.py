@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import os
 import sys
@@ -54,7 +53,7 @@ import torch
 
 from . import sharpness, theory, train
 from .errors import UserError
-from .files import write_csv
+from .files import read_json, write_csv
 
 #: Columns of sharpness.csv, in order (the one place they are named).
 TRACK_COLUMNS = ("step", "sharpness", "loss", "hvps", "converged", "residual", "seconds")
@@ -316,11 +315,7 @@ def _will_resume(out_dir, spec) -> bool:
 def _read_json(path):
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file (is the run finished?)")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    return read_json(path, "run record")
 
 
 def _check_settings(out_dir, settings):

@@ -36,6 +36,19 @@ def atomic_write(path, write, sync: bool = False) -> None:
         raise
 
 
+def read_json(path, what="file"):
+    """A JSON file's content; a missing or malformed file is a UserError naming it."""
+    from .errors import UserError
+
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} {path} is not valid JSON ({exc})") from None
+
+
 def json_safe(value):
     """``value`` with non-finite floats replaced by None (JSON has no NaN or infinity)."""
     if isinstance(value, float) and not math.isfinite(value):

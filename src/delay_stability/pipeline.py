@@ -36,19 +36,10 @@ import time
 from pathlib import Path
 
 from .errors import UserError
+from .files import read_json
 from .files import write_json as write_json_atomic
 
 # ----------------------------------------------------------------------------- small helpers
-def read_json(path, what="file"):
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{what} not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{what} {path} is not valid JSON ({exc})") from None
-
-
 def deep_merge(base: dict, override: dict | None) -> dict:
     """A copy of ``base`` with ``override`` merged in, recursively for nested dicts."""
     out = dict(base)

@@ -15,8 +15,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .files import write_csv
-from .pipeline import read_json
+from .files import read_json, write_csv
 
 #: Columns of thresholds.csv (one row per experiment, variant, momentum and τ).
 THRESHOLD_COLUMNS = (

@@ -9,6 +9,8 @@ import jsonschema
 import yaml
 from snakemake.exceptions import WorkflowError
 
+from delay_stability.pipeline import deep_merge
+
 SCHEMA_PATH = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 
 
@@ -74,14 +76,6 @@ def src_hash(*modules):
 def spec_hash(spec):
     """A short, stable hash of a training spec: changing a training option changes the run."""
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def deep_merge(base, override):
-    """A copy of `base` with `override` merged in, recursively for nested dicts."""
-    out = dict(base)
-    for k, v in (override or {}).items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def with_run_settings(spec):
