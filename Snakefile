@@ -1,7 +1,8 @@
 # delay-stability: the figures of "At Stability's Edge" (ICLR 2020) and "Asynchrony begets Momentum".
 #   snakemake --cores 2                       every figure at the configured scale (quick by default)
 #   snakemake --cores 2 figures/fig6.pdf      one figure
-#   snakemake --config scale=paper -n         what the paper scale would run (GPU; see README)
+#   snakemake -n --config scale=paper         what the paper scale would run (GPU; see README)
+# One experiment = workflow/rules/<name>.smk + delay_stability/experiments/<name>.py + plots/<name>.py.
 
 configfile: "config.yaml"
 
@@ -10,6 +11,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/theory.smk"
 include: "workflow/rules/stability.smk"
 include: "workflow/rules/eos.smk"
+include: "workflow/rules/train.smk"  # last: it builds the run folders the experiments registered
 
 
 rule all:

@@ -15,7 +15,6 @@ from torchvision import datasets as tv
 from delay_stability.data import NORMALISATION, dataset_args_with_defaults, load_dataset
 from delay_stability.errors import UserError
 
-torch.set_num_threads(1)
 
 
 # ------------------------------------------------------------------ writers for the real formats

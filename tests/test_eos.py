@@ -6,7 +6,6 @@ eigvalsh) at the very weights it was measured at; the warm start against a cold 
 against an uninterrupted run; the predicted column against theory.critical_alpha.
 """
 
-import csv
 import json
 import os
 
@@ -14,10 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from delay_stability import eos, eos_tables, plots, sharpness, theory, train
+from delay_stability import files, plots, sharpness, theory, train
+from delay_stability import spec as specs
+from delay_stability.cli import main as cli_main
+from delay_stability.experiments import eos, eos_tables
+from delay_stability.plots import style
 from delay_stability.errors import UserError
+from oracles import dense_hessian, read_csv
 
-torch.set_num_threads(1)
 
 TINY = {
     "model": "mlp",
@@ -37,7 +40,7 @@ TIGHT = 1e-10  # solver tolerance for the comparisons with dense linear algebra
 
 
 def tiny(**override):
-    return train.apply_overrides({**TINY, **override}, [])
+    return specs.apply_overrides({**TINY, **override}, [])
 
 
 class WeightRecorder:
@@ -53,19 +56,6 @@ class WeightRecorder:
             self.model, self.loss_fn = state.model, state.loss_fn
 
 
-def dense_hessian(model, loss_fn, flat, x, y):
-    """∇²L at the flat weights ``flat``, by torch.autograd.functional.hessian (no HVPs, no solver)."""
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    sizes = [p.numel() for p in model.parameters()]
-
-    def loss_at(w):
-        weights = {n: c.view(s) for n, c, s in zip(names, torch.split(w, sizes), shapes)}
-        return loss_fn(torch.func.functional_call(model, weights, (x,)), y)
-
-    return torch.autograd.functional.hessian(loss_at, flat.clone())
-
-
 def tracked_run(tmp_path, name="run", callbacks=(), every=5, tol=TIGHT, **spec_override):
     out = str(tmp_path / name)
     tracker = eos.SharpnessTracker(out, every, tol=tol, max_iter=200)
@@ -73,9 +63,7 @@ def tracked_run(tmp_path, name="run", callbacks=(), every=5, tol=TIGHT, **spec_o
     return out, tracker, summary
 
 
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+
 
 
 # ------------------------------------------------------------------------------------------------
@@ -92,7 +80,7 @@ def test_tracked_sharpness_is_the_dense_hessian_top_eigenvalue_at_each_tracked_s
     x, y = recorder.data
     for r in rows:
         w = recorder.weights[r["step"]]
-        top = torch.linalg.eigvalsh(dense_hessian(recorder.model, recorder.loss_fn, w, x, y))[-1].item()
+        top = torch.linalg.eigvalsh(dense_hessian(recorder.model, recorder.loss_fn, [(x, y)], at=w))[-1].item()
         assert r["sharpness"] == pytest.approx(top, rel=1e-8), r["step"]
         assert r["converged"] == 1
         # the loss column is the mean training loss at the same weights
@@ -207,7 +195,7 @@ def test_edge_lr_makes_the_predicted_plateau_the_edge(variant, m, tau):
     spec["optimizer"] = {"delay": tau, "variant": variant, "momentum": m}
     out = eos.with_edge_lr(spec, 12.5)
     assert out["lr"] == pytest.approx(theory.critical_alpha(tau, m, variant) / 12.5, rel=1e-15)
-    assert eos.predicted_edge(train.validate_spec(out)) == pytest.approx(12.5, rel=1e-14)
+    assert eos.predicted_edge(specs.validate_spec(out)) == pytest.approx(12.5, rel=1e-14)
     if tau == 0 and variant == "plain":
         assert out["lr"] == pytest.approx(2 / 12.5, rel=1e-14)  # eq. 6 at τ = 0: α* = 2
     with pytest.raises(UserError, match="remove 'lr'"):
@@ -216,7 +204,7 @@ def test_edge_lr_makes_the_predicted_plateau_the_edge(variant, m, tau):
 
 def test_geometric_staleness_of_random_workers_has_the_momentum_edge():
     """M workers picked at random: P(τ=k) = (1/M)(1−1/M)^k, whose edge is 2(1+q)/(1−q), q = 1 − 1/M."""
-    spec = train.validate_spec(tiny(optimizer={"delay": 3, "workers": 4, "schedule": "random"}))
+    spec = specs.validate_spec(tiny(optimizer={"delay": 3, "workers": 4, "schedule": "random"}))
     q = 0.75
     assert eos.edge_alpha(spec) == pytest.approx(2 * (1 + q) / (1 - q), rel=1e-6)
 
@@ -277,7 +265,7 @@ def test_collect_predicted_column_is_critical_alpha_over_lr(tmp_path):
 def test_cli_writes_the_tables_and_reports_user_errors(tmp_path, capsys):
     runs = _finished_runs(tmp_path)
     out = tmp_path / "eos"
-    code = eos.main(["eos-collect", "--run", *[os.path.join(r, eos.TRACK_FILE) for r in runs],
+    code = cli_main(["eos-collect", "--run", *[os.path.join(r, eos.TRACK_FILE) for r in runs],
                      "--out", str(out / "plateaus.csv"), "--tracks", str(out / "tracks.csv"),
                      "--theory", str(out / "theory.csv")])
     assert code == 0
@@ -288,19 +276,19 @@ def test_cli_writes_the_tables_and_reports_user_errors(tmp_path, capsys):
         assert float(row["predicted"]) == pytest.approx(alpha / float(row["lr"]), rel=1e-14)
     assert list(read_csv(out / "tracks.csv")[0]) == list(eos_tables.TRACKS_COLUMNS)
     # user mistakes: one line, exit status 2, naming the flag or file
-    assert eos.main(["eos-collect", "--run", str(tmp_path / "nope"), "--out", str(out / "x.csv")]) == 2
+    assert cli_main(["eos-collect", "--run", str(tmp_path / "nope"), "--out", str(out / "x.csv")]) == 2
     assert "--run " + str(tmp_path / "nope") + ": no such file" in capsys.readouterr().err
     os.remove(os.path.join(runs[0], "summary.json"))
-    assert eos.main(["eos-collect", "--run", runs[0], "--out", str(out / "x.csv")]) == 2
+    assert cli_main(["eos-collect", "--run", runs[0], "--out", str(out / "x.csv")]) == 2
     assert "summary.json: no such file" in capsys.readouterr().err
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(tiny(epochs=2)))
-    assert eos.main(["eos-run", "--spec", str(spec), "--out", str(tmp_path / "r"), "--track-every", "0"]) == 2
+    assert cli_main(["eos-run", "--spec", str(spec), "--out", str(tmp_path / "r"), "--track-every", "0"]) == 2
     assert "--track-every must be an integer >= 1" in capsys.readouterr().err
-    assert eos.main(["eos-run", "--spec", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "r"),
+    assert cli_main(["eos-run", "--spec", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "r"),
                      "--track-every", "1"]) == 2
     assert "--spec: no such file" in capsys.readouterr().err
-    assert eos.main(["eos-run", "--spec", str(spec), "--out", str(tmp_path / "r"), "--track-every", "1",
+    assert cli_main(["eos-run", "--spec", str(spec), "--out", str(tmp_path / "r"), "--track-every", "1",
                      "--edge", "5"]) == 2
     assert "remove 'lr'" in capsys.readouterr().err
 
@@ -312,9 +300,9 @@ def test_delayed_eos_figure_draws_every_run_against_its_edge(tmp_path):
     for name, columns, rows in [("plateaus", eos_tables.PLATEAU_COLUMNS, plateaus), ("tracks", eos_tables.TRACKS_COLUMNS, tracks),
                                 ("theory", eos_tables.THEORY_COLUMNS, edges)]:
         paths[name] = str(tmp_path / f"{name}.csv")
-        eos.write_table(paths[name], columns, rows)
-    tables = [plots.read_table(paths[n]) for n in ("theory", "tracks", "plateaus")]  # any order
-    fig = plots.PLOTTERS["delayed_eos"](tables, "quick", {"burn_in": "10 steps of GD"})
+        files.write_csv(paths[name], columns, rows)
+    tables = [style.read_table(paths[n]) for n in ("theory", "tracks", "plateaus")]  # any order
+    fig = plots.load_plotters()["delayed_eos"](tables, "quick", {"burn_in": "10 steps of GD"})
     fixed_ax, scaled_ax, summary_ax = [ax for ax in fig.axes if ax.get_visible()]
     # fixed panel: the dashed line of the plain run is its predicted edge α*(1)/η = 1/0.3
     dashed = [line for line in fixed_ax.get_lines() if line.get_linestyle() == "--"]
@@ -330,7 +318,7 @@ def test_delayed_eos_figure_draws_every_run_against_its_edge(tmp_path):
         inv = [1 / theory.critical_alpha(t, m, v) for t in taus]
         assert any(len(line.get_ydata()) == len(inv) and np.allclose(line.get_ydata(), inv)
                    for line in summary_ax.get_lines())
-    pdf, png = plots.save_figure(fig, str(tmp_path / "delayed_eos.pdf"))
+    pdf, png = style.save_figure(fig, str(tmp_path / "delayed_eos.pdf"))
     assert pdf.stat().st_size > 0 and png.stat().st_size > 0
     with pytest.raises(UserError, match="plateaus table"):
-        plots.PLOTTERS["delayed_eos"](tables[:2], "quick")
+        plots.load_plotters()["delayed_eos"](tables[:2], "quick")

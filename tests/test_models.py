@@ -6,7 +6,6 @@ import torch
 from delay_stability.errors import UserError
 from delay_stability.models import MODELS, build_model, count_parameters
 
-torch.set_num_threads(1)
 
 
 def linear(i, o):

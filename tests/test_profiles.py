@@ -1,4 +1,4 @@
-"""The cluster profiles (workflow/profiles/) and the GPU slot allocator (workflow/scripts/gpu_slot.py).
+"""The cluster profiles (workflow/profiles/) and the GPU slot allocator (delay_stability/gpu_slot.py).
 
 - The SLURM and local-gpu profiles are accepted by this Snakemake and SLURM plugin, and a dry run at
   paper scale resolves the training jobs' resources: gpu=1, their runtime and mem_mb, the profile's
@@ -25,7 +25,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-GPU_SLOT = ROOT / "workflow" / "scripts" / "gpu_slot.py"
+GPU_SLOT = ["-m", "delay_stability.gpu_slot"]  # the module behind `delay-stability-gpu-slot`
 SLURM_PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 LOCAL_GPU_PROFILE = ROOT / "workflow" / "profiles" / "local-gpu"
 PAPER_TARGET = "figures/fig2.pdf"  # trains on GPUs at paper scale (baseline, continuation grid)
@@ -146,7 +146,7 @@ def test_local_gpu_dry_run_paper_scale():
 
 
 def slot_cmd(*args, pool="0,1", lock_dir, gpus=1):
-    return [sys.executable, str(GPU_SLOT), "--gpus", str(gpus), "--pool", pool, "--lock-dir", str(lock_dir),
+    return [sys.executable, *GPU_SLOT, "--gpus", str(gpus), "--pool", pool, "--lock-dir", str(lock_dir),
             "--poll", "0.05", "--", *args]
 
 
@@ -237,7 +237,7 @@ def test_gpu_slot_steps_aside_at_zero_gpus(tmp_path):
 def test_gpu_slot_under_slurm(tmp_path):
     # A SLURM job holding exactly the GPUs it asks for: SLURM bound them, nothing to do.
     env = clean_env(SLURM_JOB_ID="42", CUDA_VISIBLE_DEVICES="0")
-    out = subprocess.run([sys.executable, str(GPU_SLOT), "--gpus", "1", "--lock-dir", str(tmp_path), "--",
+    out = subprocess.run([sys.executable, *GPU_SLOT, "--gpus", "1", "--lock-dir", str(tmp_path), "--",
                           sys.executable, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"],
                          env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0" and not list(tmp_path.iterdir())
@@ -251,7 +251,7 @@ def test_gpu_slot_usage_errors(tmp_path):
     res = subprocess.run(print_env_cmd(pool="0,1", gpus=3, lock_dir=tmp_path), env=clean_env(),
                          capture_output=True, text=True)
     assert res.returncode == 2 and "--gpus 3 but only 2 GPU(s)" in res.stderr
-    res = subprocess.run([sys.executable, str(GPU_SLOT), "--gpus", "1"], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, *GPU_SLOT, "--gpus", "1"], capture_output=True, text=True)
     assert res.returncode == 2 and "no command given" in res.stderr
     res = subprocess.run(slot_cmd("no-such-program-xyz", lock_dir=tmp_path), env=clean_env(),
                          capture_output=True, text=True)
@@ -261,7 +261,7 @@ def test_gpu_slot_usage_errors(tmp_path):
 # ---------------------------------------------------------------- the local-gpu profile, for real
 
 TOY_SNAKEFILE = """
-GPU_SLOT = "{python} {gpu_slot} --poll 0.05 --gpus"
+GPU_SLOT = "{python} -m delay_stability.gpu_slot --poll 0.05 --gpus"
 
 rule all:
     input: expand("run/{{i}}.txt", i=range(6))
@@ -290,7 +290,7 @@ open(sys.argv[1], "w").write(dev)
 def test_local_gpu_profile_runs_one_job_per_gpu(tmp_path):
     (tmp_path / "job.py").write_text(TOY_JOB)
     (tmp_path / "Snakefile").write_text(TOY_SNAKEFILE.format(
-        python=sys.executable, gpu_slot=GPU_SLOT, job=tmp_path / "job.py"))
+        python=sys.executable, job=tmp_path / "job.py"))
     env = clean_env(CUDA_VISIBLE_DEVICES="0,1", GPU_SLOT_LOCK_DIR=str(tmp_path / "locks"))
     res = subprocess.run(
         [str(SNAKEMAKE), "--profile", str(LOCAL_GPU_PROFILE), "--cores", "4", "--resources", "gpu=2",

@@ -13,54 +13,16 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call
 
+from delay_stability import files
 from delay_stability import sharpness as S
 from delay_stability.errors import UserError
+from oracles import dense_hessian, rel, top_dense
 
-torch.set_num_threads(1)
 F = nn.functional
 
 
 # ---------------------------------------------------------------- references and small problems
-
-
-def reference_copy(model, bn_mode):
-    """A deep copy in the mode whose Hessian is measured: dropout off; BatchNorm on batch
-    statistics without running statistics ("train") or on running statistics ("eval")."""
-    ref = copy.deepcopy(model).eval()
-    for m in ref.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and bn_mode == "train":
-            m.train()
-            m.track_running_stats = False
-    return ref
-
-
-def dense_hessian(model, loss_fn, batches, bn_mode="train"):
-    """H of (1/N) Σ_b n_b L_b(w) over the trainable parameters, in model.parameters() order."""
-    ref = reference_copy(model, bn_mode)
-    named = [(n, p) for n, p in ref.named_parameters() if p.requires_grad]
-    flat = torch.cat([p.detach().reshape(-1) for _, p in named])
-    buffers = dict(ref.named_buffers())
-    total = sum(len(x) for x, _ in batches)
-
-    def loss_of(w):
-        weights, i = {}, 0
-        for n, p in named:
-            weights[n] = w[i:i + p.numel()].view(p.shape)
-            i += p.numel()
-        return sum(len(x) / total * loss_fn(functional_call(ref, (weights, buffers), (x,)), y)
-                   for x, y in batches)
-
-    return torch.autograd.functional.hessian(loss_of, flat)
-
-
-def top_dense(h):
-    return torch.linalg.eigvalsh(h)[-1].item()
-
-
-def rel(a, b):
-    return abs(a - b) / abs(b)
 
 
 def symmetric_with_spectrum(eigenvalues, seed=0):
@@ -433,7 +395,7 @@ def test_json_record_is_written_atomically(tmp_path, trained_mlp):
     model, batches, _ = trained_mlp
     res = S.top_eigenvalue(model, F.cross_entropy, batches)
     out = tmp_path / "sub" / "sharpness.json"
-    S.write_json_atomic(out, S.result_record(res, checkpoint="x.pt"))
+    files.write_json(out, S.result_record(res, checkpoint="x.pt"))
     record = json.loads(out.read_text())
     assert record["eigenvalue"] == res.eigenvalue and record["hvps"] == res.hvps
     assert record["checkpoint"] == "x.pt" and record["bn_mode"] == "train"

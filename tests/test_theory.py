@@ -22,6 +22,7 @@ from delay_stability.theory import (
     spectral_radius,
     uniform_delay,
 )
+from oracles import eq3, eq10, eq18, eq25, eq25_stochastic, iterate
 
 REL = 1e-9
 
@@ -140,38 +141,6 @@ def test_all_roots_inside_unit_circle_as_alpha_goes_to_zero(delay, m, variant):
 # ------------------------------------------------------------------------------------------------
 # Brute force: iterate the paper's scalar recurrences just below and just above the edge
 # ------------------------------------------------------------------------------------------------
-
-
-def iterate(step, history, steps, seed=0):
-    """x_{t+1} = step(x, t) from a random history of length ``history``; returns the trajectory."""
-    x = np.zeros(history + steps)
-    x[:history] = np.random.default_rng(seed).standard_normal(history)
-    for t in range(history - 1, history + steps - 1):
-        x[t + 1] = step(x, t)
-    return x
-
-
-def eq3(alpha, tau):  # x_{t+1} = x_t − α x_{t−τ}
-    return lambda x, t: x[t] - alpha * x[t - tau]
-
-
-def eq25(alpha, tau, m):  # x_{t+1} = (1+m) x_t − m x_{t−1} − α(1−m) x_{t−τ}
-    return lambda x, t: (1 + m) * x[t] - m * x[t - 1] - alpha * (1 - m) * x[t - tau]
-
-
-def eq10(alpha, tau, m):  # x_{t+1} = x_t + m (x_{t−τ} − x_{t−τ−1}) − α(1−m) x_{t−τ}
-    return lambda x, t: x[t] + m * (x[t - tau] - x[t - tau - 1]) - alpha * (1 - m) * x[t - tau]
-
-
-def eq18(alpha, probs):  # x_{t+1} = x_t − α Σ_k p_k x_{t−k}
-    K = len(probs) - 1
-    return lambda x, t: x[t] - alpha * float(np.dot(probs, x[t - K : t + 1][::-1]))
-
-
-def eq25_stochastic(alpha, probs, m):  # eq. 25 with Σ_k p_k x_{t−k} for x_{t−τ}
-    K = len(probs) - 1
-    return lambda x, t: ((1 + m) * x[t] - m * x[t - 1]
-                         - alpha * (1 - m) * float(np.dot(probs, x[t - K : t + 1][::-1])))
 
 
 BRUTE_FORCE = [

@@ -16,20 +16,17 @@ from delay_stability.asgd import DelayedSGD
 from delay_stability.data import load_dataset
 from delay_stability.errors import UserError
 from delay_stability.models import build_model
+from delay_stability.spec import apply_overrides, read_spec, validate_spec
 from delay_stability.train import (
     METRIC_COLUMNS,
-    apply_overrides,
     build_loss,
     load_checkpoint,
     lr_factor,
     model_from_checkpoint,
     read_metrics,
-    read_spec,
     run_training,
-    validate_spec,
 )
 
-torch.set_num_threads(1)
 
 
 def quick_spec(**overrides):

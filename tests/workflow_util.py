@@ -21,10 +21,14 @@ def copy_workflow(dest):
     return dest
 
 
-def snakemake(workdir, *args, timeout=900):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SNAKEMAKE")}
-    env["PATH"] = f"{SNAKEMAKE.parent}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.run([str(SNAKEMAKE), *args], cwd=workdir, env=env, capture_output=True, text=True,
+def snakemake(workdir, *args, timeout=900, env=None, python=None):
+    """Run snakemake in ``workdir`` (``python``: run it as ``python -m snakemake`` with that
+    interpreter; ``env``: extra environment variables)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SNAKEMAKE")}
+    environ["PATH"] = f"{SNAKEMAKE.parent}{os.pathsep}{environ.get('PATH', '')}"
+    environ.update(env or {})
+    command = [str(python), "-m", "snakemake"] if python else [str(SNAKEMAKE)]
+    return subprocess.run([*command, *args], cwd=workdir, env=environ, capture_output=True, text=True,
                           timeout=timeout)
 
 

@@ -1,19 +1,21 @@
 """delay-stability: the stability of asynchronous (delayed) SGD, exactly.
 
-Modules
--------
-theory     characteristic equations of delayed SGD and their stability edges (exact)
+The library (each module one concern; none imports an experiment or a plot):
+
+theory     characteristic equations of delayed SGD and their stability edges (exact; no torch)
+spec       training specs: defaults, validation, overrides (no torch)
 asgd       DelayedSGD, a drop-in torch.optim.Optimizer that applies stale updates
-sharpness  the top Hessian eigenvalue of the training loss (Lanczos / power iteration)
 models     the papers' networks and small stand-ins, built by name
 data       datasets (digits, MNIST, CIFAR-10/100, ImageNet), held on the device
-train      the training engine behind `delay-stability train`
-pipeline   the minima-stability experiment: minimum, kick, threshold searches, long continuations
-tables     its tidy tables (thresholds, fits, probes, curves)
-eos        sharpness tracking along training (the delayed edge of stability)
-eos_tables its plateau analysis and tables
-plots      figure helpers (read tidy tables only; never train)
-files      atomic JSON/CSV writers
+train      the training engine behind `delay-stability train`; load_run for analysis
+sharpness  the top Hessian eigenvalue of the training loss (Lanczos / power iteration)
+measure    `delay-stability sharpness`: the solver on a saved run
+files      atomic writes, JSON/CSV readers, code hashes
+errors     UserError (one line, exit status 2)
+cli        `delay-stability`, the one entry point
+
+experiments/  one module per experiment (theory, stability, eos, ...) and grid.py
+plots/        one module per experiment and the shared style (docs/layout.md)
 """
 
 __version__ = "0.1.0"

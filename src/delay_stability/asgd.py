@@ -44,8 +44,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-SCHEDULES = ("round_robin", "random", "distribution")
-VARIANTS = ("plain", "momentum", "shifted")
+from .spec import SCHEDULES  # one list of schedules, shared with the spec
+from .theory import VARIANTS  # one list of variants: plain, momentum, shifted
 
 
 def _as_probabilities(delay) -> list[float]:

@@ -1,8 +1,11 @@
-"""Command-line interface: `delay-stability COMMAND ...`.
+"""Command-line interface: `delay-stability COMMAND ...`, the project's one entry point.
 
-Each command lives in the module that owns its concern; a module that offers commands defines
-``register(subparsers)``, which adds its sub-parsers and sets ``func`` on them. This file only
-collects them and turns user mistakes into a one-line error with exit status 2.
+Each command lives in the module that owns its concern; such a module defines
+``register(subparsers)``, which adds its sub-parsers and sets ``func`` on them. ``COMMANDS`` below
+names, for every command, its module and its one-line help, so that ``--help`` lists every command
+without importing any of them, and a command imports only the module that owns it:
+``delay-stability threshold --tau 32`` loads neither torch nor matplotlib. User mistakes become a
+one-line error with exit status 2.
 """
 
 from __future__ import annotations
@@ -13,17 +16,27 @@ import sys
 
 from .errors import UserError
 
-#: Modules that contribute sub-commands, in the order shown by --help.
-COMMAND_MODULES = (
-    "delay_stability.theory_cli",
-    "delay_stability.train",
-    "delay_stability.sharpness",
-    "delay_stability.plots",
-    "delay_stability.pipeline",
-    "delay_stability.tables",
-    "delay_stability.eos",
-    "delay_stability.eos_tables",
-)
+#: command -> (module that owns it, one-line help), in the order --help shows them.
+COMMANDS = {
+    "lr": ("delay_stability.experiments.theory", "learning rate that keeps the tau=0 minima stable at delay tau"),
+    "threshold": ("delay_stability.experiments.theory", "alpha* = a*eta at the stability edge"),
+    "theory-table": ("delay_stability.experiments.theory", "write the tidy table of a theory figure (CSV)"),
+    "train": ("delay_stability.train", "train a model with delayed SGD from a spec file"),
+    "sharpness": ("delay_stability.measure", "top Hessian eigenvalue of the training loss at a checkpoint"),
+    "plot": ("delay_stability.plots", "draw a figure from its tidy table(s)"),
+    "stability-polish": ("delay_stability.experiments.stability",
+                         "polish a steady state to a minimum (Gauss-Newton/L-BFGS)"),
+    "stability-kick": ("delay_stability.experiments.stability", "perturb a minimum along its top eigenvector"),
+    "stability-search": ("delay_stability.experiments.stability",
+                         "largest stable learning rate for (variant, m, tau)"),
+    "stability-curve": ("delay_stability.experiments.stability",
+                        "a long continuation at factor x eta_max (fig. 12)"),
+    "stability-collect": ("delay_stability.experiments.stability_tables", "tidy tables from search results"),
+    "eos-run": ("delay_stability.experiments.eos", "train with sharpness tracking (delayed edge of stability)"),
+    "eos-collect": ("delay_stability.experiments.eos_tables",
+                    "plateau table of tracked runs (delayed edge of stability)"),
+    "grid-collect": ("delay_stability.experiments.grid", "tidy tables of the run folders of a grid"),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,29 +45,61 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _OnlyCommand:
+    """The sub-parsers object handed to a module's ``register``: it keeps the parser of the chosen
+    command and gives the module's other commands a throwaway parser (they are listed already)."""
+
+    def __init__(self, subparsers, command):
+        self.subparsers, self.command = subparsers, command
+        self.registered = []
+
+    def add_parser(self, name, **kwargs):
+        self.registered.append(name)
+        if name != self.command:
+            return _Parser(prog=name, add_help=False)
+        kwargs["help"] = COMMANDS[name][1]
+        return self.subparsers.add_parser(name, **kwargs)
+
+
+def _chosen_command(argv):
+    """The command named on the command line (the first argument that is one), or None."""
+    for arg in argv:
+        if arg in COMMANDS:
+            return arg
+        if not arg.startswith("-"):
+            return None
+    return None
+
+
+def build_parser(argv=None) -> argparse.ArgumentParser:
+    """The parser: every command listed; the full parser only for the command in ``argv``
+    (``argv=None``: the command line; ``argv="all"``: every command's module is loaded)."""
+    argv = sys.argv[1:] if argv is None else argv
     parser = _Parser(
         prog="delay-stability",
-        description="Stability of asynchronous SGD with gradient delay (Giladi et al., ICLR 2020).",
+        description="Stability of asynchronous SGD with gradient delay (Giladi et al., ICLR 2020) and "
+                    "the momentum of asynchrony (Mitliagkas et al., 2016).",
     )
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a module not written yet must not break the others
-            if exc.name == name:
-                continue
-            raise
-        module.register(sub)
+    chosen = _chosen_command(argv) if argv != "all" else None
+    for name, (module, help_text) in COMMANDS.items():
+        if argv == "all" or name == chosen:
+            only = _OnlyCommand(sub, name)
+            importlib.import_module(module).register(only)
+            if name not in only.registered:
+                raise RuntimeError(f"{module} does not register the command {name!r}")
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         result = args.func(args)

@@ -28,17 +28,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-
-#: The keys each dataset accepts in ``dataset_args``, with their defaults.
-DATASET_ARGS = {
-    "digits": {"train_size": 1297, "split_seed": 0},
-    "mnist": {"root": "data", "download": False, "train_subset": None, "val_subset": None},
-    "cifar10": {"root": "data", "download": False, "train_subset": None, "val_subset": None},
-    "cifar100": {"root": "data", "download": False, "train_subset": None, "val_subset": None},
-    "imagenet": {"root": None, "workers": 8, "image_size": 224},
-}
-DATASETS = tuple(DATASET_ARGS)
-DIGITS_SIZE = 1797
+from .spec import dataset_args_with_defaults
 
 # Per-channel normalisation (mean, std) of the training images.
 NORMALISATION = {
@@ -49,35 +39,6 @@ NORMALISATION = {
 }
 FLIP = {"cifar10": True, "cifar100": True, "mnist": False}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def dataset_args_with_defaults(name: str, args: dict | None) -> dict:
-    """Check ``dataset_args`` for ``name`` and fill in defaults (``data_dir`` is an alias of ``root``)."""
-    if name not in DATASET_ARGS:
-        raise UserError(f"spec key 'dataset': unknown value {name!r} (choose {', '.join(DATASETS)})")
-    args = dict(args or {})
-    if "data_dir" in args and "root" in DATASET_ARGS[name]:
-        if "root" in args:
-            raise UserError("spec key 'dataset_args': give either 'root' or 'data_dir', not both")
-        args["root"] = args.pop("data_dir")
-    out = dict(DATASET_ARGS[name])
-    for key, value in args.items():
-        if key not in out:
-            raise UserError(
-                f"spec key 'dataset_args.{key}': not an argument of dataset {name!r} (choose {', '.join(out)})"
-            )
-        out[key] = value
-    for key in ("train_size", "train_subset", "val_subset", "workers", "image_size", "split_seed"):
-        value = out.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise UserError(f"spec key 'dataset_args.{key}': expected a non-negative integer, got {value!r}")
-    if name == "digits" and not 1 <= out["train_size"] < DIGITS_SIZE:
-        raise UserError(f"spec key 'dataset_args.train_size': must be in 1..{DIGITS_SIZE - 1}, got {out['train_size']}")
-    if name == "imagenet" and not out["root"]:
-        raise UserError("spec key 'dataset_args.root': imagenet needs the path of an ImageFolder tree (train/, val/)")
-    if "download" in out and not isinstance(out["download"], bool):
-        raise UserError(f"spec key 'dataset_args.download': expected true or false, got {out['download']!r}")
-    return out
 
 
 # ---------------------------------------------------------------- device-resident tensors

@@ -49,6 +49,33 @@ def read_json(path, what="file"):
         raise UserError(f"{what} {path} is not valid JSON ({exc})") from None
 
 
+def read_csv(path, what="table") -> list[dict]:
+    """A CSV file's rows as dicts of strings; a missing or unreadable file is a UserError naming it."""
+    from .errors import UserError
+
+    try:
+        with open(path, newline="") as fh:
+            return list(csv.DictReader(fh))
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{what} {path} cannot be read ({exc})") from None
+
+
+def parse_json_object(text, flag):
+    """A JSON object given on the command line (``--options``, ``--search``, ...); UserError naming
+    the flag if it is not valid JSON or not an object."""
+    from .errors import UserError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{flag}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{flag}: expected a JSON object")
+    return value
+
+
 def json_safe(value):
     """``value`` with non-finite floats replaced by None (JSON has no NaN or infinity)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -83,3 +110,138 @@ def write_csv(path, columns, rows) -> None:
     for row in rows:
         writer.writerow([csv_value(row.get(c)) for c in columns])
     atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Code hashes: which source files of the package a computation depends on.
+# Read from the sources with ``ast``; nothing hashed here is ever imported.
+
+
+def _module_file(name, package_root):
+    """``(exists, path)`` for the dotted module ``name`` under ``package_root``: ``x.py`` or
+    ``x/__init__.py``; a folder without ``__init__.py`` (a namespace package) exists, with no file."""
+    from pathlib import Path
+
+    base = Path(package_root).joinpath(*name.split("."))
+    if base.with_name(base.name + ".py").is_file():
+        return True, base.with_name(base.name + ".py")
+    if (base / "__init__.py").is_file():
+        return True, base / "__init__.py"
+    return base.is_dir(), None
+
+
+def _imported_modules(name, path, top, package_root):
+    """The modules of package ``top`` that the source of module ``name`` (file ``path``) imports,
+    lazy imports included."""
+    import ast
+
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    parts = name.split(".")
+    package = parts if path.name == "__init__.py" else parts[:-1]
+
+    def exists(mod):
+        return _module_file(mod, package_root)[0]
+
+    def ours(mod):
+        return mod == top or mod.startswith(top + ".")
+
+    def require(mod, line):
+        if not exists(mod):
+            raise ValueError(f"module {mod!r} (imported by {name!r}, line {line}) does not exist")
+
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if not ours(alias.name):
+                    continue
+                require(alias.name, node.lineno)
+                # ``import pkg.sub`` runs (and binds) pkg too; the top package only when named itself.
+                mods = alias.name.split(".")
+                for i in range(1, len(mods) + 1):
+                    prefix = ".".join(mods[:i])
+                    if prefix != top or prefix == alias.name:
+                        found.add(prefix)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                if node.level - 1 > len(package) - 1:
+                    raise ValueError(
+                        f"relative import beyond the top package in {name!r}, line {node.lineno}"
+                    )
+                base = package[: len(package) - (node.level - 1)]
+                target = ".".join(base + (node.module.split(".") if node.module else []))
+            else:
+                target = node.module
+            if not ours(target):
+                continue
+            require(target, node.lineno)
+            names = [alias.name for alias in node.names]
+            submodules = [n for n in names if n != "*" and exists(f"{target}.{n}")]
+            found.update(f"{target}.{n}" for n in submodules)
+            # pkg itself: a subpackage always (its __init__ runs), the top package only when a name
+            # that is not a submodule comes from it (``from . import __version__``).
+            if target != top or len(submodules) < len(names):
+                found.add(target)
+    return found
+
+
+def module_dependencies(module, package_root) -> set:
+    """The dotted names of the modules of ``module``'s package that ``module`` uses, transitively,
+    itself included: every ``import``/``from ... import`` (relative ones too, and those inside
+    functions) that names a module under ``package_root`` (the folder holding the top package).
+    Standard-library and third-party imports are ignored; a named module that does not exist is a
+    ValueError."""
+    top = module.split(".")[0]
+    if not _module_file(module, package_root)[0]:
+        raise ValueError(f"module {module!r} does not exist under {package_root}")
+    seen = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = _module_file(name, package_root)[1]
+        if path is not None:
+            todo.extend(_imported_modules(name, path, top, package_root) - seen)
+    return seen
+
+
+def code_of(source: str) -> bytes:
+    """The code of a module's source, without its comments, docstrings and layout: the dump of its
+    syntax tree with every docstring (a string constant that opens a module, class or function
+    body) removed. Two sources with the same code give the same bytes."""
+    import ast
+
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False, include_attributes=False).encode()
+
+
+def code_hash(modules, package_root, length: int = 12) -> str:
+    """A short hash of the code of ``modules`` (dotted names, or one name) and of every module of
+    the package they use, transitively: sha256 over each module's name and its code (``code_of``:
+    comments, docstrings and layout do not count), in sorted order, as hex truncated to ``length``.
+
+    Rules that compute take it as a parameter, so editing a module reruns exactly the jobs that use
+    it, transitively, and nothing else; rewording a docstring or a comment reruns nothing."""
+    import hashlib
+
+    if isinstance(modules, str):
+        modules = [modules]
+    closure = set()
+    for module in modules:
+        closure |= module_dependencies(module, package_root)
+    digest = hashlib.sha256()
+    for name in sorted(closure):
+        path = _module_file(name, package_root)[1]
+        content = b"" if path is None else code_of(path.read_text())
+        for chunk in (name.encode(), content):
+            digest.update(len(chunk).to_bytes(8, "big"))
+            digest.update(chunk)
+    return digest.hexdigest()[:length]

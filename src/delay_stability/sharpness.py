@@ -17,7 +17,10 @@ The file reads top to bottom:
 2. the model side: the BatchNorm convention, and the HVP of the mean loss over all batches by
    double backward or by forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``);
 3. ``top_eigenvalue``, which joins the two;
-4. the ``delay-stability sharpness`` command.
+4. ``result_record``, the JSON record of a result.
+
+It knows no run folder or saved model: ``measure.py`` rebuilds a saved run (``train.load_run``) and
+runs the ``delay-stability sharpness`` command on it.
 
 BatchNorm convention (``bn_mode``)
 ----------------------------------
@@ -33,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -42,7 +44,6 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .files import write_json as write_json_atomic
 
 METHODS = ("lanczos", "power")
 STOP_RULES = ("residual", "change")
@@ -486,93 +487,6 @@ def top_eigenvalue(model, loss_fn, batches, *, tol=1e-4, max_iter=100, method="l
     return SharpnessResult(**vars(found), backend=op.backend, bn_mode=bn_mode,
                            n_samples=op.n_samples, n_batches=len(op.batches),
                            seconds=time.perf_counter() - start)
-
-
-# ------------------------------------------------------------------------------------------------
-# 4. Command line: delay-stability sharpness --checkpoint PATH --out PATH.json
-# ------------------------------------------------------------------------------------------------
-
-
-def register(subparsers):
-    """Add ``delay-stability sharpness``."""
-    p = subparsers.add_parser(
-        "sharpness",
-        help="top Hessian eigenvalue of the training loss at a checkpoint",
-        description="Largest eigenvalue of the Hessian of the mean training loss at a checkpoint "
-                    "written by `delay-stability train`; the model and the training data are "
-                    "rebuilt from the run's own spec stored in the checkpoint.",
-    )
-    p.add_argument("--checkpoint", required=True, help="checkpoint (.pt) of a training run")
-    p.add_argument("--out", required=True, help="result JSON (written atomically)")
-    p.add_argument("--subset", type=int, default=0,
-                   help="use N training samples drawn without replacement (seeded by --seed); "
-                        "0 = all (default)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the subset and the start vector")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="HVP batch size (default: the run's training batch size; 0 = full batch)")
-    p.add_argument("--tol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
-    p.add_argument("--max-iter", type=int, default=100, help="most Hessian-vector products")
-    p.add_argument("--method", choices=METHODS, default="lanczos")
-    p.add_argument("--stop", choices=STOP_RULES, default="residual")
-    p.add_argument("--bn-mode", choices=BN_MODES, default="train")
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    p.set_defaults(func=_cli_sharpness)
-
-
-def _cli_sharpness(args) -> int:
-    if not os.path.isfile(args.checkpoint):
-        raise UserError(f"--checkpoint: no such file: {args.checkpoint}")
-    if args.subset < 0:
-        raise UserError(f"--subset must be >= 0, got {args.subset}")
-    if args.batch_size is not None and args.batch_size < 0:
-        raise UserError(f"--batch-size must be >= 0, got {args.batch_size}")
-    if not args.tol > 0:
-        raise UserError(f"--tol must be positive, got {args.tol}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    result, facts = sharpness_of_checkpoint(
-        args.checkpoint, device=device, subset=args.subset, seed=args.seed,
-        batch_size=args.batch_size, tol=args.tol, max_iter=args.max_iter, method=args.method,
-        stop=args.stop, bn_mode=args.bn_mode, backend=args.backend)
-    write_json_atomic(args.out, result_record(result, checkpoint=args.checkpoint, **facts))
-    print(f"sharpness {result.eigenvalue:.6g} ({result.hvps} HVPs, "
-          f"{'converged' if result.converged else 'NOT converged'}) -> {args.out}")
-    return 0
-
-
-def sharpness_of_checkpoint(path, *, device="cpu", subset=0, seed=0, batch_size=None, tol=1e-4,
-                            max_iter=100, method="lanczos", stop="residual", bn_mode="train",
-                            backend="auto"):
-    """λmax of the training loss at a checkpoint, on the run's own training data and loss.
-
-    Returns (SharpnessResult, facts) with facts = {batch_size, dtype, subset, seed, device}.
-    """
-    from . import data, train
-
-    device = torch.device(device)
-    model, spec = train.model_from_checkpoint(path, device)
-    loss_fn = train.build_loss(spec)
-    dataset = data.load_dataset(spec, device)
-    if not hasattr(dataset, "train_x"):
-        raise UserError(f"dataset {spec.get('dataset')!r} of {path} is streamed from disk; "
-                        "sharpness needs a dataset held in memory (digits, mnist, cifar10, cifar100)")
-    x, y = dataset.train_x, dataset.train_y
-    if subset:
-        if subset > len(x):
-            raise UserError(f"--subset {subset} exceeds the {len(x)} training samples")
-        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:subset]
-        pick = pick.to(x.device)
-        x, y = x[pick], y[pick]
-    if batch_size is None:
-        batch_size = int(spec.get("batch_size", 0) or 0)
-    size = batch_size if batch_size > 0 else len(x)
-    batches = list(zip(torch.split(x, size), torch.split(y, size)))
-    result = top_eigenvalue(model, loss_fn, batches, tol=tol, max_iter=max_iter, method=method,
-                            bn_mode=bn_mode, stop=stop, backend=backend,
-                            generator=torch.Generator().manual_seed(seed))
-    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-    return result, {"batch_size": batch_size, "dtype": dtype, "subset": subset, "seed": seed,
-                    "device": str(device)}
 
 
 def result_record(result: SharpnessResult, **extra) -> dict:

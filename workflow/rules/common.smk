@@ -1,7 +1,10 @@
-# The one place that knows the config's shape, the paths and the grids.
-import hashlib
+# The one place that knows the config's shape, the paths, the code hashes and the figure helper.
+# No experiment logic: each experiment's rules are in workflow/rules/<experiment>.smk, its run specs
+# in src/delay_stability/experiments/<experiment>.py.
+import copy
 import json
-import shlex
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -9,19 +12,41 @@ import jsonschema
 import yaml
 from snakemake.exceptions import WorkflowError
 
-from delay_stability.pipeline import deep_merge
+import delay_stability
+from delay_stability.errors import UserError
+from delay_stability.files import code_hash
+from delay_stability.spec import deep_merge, validate_spec
 
-SCHEMA_PATH = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+ROOT = Path(workflow.basedir)
+SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+#: The source tree of the package that the jobs import (the installed one: a copy of the workflow
+#: elsewhere still hashes the code it runs).
+SRC = Path(sys.modules["delay_stability"].__file__).resolve().parents[1]
 
 
 def _key_path(error):
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
 
 
+def _with_defaults(validator_class):
+    """A validator that also fills in the schema's `default:` values (the one place they live)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
 def validate_config(cfg):
-    """Validate the config against the schema; one clear line per problem, naming the key."""
+    """Validate the config against the schema and fill in its defaults; one clear line per
+    problem, naming the key."""
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     problems = []
     for err in sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path))):
         if err.validator == "additionalProperties":
@@ -33,10 +58,6 @@ def validate_config(cfg):
         raise WorkflowError("invalid configuration:\n  " + "\n  ".join(problems))
     if cfg["scale"] not in cfg:
         raise WorkflowError(f"config key 'scale': '{cfg['scale']}' has no block '{cfg['scale']}:' in the config")
-    # defaults for optional top-level keys
-    cfg.setdefault("data_dir", "data")
-    cfg.setdefault("download", False)
-    cfg.setdefault("device", "auto")
 
 
 validate_config(config)
@@ -49,8 +70,19 @@ SCALE_DIR = RESULTS / SCALE                  # everything trained at this scale
 FIGURES = Path(config["figures_dir"])
 LOGS = Path("logs") / SCALE
 
-#: The package CLI, run by the Python that runs Snakemake (no need to activate the venv).
-DS = f"{shlex.quote(sys.executable)} -m delay_stability.cli"
+# The rules call the package's console scripts, `delay-stability` and (for jobs that may use a GPU)
+# `delay-stability-gpu-slot --gpus N -- delay-stability ...`, found on PATH: the scripts beside the
+# Python that runs Snakemake come first. Neither the interpreter's nor the checkout's path appears in
+# a rule's params or command, so a copy of the project in another folder or venv has nothing to
+# rerun (Snakemake reruns a job when its params change).
+envvars:
+    "PATH",
+
+
+SEARCH_PATH = os.environ["PATH"]
+os.environ.update(PATH=os.pathsep.join([str(Path(sys.executable).parent), SEARCH_PATH]))
+#: GPUs of one training job: 1 at paper scale, 0 at quick scale.
+GPUS_PER_JOB = 1 if SCALE == "paper" else 0
 
 #: Figures that `rule all` builds; each rule file appends its own.
 ALL_TARGETS = []
@@ -62,20 +94,22 @@ def figure(name):
 
 
 def src_hash(*modules):
-    """Hash of the named package modules (e.g. "asgd", "train"): rules that compute take it as a
-    parameter, so that editing the library reruns what it affects and nothing else (Snakemake does
-    not see edits to imported modules)."""
-    h = hashlib.sha256()
-    for name in sorted(modules):
-        p = Path(workflow.basedir) / "src" / "delay_stability" / f"{name}.py"
-        h.update(name.encode())
-        h.update(p.read_bytes() if p.exists() else b"")
-    return h.hexdigest()[:12]
+    """Hash of the package modules a rule runs (e.g. "experiments.stability") and of every module
+    they import, transitively (computed from their imports, not listed by hand): rules that compute
+    take it as a parameter, so that editing the library reruns what it affects and nothing else
+    (Snakemake does not see edits to imported modules)."""
+    return code_hash([f"delay_stability.{m}" for m in modules], SRC)
 
 
-def spec_hash(spec):
-    """A short, stable hash of a training spec: changing a training option changes the run."""
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+def checked_spec(spec, key):
+    """``spec`` validated now, when the DAG is built (delay_stability.spec.validate_spec): a typo in
+    a training block fails `snakemake -n` with a message naming the config key, before any job runs
+    (and before Snakemake touches the outputs of a finished run)."""
+    try:
+        validate_spec(spec)
+    except UserError as exc:
+        raise WorkflowError(f"invalid configuration: {SCALE}.{key}: {exc}") from None
+    return spec
 
 
 def with_run_settings(spec):
@@ -83,7 +117,7 @@ def with_run_settings(spec):
     spec = deep_merge(spec, {"device": config["device"]})
     if spec.get("dataset") in ("mnist", "cifar10", "cifar100"):
         args = {"root": config["data_dir"], "download": config["download"]}
-        spec["dataset_args"] = {**args, **spec.get("dataset_args", {})}
+        spec["dataset_args"] = {**args, **(spec.get("dataset_args") or {})}
     return spec
 
 
@@ -92,88 +126,58 @@ def device_flag():
     return "" if config["device"] == "auto" else f"--device {config['device']} "
 
 
-GPU_SLOT = Path(workflow.basedir) / "workflow" / "scripts" / "gpu_slot.py"
-
-
-def gpus_per_job():
-    """GPUs of one training job: 1 at paper scale, 0 at quick scale."""
-    return 1 if SCALE == "paper" else 0
-
-
-#: The CLI for commands that use the GPU: on a multi-GPU machine each job gets a GPU of its own
-#: (workflow/scripts/gpu_slot.py sets CUDA_VISIBLE_DEVICES; it does nothing with --gpus 0 or under SLURM).
-DS_GPU = f"{shlex.quote(sys.executable)} {shlex.quote(str(GPU_SLOT))} --gpus {gpus_per_job()} -- {DS}"
-
-
 def gpu_resources(runtime_quick=30, runtime_paper=24 * 60, mem_quick=2000, mem_paper=32000):
     """Resources of a training rule: a GPU at paper scale, none at quick scale."""
     paper = SCALE == "paper"
     return dict(
-        gpu=gpus_per_job(),
+        gpu=GPUS_PER_JOB,
         runtime=runtime_paper if paper else runtime_quick,
         mem_mb=mem_paper if paper else mem_quick,
     )
 
 
-# ------------------------------------------------------------------ minima stability (stability.smk)
-STABILITY_EXPERIMENTS = [e for e in ("stability", "shifted_stability") if e in EXP]
-# fig4 (right) reads the experiment that holds shifted momentum: its own at paper scale, else the main one.
-FIG4_EXPERIMENT = "shifted_stability" if "shifted_stability" in EXP else "stability"
-STABILITY_TABLES = SCALE_DIR / "stability"
+def as_regex(values):
+    """A wildcard constraint that matches exactly these strings."""
+    return "|".join(re.escape(str(v)) for v in values) or "(?!)"
 
 
-def stability_dir(exp):
-    return SCALE_DIR / exp
+# ------------------------------------------------------------------ run folders of the generic rule
+#: run folder -> {"spec": training spec, "resources": ...}: every run that workflow/rules/train.smk
+#: builds. Experiments register their runs with `register_run`; train.smk is included last.
+RUNS = {}
 
 
-def stability_baseline_spec(exp):
-    return with_run_settings(EXP[exp]["baseline"])
+def register_run(folder, spec, key, runtime_quick=30, runtime_paper=24 * 60):
+    """Let the generic training rule build ``folder`` from ``spec`` (validated now; ``key`` names
+    its config block in error messages). Returns the folder as a string."""
+    folder = str(folder)
+    spec = checked_spec(with_run_settings(spec), key)
+    if folder in RUNS and RUNS[folder]["spec"] != spec:
+        raise WorkflowError(f"two different specs for the run folder {folder} (config key {key})")
+    RUNS[folder] = {"spec": spec, "resources": gpu_resources(runtime_quick, runtime_paper)}
+    return folder
 
 
-def stability_searches(exp):
-    """(variant, momentum, tau) of every threshold search of an experiment."""
-    block = EXP[exp]
-    out = []
-    for entry in block["variants"].values():
-        for m in entry["momenta"]:
-            for tau in block["taus"]:
-                out.append((entry["variant"], float(m), int(tau)))
-    return out
+def run_file(folder, name="final.pt"):
+    """A file of a registered run folder (final.pt, metrics.csv, summary.json, run.json, spec.json)."""
+    return str(Path(folder) / name)
 
 
-def search_file(exp, variant, m, tau):
-    return str(stability_dir(exp) / "search" / f"{variant}-m{m:g}" / f"tau{tau}" / "search.json")
+# ------------------------------------------------------------------ blocks that no rule builds yet
+def planned_training_blocks(exp):
+    """(config key, spec) of the training blocks of experiments that no rule builds yet
+    (generalization, table1, fig11, imagenet, momentum): validated all the same, so that a typo
+    there fails `snakemake -n` too."""
+    for name in ("generalization", "fig11", "imagenet", "momentum"):
+        if name in exp:
+            yield f"{name}.train", exp[name]["train"]
+    for fig in ("fig1", "fig13", "fig3"):
+        if "train" in exp.get("generalization", {}).get(fig, {}):
+            yield f"generalization.{fig}.train", deep_merge(exp["generalization"]["train"],
+                                                            exp["generalization"][fig]["train"])
+    for i, net in enumerate(exp.get("table1", {}).get("networks", [])):
+        yield f"table1.networks[{i}].train", net["train"]
 
 
-def all_search_files(wildcards=None):
-    return [search_file(e, *s) for e in STABILITY_EXPERIMENTS for s in stability_searches(e)]
-
-
-def polish_flags(polish):
-    if not polish:
-        return "--max-iter 0"
-    return f"--max-iter {polish.get('max_iter', 1000)} --grad-tol {polish.get('grad_tol', 1e-9)}"
-
-
-def sharpness_flags(block):
-    s = block["sharpness"]
-    flags = [f"--method {s.get('method', 'lanczos')}", f"--tol {s.get('tol', 1e-4)}",
-             f"--bn-mode {s.get('bn_mode', 'train')}"]
-    if "max_iter" in s:
-        flags.append(f"--max-iter {s['max_iter']}")
-    if "subset" in s:
-        flags.append(f"--subset {s['subset']}")
-    return " ".join(flags)
-
-
-def all_curve_files(wildcards=None):
-    """summary.json of every fig. 12 continuation (plain A-SGD at factor·η_max)."""
-    out = []
-    for e in STABILITY_EXPERIMENTS:
-        curves = EXP[e].get("curves")
-        if not curves:
-            continue
-        for tau in curves["taus"]:
-            for f in curves["lr_factors"]:
-                out.append(str(stability_dir(e) / "curves" / f"tau{tau}" / f"x{float(f):g}" / "summary.json"))
-    return out
+for _key, _spec in planned_training_blocks(EXP):
+    checked_spec(with_run_settings(_spec), _key)

@@ -3,11 +3,29 @@
 #   fixed:   one η for every τ, from initialisation            results/<scale>/eos/fixed/lr{lr}/tau{tau}/
 #   scaled:  η = α*(τ, m)/edge, from a shared synchronous burn-in
 #            (results/<scale>/eos/burn_in/)                    results/<scale>/eos/scaled/{variant}-m{m}/tau{tau}/
-# -> `eos-collect` -> plateaus.csv, tracks.csv, theory.csv -> `plot delayed_eos`. See delay_stability.eos.
+# -> `eos-collect` -> plateaus.csv, tracks.csv, theory.csv -> `plot delayed_eos`.
+# See delay_stability.experiments.eos (tracking) and experiments.eos_tables (the analysis).
 
-include: "eos_common.smk"
 
+from delay_stability.experiments import eos as eos_exp
 
+EOS = EXP.get("eos")
+EOS_DIR = SCALE_DIR / "eos"
+EOS_LOGS = LOGS / "eos"
+EOS_CODE = src_hash("experiments.eos")
+EOS_BASE = with_run_settings(EOS["train"]) if EOS else {}
+EOS_BURN_IN = str(EOS_DIR / "burn_in" / "final.pt")
+
+# Every run's spec is built and checked now, when the DAG is built.
+try:
+    EOS_FIXED = eos_exp.fixed_runs(EOS, EOS_BASE) if EOS else {}
+except UserError as exc:
+    raise WorkflowError(f"invalid configuration: {SCALE}.eos.fixed: {exc}") from None
+EOS_SCALED = {r: eos_exp.scaled_spec(EOS, EOS_BASE, *r, EOS_BURN_IN) for r in eos_exp.scaled_runs(EOS)} if EOS else {}
+for _spec in EOS_SCALED.values():
+    checked_spec({**_spec, "lr": 1.0}, "eos.scaled")  # eos-run sets lr (--edge); the rest is checked now
+if EOS and EOS.get("scaled"):
+    checked_spec(eos_exp.burn_in_spec(EOS, EOS_BASE), "eos.scaled.burn_in")
 if EOS:
     ALL_TARGETS.extend(figure("delayed_eos"))
 
@@ -16,12 +34,11 @@ rule eos_fixed:
     """Delayed GD at one η from initialisation, with sharpness tracking."""
     output:
         spec=str(EOS_DIR / "fixed" / "lr{lr}" / "tau{tau}" / "request.json"),
-        **eos_outputs(EOS_DIR / "fixed" / "lr{lr}" / "tau{tau}"),
+        **{f.split('.')[0]: str(EOS_DIR / "fixed" / "lr{lr}" / "tau{tau}" / f) for f in eos_exp.RUN_FILES},
     params:
-        spec=lambda wc: json.dumps(eos_fixed_spec(float(wc.lr), int(wc.tau)), sort_keys=True),
-        track=lambda wc: eos_track_flags(),
+        spec=lambda wc: json.dumps(EOS_FIXED[f"lr{wc.lr}/tau{wc.tau}"].spec, sort_keys=True),
+        track=lambda wc: eos_exp.track_flags(EOS["track"]),
         code=EOS_CODE,
-        cli=EOS_CLI_GPU,
     wildcard_constraints:
         lr=r"[0-9.e+-]+",
         tau=r"\d+",
@@ -35,7 +52,7 @@ rule eos_fixed:
         **gpu_resources(runtime_quick=20, runtime_paper=12 * 60, mem_paper=16000),
     shell:
         "printf '%s' {params.spec:q} > {output.spec} && "
-        "{params.cli} eos-run --spec {output.spec} --out $(dirname {output.spec}) --series fixed "
+        "delay-stability-gpu-slot --gpus {resources.gpu} -- delay-stability eos-run --spec {output.spec} --out $(dirname {output.spec}) --series fixed "
         "{params.track} > {log} 2>&1"
 
 
@@ -43,12 +60,11 @@ rule eos_burn_in:
     """Synchronous GD from initialisation to just below the scaled runs' edge: their shared start."""
     output:
         spec=str(EOS_DIR / "burn_in" / "request.json"),
-        **eos_outputs(EOS_DIR / "burn_in"),
+        **{f.split('.')[0]: str(EOS_DIR / "burn_in" / f) for f in eos_exp.RUN_FILES},
     params:
-        spec=lambda wc: json.dumps(eos_burn_in_spec(), sort_keys=True),
-        track=lambda wc: eos_track_flags(),
+        spec=lambda wc: json.dumps(eos_exp.burn_in_spec(EOS, EOS_BASE), sort_keys=True),
+        track=lambda wc: eos_exp.track_flags(EOS["track"]),
         code=EOS_CODE,
-        cli=EOS_CLI_GPU,
     conda:
         "../../environment.yml"
     log:
@@ -59,23 +75,22 @@ rule eos_burn_in:
         **gpu_resources(runtime_quick=20, runtime_paper=4 * 60, mem_paper=16000),
     shell:
         "printf '%s' {params.spec:q} > {output.spec} && "
-        "{params.cli} eos-run --spec {output.spec} --out $(dirname {output.spec}) --series burn_in "
+        "delay-stability-gpu-slot --gpus {resources.gpu} -- delay-stability eos-run --spec {output.spec} --out $(dirname {output.spec}) --series burn_in "
         "{params.track} > {log} 2>&1"
 
 
 rule eos_scaled:
     """Delayed GD (plain or with momentum) at η = α*(τ, m)/edge from the burn-in, with tracking."""
     input:
-        burn_in=str(EOS_DIR / "burn_in" / "final.pt"),
+        burn_in=EOS_BURN_IN,
     output:
         spec=str(EOS_DIR / "scaled" / "{variant}-m{m}" / "tau{tau}" / "request.json"),
-        **eos_outputs(EOS_DIR / "scaled" / "{variant}-m{m}" / "tau{tau}"),
+        **{f.split('.')[0]: str(EOS_DIR / "scaled" / "{variant}-m{m}" / "tau{tau}" / f) for f in eos_exp.RUN_FILES},
     params:
-        spec=lambda wc: json.dumps(eos_scaled_spec(wc.variant, float(wc.m), int(wc.tau)), sort_keys=True),
+        spec=lambda wc: json.dumps(EOS_SCALED[(wc.variant, float(wc.m), int(wc.tau))], sort_keys=True),
         edge=lambda wc: EOS["scaled"]["edge"],
-        track=lambda wc: eos_track_flags(),
+        track=lambda wc: eos_exp.track_flags(EOS["track"]),
         code=EOS_CODE,
-        cli=EOS_CLI_GPU,
     wildcard_constraints:
         variant="plain|momentum|shifted",
         tau=r"\d+",
@@ -89,28 +104,27 @@ rule eos_scaled:
         **gpu_resources(runtime_quick=30, runtime_paper=12 * 60, mem_paper=16000),
     shell:
         "printf '%s' {params.spec:q} > {output.spec} && "
-        "{params.cli} eos-run --spec {output.spec} --out $(dirname {output.spec}) --series scaled "
+        "delay-stability-gpu-slot --gpus {resources.gpu} -- delay-stability eos-run --spec {output.spec} --out $(dirname {output.spec}) --series scaled "
         "--edge {params.edge} {params.track} > {log} 2>&1"
 
 
 rule eos_collect:
     """Tidy tables: plateaus.csv (one row per run), tracks.csv (every measurement), theory.csv (α*)."""
     input:
-        eos_tracks,
+        eos_exp.track_files(EOS_DIR, EOS, EOS_BASE) if EOS else [],
     output:
         plateaus=str(EOS_DIR / "plateaus.csv"),
         tracks=str(EOS_DIR / "tracks.csv"),
         theory=str(EOS_DIR / "theory.csv"),
     params:
-        edge_tol=lambda wc: EOS.get("edge_tol", 0.05),
-        code=src_hash("theory", "train", "eos", "eos_tables"),
-        cli=EOS_CLI,
+        edge_tol=lambda wc: EOS["edge_tol"],
+        code=src_hash("experiments.eos_tables"),
     conda:
         "../../environment.yml"
     log:
         str(EOS_LOGS / "collect.log"),
     shell:
-        "{params.cli} eos-collect --run {input} --out {output.plateaus} --tracks {output.tracks} "
+        "delay-stability eos-collect --run {input} --out {output.plateaus} --tracks {output.tracks} "
         "--theory {output.theory} --edge-tol {params.edge_tol} > {log} 2>&1"
 
 
@@ -124,14 +138,13 @@ rule delayed_eos:
         pdf=figure("delayed_eos")[0],
         png=figure("delayed_eos")[1],
     params:
-        ds=DS,
         scale=SCALE,
-        opts=lambda wc: eos_plot_options(),
-        code=src_hash("plots"),
+        opts=lambda wc: eos_exp.plot_options(EOS),
+        code=src_hash("plots", "plots.eos"),
     conda:
         "../../environment.yml"
     log:
         str(LOGS / "delayed_eos.log"),
     shell:
-        "{params.ds} plot delayed_eos --table {input.plateaus} --table {input.tracks} --table {input.theory} "
+        "delay-stability plot delayed_eos --table {input.plateaus} --table {input.tracks} --table {input.theory} "
         "--scale {params.scale} --options {params.opts:q} --out {output.pdf} > {log} 2>&1"

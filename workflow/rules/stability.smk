@@ -1,53 +1,47 @@
 # Minima stability under delay (Section 3.1, appendix F): figures 2, 12 and 4 (right).
-# baseline -> minimum (polish) -> sharpness -> kick -> search per (variant, m, tau) -> tables -> figures
-# Every step writes under results/<scale>/<experiment>/; see delay_stability.pipeline for the criterion.
+# baseline (rule train) -> minimum (polish) -> sharpness -> kick -> search per (variant, m, tau)
+#   -> tables (every search: results/<scale>/stability/*.csv; per figure: .../stability/<figure>/*.csv)
+#   -> figures. Every step writes under results/<scale>/<experiment>/; the experiment's logic and its
+#   grid are in delay_stability.experiments.stability, its tables in experiments.stability_tables.
+from delay_stability.experiments import stability as stability_exp
 
+STABILITY_EXPERIMENTS = [e for e in ("stability", "shifted_stability") if e in EXP]
+# fig4 (right) reads the experiment that holds shifted momentum: its own at paper scale, else the main one.
+FIG4_EXPERIMENT = "shifted_stability" if "shifted_stability" in EXP else "stability"
+STABILITY_TABLES = SCALE_DIR / "stability"
+#: figure -> the experiment whose searches it draws
+STABILITY_FIGURES = {name: exp for name, exp in (("fig2", "stability"), ("fig12", "stability"),
+                                                  ("fig4", FIG4_EXPERIMENT)) if exp in EXP}
+
+
+
+for _exp in STABILITY_EXPERIMENTS:
+    register_run(SCALE_DIR / _exp / "baseline", EXP[_exp]["baseline"], f"{_exp}.baseline",
+                 runtime_quick=30, runtime_paper=72 * 60)
+    for _figure in ("fig2", "fig12", "fig4"):
+        if STABILITY_FIGURES.get(_figure) == _exp:
+            try:
+                stability_exp.figure_searches(EXP[_exp], _figure)
+            except UserError as exc:
+                raise WorkflowError(f"invalid configuration: {SCALE}.{_exp}.{exc}") from None
 
 if STABILITY_EXPERIMENTS:
-    if "stability" in EXP:
-        ALL_TARGETS.extend(figure("fig2") + figure("fig12"))
-    ALL_TARGETS.extend(figure("fig4"))
-
-
-rule stability_baseline:
-    """Synchronous training to a steady state: the minimum every continuation starts from."""
-    output:
-        final=protected(str(SCALE_DIR / "{exp}" / "baseline" / "final.pt")),
-        metrics=str(SCALE_DIR / "{exp}" / "baseline" / "metrics.csv"),
-        summary=str(SCALE_DIR / "{exp}" / "baseline" / "summary.json"),
-        run=str(SCALE_DIR / "{exp}" / "baseline" / "run.json"),
-        spec=str(SCALE_DIR / "{exp}" / "baseline" / "spec.json"),
-    params:
-        ds=DS_GPU,
-        spec=lambda wc: json.dumps(stability_baseline_spec(wc.exp), sort_keys=True),
-        code=src_hash("asgd", "models", "data", "train"),
-    wildcard_constraints:
-        exp="stability|shifted_stability",
-    conda:
-        "../../environment.yml"
-    log:
-        str(LOGS / "{exp}" / "baseline.log"),
-    benchmark:
-        str(LOGS / "{exp}" / "baseline.benchmark.tsv")
-    resources:
-        **gpu_resources(runtime_quick=30, runtime_paper=72 * 60),
-    shell:
-        "printf '%s' {params.spec:q} > {output.spec} && "
-        "{params.ds} train --spec {output.spec} --out $(dirname {output.final}) > {log} 2>&1"
+    ALL_TARGETS.extend(str(STABILITY_TABLES / f"{t}.csv") for t in ("thresholds", "fits", "probes", "curves"))
+    ALL_TARGETS.extend(f for name in STABILITY_FIGURES for f in figure(name))
 
 
 rule stability_minimum:
-    """Polish the steady state to a critical point (L-BFGS), or take it as is (polish: null)."""
+    """Polish the steady state to a critical point (Gauss-Newton for mse, else L-BFGS), or take it
+    as is (polish: null)."""
     input:
         str(SCALE_DIR / "{exp}" / "baseline" / "final.pt"),
     output:
         ckpt=str(SCALE_DIR / "{exp}" / "minimum" / "minimum.pt"),
         info=str(SCALE_DIR / "{exp}" / "minimum" / "polish.json"),
     params:
-        ds=DS_GPU,
         device=device_flag(),
-        opts=lambda wc: polish_flags(EXP[wc.exp].get("polish")),
-        code=src_hash("models", "data", "train", "pipeline"),
+        opts=lambda wc: stability_exp.polish_flags(EXP[wc.exp]["polish"]),
+        code=src_hash("experiments.stability"),
     conda:
         "../../environment.yml"
     log:
@@ -55,7 +49,7 @@ rule stability_minimum:
     resources:
         **gpu_resources(runtime_quick=30, runtime_paper=60),
     shell:
-        "{params.ds} stability-polish --checkpoint {input} --out {output.ckpt} --info {output.info} "
+        "delay-stability-gpu-slot --gpus {resources.gpu} -- delay-stability stability-polish --checkpoint {input} --out {output.ckpt} --info {output.info} "
         "{params.device}{params.opts} > {log} 2>&1"
 
 
@@ -66,10 +60,9 @@ rule stability_sharpness:
     output:
         str(SCALE_DIR / "{exp}" / "sharpness.json"),
     params:
-        ds=DS_GPU,
         device=device_flag(),
-        flags=lambda wc: sharpness_flags(EXP[wc.exp]),
-        code=src_hash("models", "data", "train", "sharpness"),
+        flags=lambda wc: stability_exp.sharpness_flags(EXP[wc.exp]["sharpness"]),
+        code=src_hash("measure"),
     conda:
         "../../environment.yml"
     log:
@@ -77,7 +70,7 @@ rule stability_sharpness:
     resources:
         **gpu_resources(runtime_quick=30, runtime_paper=120),
     shell:
-        "{params.ds} sharpness --checkpoint {input} --out {output} {params.device}"
+        "delay-stability-gpu-slot --gpus {resources.gpu} -- delay-stability sharpness --checkpoint {input} --out {output} {params.device}"
         "{params.flags} > {log} 2>&1"
 
 
@@ -90,12 +83,11 @@ rule stability_kick:
         ckpt=str(SCALE_DIR / "{exp}" / "kick" / "kicked.pt"),
         info=str(SCALE_DIR / "{exp}" / "kick" / "kick.json"),
     params:
-        ds=DS_GPU,
         device=device_flag(),
-        norm=lambda wc: EXP[wc.exp].get("kick", {}).get("norm", 0.0),
-        direction=lambda wc: EXP[wc.exp].get("kick", {}).get("direction", "top_eigenvector"),
-        flags=lambda wc: sharpness_flags(EXP[wc.exp]),
-        code=src_hash("models", "data", "train", "sharpness", "pipeline"),
+        norm=lambda wc: EXP[wc.exp]["kick"]["norm"],
+        direction=lambda wc: EXP[wc.exp]["kick"]["direction"],
+        flags=lambda wc: stability_exp.sharpness_flags(EXP[wc.exp]["sharpness"]),
+        code=src_hash("experiments.stability"),
     conda:
         "../../environment.yml"
     log:
@@ -103,7 +95,7 @@ rule stability_kick:
     resources:
         **gpu_resources(runtime_quick=30, runtime_paper=120),
     shell:
-        "{params.ds} stability-kick --checkpoint {input.ckpt} --sharpness {input.sharpness} "
+        "delay-stability-gpu-slot --gpus {resources.gpu} -- delay-stability stability-kick --checkpoint {input.ckpt} --sharpness {input.sharpness} "
         "--norm {params.norm} --direction {params.direction} --out {output.ckpt} --info {output.info} "
         "{params.device}> {log} 2>&1"
 
@@ -116,10 +108,9 @@ rule stability_search:
     output:
         str(SCALE_DIR / "{exp}" / "search" / "{variant}-m{m}" / "tau{tau}" / "search.json"),
     params:
-        ds=DS_GPU,
         continuation=lambda wc: json.dumps(EXP[wc.exp]["continuation"], sort_keys=True),
         search=lambda wc: json.dumps(EXP[wc.exp]["search"], sort_keys=True),
-        code=src_hash("asgd", "models", "data", "train", "pipeline", "theory"),
+        code=src_hash("experiments.stability"),
     wildcard_constraints:
         variant="plain|momentum|shifted",
         tau=r"\d+",
@@ -132,7 +123,7 @@ rule stability_search:
     resources:
         **gpu_resources(runtime_quick=60, runtime_paper=48 * 60),
     shell:
-        "{params.ds} stability-search --kick {input.kick} --spec {input.spec} "
+        "delay-stability-gpu-slot --gpus {resources.gpu} -- delay-stability stability-search --kick {input.kick} --spec {input.spec} "
         "--continuation {params.continuation:q} --search {params.search:q} "
         "--variant {wildcards.variant} --momentum {wildcards.m} --tau {wildcards.tau} "
         "--out {output} > {log} 2>&1"
@@ -148,10 +139,9 @@ rule stability_curve:
         summary=str(SCALE_DIR / "{exp}" / "curves" / "tau{tau}" / "x{factor}" / "summary.json"),
         metrics=str(SCALE_DIR / "{exp}" / "curves" / "tau{tau}" / "x{factor}" / "metrics.csv"),
     params:
-        ds=DS_GPU,
         continuation=lambda wc: json.dumps(EXP[wc.exp]["continuation"], sort_keys=True),
         epochs=lambda wc: EXP[wc.exp]["curves"]["epochs"],
-        code=src_hash("asgd", "models", "data", "train", "pipeline"),
+        code=src_hash("experiments.stability"),
     wildcard_constraints:
         tau=r"\d+",
     conda:
@@ -163,75 +153,99 @@ rule stability_curve:
     resources:
         **gpu_resources(runtime_quick=30, runtime_paper=24 * 60),
     shell:
-        "{params.ds} stability-curve --search {input.search} --kick {input.kick} --spec {input.spec} "
+        "delay-stability-gpu-slot --gpus {resources.gpu} -- delay-stability stability-curve --search {input.search} --kick {input.kick} --spec {input.spec} "
         "--continuation {params.continuation:q} --factor {wildcards.factor} --epochs {params.epochs} "
         "--out $(dirname {output.summary}) > {log} 2>&1"
 
 
 rule stability_tables:
-    """Tidy tables: thresholds.csv (η_max per τ), probes.csv (every continuation), curves.csv."""
+    """Tidy tables of every search: thresholds.csv (η_max per τ), fits.csv (1/η_max vs τ), probes.csv
+    (every continuation), curves.csv (the long continuations)."""
     input:
-        search=all_search_files,
-        curves=all_curve_files,
+        **stability_exp.table_inputs({SCALE_DIR / e: EXP[e] for e in STABILITY_EXPERIMENTS}),
     output:
         thresholds=str(STABILITY_TABLES / "thresholds.csv"),
         fits=str(STABILITY_TABLES / "fits.csv"),
         probes=str(STABILITY_TABLES / "probes.csv"),
         curves=str(STABILITY_TABLES / "curves.csv"),
     params:
-        ds=DS,
-        code=src_hash("tables"),
+        code=src_hash("experiments.stability_tables"),
     localrule: True
     conda:
         "../../environment.yml"
     log:
         str(LOGS / "stability" / "tables.log"),
     shell:
-        "{params.ds} stability-collect --search {input.search} --curve {input.curves} "
+        "delay-stability stability-collect --search {input.search} --curve {input.curves} "
+        "--thresholds {output.thresholds} --probes {output.probes} --curves {output.curves} > {log} 2>&1"
+
+
+rule stability_figure_tables:
+    """The same tables, from the runs one figure draws only (a figure target builds what it shows)."""
+    input:
+        unpack(lambda wc: stability_exp.table_inputs(
+            {SCALE_DIR / STABILITY_FIGURES[wc.figure]: EXP[STABILITY_FIGURES[wc.figure]]}, wc.figure)),
+    output:
+        thresholds=str(STABILITY_TABLES / "{figure}" / "thresholds.csv"),
+        fits=str(STABILITY_TABLES / "{figure}" / "fits.csv"),
+        probes=str(STABILITY_TABLES / "{figure}" / "probes.csv"),
+        curves=str(STABILITY_TABLES / "{figure}" / "curves.csv"),
+    params:
+        code=src_hash("experiments.stability_tables"),
+    wildcard_constraints:
+        figure=as_regex(STABILITY_FIGURES),
+    localrule: True
+    conda:
+        "../../environment.yml"
+    log:
+        str(LOGS / "stability" / "{figure}-tables.log"),
+    shell:
+        "delay-stability stability-collect --search {input.search} --curve {input.curves} "
         "--thresholds {output.thresholds} --probes {output.probes} --curves {output.curves} > {log} 2>&1"
 
 
 rule fig2:
     """Epochs to leave the minimum vs η per τ (left); 1/η_max vs τ with fit and theory (right)."""
     input:
-        thresholds=str(STABILITY_TABLES / "thresholds.csv"),
-        probes=str(STABILITY_TABLES / "probes.csv"),
+        thresholds=str(STABILITY_TABLES / "fig2" / "thresholds.csv"),
+        fits=str(STABILITY_TABLES / "fig2" / "fits.csv"),
+        probes=str(STABILITY_TABLES / "fig2" / "probes.csv"),
     output:
         pdf=str(FIGURES / "fig2.pdf"),
         png=str(FIGURES / "fig2.png"),
     params:
-        ds=DS,
-        opts=lambda wc: json.dumps({"experiment": "stability", "scale": SCALE,
-                                    **EXP.get("stability", {}).get("plots", {}).get("fig2", {})}),
+        opts=lambda wc: stability_exp.plot_options(
+            EXP[STABILITY_FIGURES["fig2"]], "fig2", STABILITY_FIGURES["fig2"], SCALE),
+        code=src_hash("plots.stability"),
     localrule: True
     conda:
         "../../environment.yml"
     log:
         str(LOGS / "fig2.log"),
     shell:
-        "{params.ds} plot fig2 --table {input.thresholds} --table {input.probes} --options {params.opts:q} "
-        "--out {output.pdf} > {log} 2>&1"
+        "delay-stability plot fig2 --table {input.thresholds} --table {input.fits} --table {input.probes} "
+        "--options {params.opts:q} --out {output.pdf} > {log} 2>&1"
 
 
 rule fig12:
     """Validation error vs epochs of the continuations (the (τ, η) pairs of fig2)."""
     input:
-        curves=str(STABILITY_TABLES / "curves.csv"),
-        thresholds=str(STABILITY_TABLES / "thresholds.csv"),
+        curves=str(STABILITY_TABLES / "fig12" / "curves.csv"),
+        thresholds=str(STABILITY_TABLES / "fig12" / "thresholds.csv"),
     output:
         pdf=str(FIGURES / "fig12.pdf"),
         png=str(FIGURES / "fig12.png"),
     params:
-        ds=DS,
-        opts=lambda wc: json.dumps({"experiment": "stability", "scale": SCALE,
-                                    **EXP.get("stability", {}).get("plots", {}).get("fig12", {})}),
+        opts=lambda wc: stability_exp.plot_options(
+            EXP[STABILITY_FIGURES["fig12"]], "fig12", STABILITY_FIGURES["fig12"], SCALE),
+        code=src_hash("plots.stability"),
     localrule: True
     conda:
         "../../environment.yml"
     log:
         str(LOGS / "fig12.log"),
     shell:
-        "{params.ds} plot fig12 --table {input.curves} --table {input.thresholds} --options {params.opts:q} "
+        "delay-stability plot fig12 --table {input.curves} --table {input.thresholds} --options {params.opts:q} "
         "--out {output.pdf} > {log} 2>&1"
 
 
@@ -239,19 +253,20 @@ rule fig4:
     """Shifted momentum: theory 1/(aη) vs τ (left); measured 1/(a·η_max) vs τ with fits (right)."""
     input:
         theory=str(THEORY_DIR / "fig4a.csv"),
-        thresholds=str(STABILITY_TABLES / "thresholds.csv"),
+        thresholds=str(STABILITY_TABLES / "fig4" / "thresholds.csv"),
+        fits=str(STABILITY_TABLES / "fig4" / "fits.csv"),
     output:
         pdf=str(FIGURES / "fig4.pdf"),
         png=str(FIGURES / "fig4.png"),
     params:
-        ds=DS,
-        opts=lambda wc: json.dumps({"experiment": FIG4_EXPERIMENT, "scale": SCALE,
-                                    **EXP.get(FIG4_EXPERIMENT, {}).get("plots", {}).get("fig4", {})}),
+        opts=lambda wc: stability_exp.plot_options(
+            EXP[STABILITY_FIGURES["fig4"]], "fig4", STABILITY_FIGURES["fig4"], SCALE),
+        code=src_hash("plots.stability"),
     localrule: True
     conda:
         "../../environment.yml"
     log:
         str(LOGS / "fig4.log"),
     shell:
-        "{params.ds} plot fig4 --table {input.theory} --table {input.thresholds} --options {params.opts:q} "
-        "--out {output.pdf} > {log} 2>&1"
+        "delay-stability plot fig4 --table {input.theory} --table {input.thresholds} --table {input.fits} "
+        "--options {params.opts:q} --out {output.pdf} > {log} 2>&1"

@@ -16,12 +16,11 @@ rule theory_table:
     output:
         str(THEORY_DIR / "{fig}.csv"),
     params:
-        ds=DS,
         flags=lambda wc: " ".join(
             f"{THEORY_FLAGS[key]} {','.join(repr(float(v)) for v in value) if isinstance(value, list) else value}"
-            for key, value in config["theory"].get(wc.fig, {}).items()
+            for key, value in config["theory"][wc.fig].items()
         ),
-        code=src_hash("theory", "theory_cli"),
+        code=src_hash("experiments.theory"),
     wildcard_constraints:
         fig="|".join(THEORY_FIGURES),
     log:
@@ -29,7 +28,7 @@ rule theory_table:
     conda:
         "../../environment.yml"
     shell:
-        "{params.ds} theory-table {wildcards.fig} --out {output} {params.flags} > {log} 2>&1"
+        "delay-stability theory-table {wildcards.fig} --out {output} {params.flags} > {log} 2>&1"
 
 
 rule theory_figure:
@@ -45,8 +44,7 @@ rule theory_figure:
             labels={"figure": "{fig}"},
         ),
     params:
-        ds=DS,
-        code=src_hash("plots"),
+        code=src_hash("plots", "plots.theory"),
     wildcard_constraints:
         fig="|".join(THEORY_FIGURES),
     localrule: True
@@ -55,4 +53,4 @@ rule theory_figure:
     conda:
         "../../environment.yml"
     shell:
-        "{params.ds} plot {wildcards.fig} --table {input} --out {output.pdf} > {log} 2>&1"
+        "delay-stability plot {wildcards.fig} --table {input} --out {output.pdf} > {log} 2>&1"

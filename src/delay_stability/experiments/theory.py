@@ -7,15 +7,15 @@
 A delay is a constant ``--tau`` or a distribution: ``--uniform LOW HIGH``, ``--gaussian MEAN``
 (appendix C), ``--geometric Q`` (P(τ=k) = (1−Q) Q^k) or ``--probs p0,p1,...`` (P(τ=k), k = 0..K).
 The tidy tables behind the theory figures (fig6, fig7, fig8, fig10, fig4a, bridge) are built here;
-the figures themselves only read them (see plots.py).
+the figures themselves only read them (see plots/theory.py).
 """
 
 from __future__ import annotations
 
 import json
 
-from . import files, theory
-from .errors import UserError
+from .. import files, theory
+from ..errors import UserError
 
 # ------------------------------------------------------------------------------------------------
 # Tidy tables for the theory figures

@@ -1,5 +1,4 @@
-#!/usr/bin/env python3
-"""Run a command on GPUs of its own: ``gpu_slot.py --gpus N -- COMMAND [ARG ...]``.
+"""Run a command on GPUs of its own: ``delay-stability-gpu-slot --gpus N -- COMMAND [ARG ...]``.
 
 On a machine with several GPUs, ``snakemake --resources gpu=4`` lets at most four GPU jobs run at
 once but does not say which GPU each one gets: without help every job lands on GPU 0. This wrapper

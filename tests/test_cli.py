@@ -1,12 +1,13 @@
 """`delay-stability lr`, `threshold`, `theory-table` and `plot`: output, files, exit codes, messages."""
 
-import csv
 import json
 import math
 
 import pytest
 
 from delay_stability import cli, plots, theory
+from delay_stability.plots import style
+from oracles import read_csv
 
 
 def run(capsys, *argv):
@@ -29,9 +30,7 @@ def assert_user_error(capsys, argv, *fragments):
         assert fragment in last, (fragment, last)
 
 
-def read_csv(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+
 
 
 # ------------------------------------------------------------------------------------------------
@@ -212,16 +211,16 @@ def test_plot_theory_figures_write_pdf_and_png(tmp_path, capsys, fig):
 
 
 def test_plotters_registry_covers_theory_figures():
-    assert set(SMALL) <= set(plots.PLOTTERS)
+    assert set(SMALL) <= set(plots.load_plotters())
 
 
 def test_caption_states_scale():
-    fig, ax = plots.new_figure()
-    plots.caption(fig, "what it shows", "theory")
+    fig, ax = style.new_figure()
+    style.caption(fig, "what it shows", "theory")
     texts = [t.get_text() for t in fig.texts]
     assert any("what it shows" in t and "scale-independent" in t for t in texts)
-    fig, ax = plots.new_figure()
-    plots.caption(fig, "x", "quick")
+    fig, ax = style.new_figure()
+    style.caption(fig, "x", "quick")
     assert any("quick scale" in t for t in (t.get_text() for t in fig.texts))
 
 

@@ -42,18 +42,18 @@ random vector instead of the lost previous eigenvector; its value agrees to the 
 
 from __future__ import annotations
 
-import argparse
 import csv
+import json
 import math
 import os
-import sys
 import time
 
 import torch
 
-from . import sharpness, theory, train
-from .errors import UserError
-from .files import read_json, write_csv
+from .. import sharpness, theory, train
+from ..errors import UserError
+from ..files import read_json, write_csv, write_json
+from ..spec import apply_overrides, deep_merge, delay_probabilities, read_spec, spec_differences, validate_spec
 
 #: Columns of sharpness.csv, in order (the one place they are named).
 TRACK_COLUMNS = ("step", "sharpness", "loss", "hvps", "converged", "residual", "seconds")
@@ -154,18 +154,13 @@ class SharpnessTracker:
             init=self.vector, generator=generator, bn_mode="train")
 
     def _hessian_batches(self, state):
-        data = state.dataset
-        if not hasattr(data, "train_x"):
-            raise UserError(f"dataset {state.spec['dataset']!r} is streamed from disk; sharpness "
-                            "tracking needs a training set held in memory (digits, mnist, cifar10, cifar100)")
         size = self.hvp_batch if self.hvp_batch is not None else int(state.spec["batch_size"])
-        size = size if size > 0 else len(data.train_x)
-        return list(zip(torch.split(data.train_x, size), torch.split(data.train_y, size)))
+        return train.training_batches(state.dataset, size)
 
     # -- files
 
     def _write(self, name):
-        write_table(os.path.join(self.out_dir, name), TRACK_COLUMNS, self.rows)
+        write_csv(os.path.join(self.out_dir, name), TRACK_COLUMNS, self.rows)
 
     def _finish(self):
         self._write(TRACK_FILE)
@@ -180,16 +175,11 @@ def _positive_int(flag, value):
     return value
 
 
-@torch.no_grad()
 def mean_loss(model, loss_fn, batches) -> float:
     """L(w) = Σ_b (n_b/N) L_b(w): the mean training loss over all samples, in the Hessian's mode
     (``sharpness.hessian_mode``: dropout off, BatchNorm with batch statistics)."""
-    total, n = 0.0, 0
     with sharpness.hessian_mode(model, "train"):
-        for x, y in batches:
-            total += float(loss_fn(model(x), y).double()) * len(x)
-            n += len(x)
-    return total / n
+        return train.mean_loss(model, loss_fn, batches)
 
 
 def read_track_rows(out_dir) -> list[dict]:
@@ -224,11 +214,6 @@ def read_track(path) -> list[dict]:
     return out
 
 
-def write_table(path, columns, rows) -> None:
-    """A tidy CSV (header ``columns``, one line per row dict), written atomically."""
-    write_csv(path, columns, rows)
-
-
 # ------------------------------------------------------------------------------------------------
 # 2. The predicted edge of a training spec
 # ------------------------------------------------------------------------------------------------
@@ -243,7 +228,7 @@ def delay_of(spec) -> int | list:
         workers = o["workers"] if o["workers"] is not None else o["delay"] + 1
         return [float(p) for p in theory.geometric_delay(1.0 - 1.0 / workers)]
     if isinstance(o["delay"], dict):
-        return train.delay_probabilities(o["delay"])
+        return delay_probabilities(o["delay"])
     return int(o["delay"])
 
 
@@ -275,7 +260,7 @@ def with_edge_lr(spec: dict, edge: float) -> dict:
         raise UserError(f"--edge must be a positive number, got {edge!r}")
     if "lr" in spec:
         raise UserError("--edge sets the learning rate (lr = α*/edge): remove 'lr' from the spec")
-    probe = train.validate_spec({**spec, "lr": 1.0})
+    probe = validate_spec({**spec, "lr": 1.0})
     return {**spec, "lr": edge_alpha(probe) / edge}
 
 
@@ -297,9 +282,9 @@ def run_tracked(spec, out_dir, *, every, tol=1e-3, max_iter=100, method="lanczos
                 "max_iter": max_iter, "method": method, "hvp_batch": hvp_batch}
     tracker = SharpnessTracker(out_dir, every, tol=tol, max_iter=max_iter, method=method,
                                hvp_batch=hvp_batch, seed=int(spec.get("seed", 0)))
-    if _will_resume(out_dir, train.validate_spec(spec)):
+    if _will_resume(out_dir, validate_spec(spec)):
         _check_settings(out_dir, settings)
-    train.write_json(os.path.join(out_dir, SETTINGS_FILE), settings)
+    write_json(os.path.join(out_dir, SETTINGS_FILE), settings)
     return train.run_training(spec, out_dir, callbacks=[tracker])
 
 
@@ -309,13 +294,14 @@ def _will_resume(out_dir, spec) -> bool:
     if os.path.exists(os.path.join(out_dir, "checkpoint.pt")):
         return True
     final = os.path.join(out_dir, "final.pt")
-    return os.path.exists(final) and not train._spec_differences(train.load_checkpoint(final).get("spec"), spec)
+    return os.path.exists(final) and not spec_differences(train.load_checkpoint(final).get("spec"), spec)
 
 
-def _read_json(path):
+def read_run_record(path, what="run record"):
+    """A JSON record of a run (eos.json, run.json, summary.json); UserError naming the file."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file (is the run finished?)")
-    return read_json(path, "run record")
+    return read_json(path, what)
 
 
 def _check_settings(out_dir, settings):
@@ -323,7 +309,7 @@ def _check_settings(out_dir, settings):
     path = os.path.join(out_dir, SETTINGS_FILE)
     if not os.path.exists(path):
         return
-    previous = _read_json(path)
+    previous = read_run_record(path, "tracking settings")
     changed = [k for k in settings if previous.get(k) != settings[k]]
     if changed:
         what = ", ".join(f"{k} {previous.get(k)!r} -> {settings[k]!r}" for k in changed)
@@ -332,7 +318,7 @@ def _check_settings(out_dir, settings):
 
 
 def _cli_run(args) -> int:
-    spec = train.apply_overrides(train.read_spec(args.spec), args.set)
+    spec = apply_overrides(read_spec(args.spec), args.set)
     summary = run_tracked(spec, args.out, every=args.track_every, tol=args.tol,
                           max_iter=args.max_iter, method=args.method, hvp_batch=args.hvp_batch,
                           series=args.series, edge=args.edge)
@@ -366,23 +352,77 @@ def register(subparsers) -> None:
     p.add_argument("--series", default="", help="a label stored with the run (e.g. fixed, scaled)")
     p.set_defaults(func=_cli_run)
 
-def main(argv=None) -> int:
-    """``python -m delay_stability.eos COMMAND ...``: the same commands as ``delay-stability
-    eos-run`` / ``eos-collect``, with the same one-line errors (exit status 2)."""
-    parser = argparse.ArgumentParser(prog="delay-stability")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    from . import eos_tables
 
-    register(sub)
-    eos_tables.register(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (UserError, ValueError, FileNotFoundError) as exc:
-        print(f"delay-stability {args.command}: error: {exc or exc.__class__.__name__}", file=sys.stderr)
-        return 2
+# ------------------------------------------------------------------------------------------------
+# 4. The runs of the experiment (workflow/rules/eos.smk)
+# ------------------------------------------------------------------------------------------------
+
+#: The files a tracked run leaves in its folder (final.pt too, so that a rerun starts afresh).
+RUN_FILES = ("sharpness.csv", "summary.json", "run.json", "final.pt")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def fixed_runs(block: dict, base: dict) -> dict:
+    """The fixed-η runs: ``base`` (the eos.train spec) over the grid lr × τ of ``block["fixed"]``,
+    from initialisation; {folder name (``lr<η>/tau<τ>``): grid.GridRun}."""
+    from .grid import expand
+
+    fixed = block.get("fixed")
+    if not fixed:
+        return {}
+    runs = expand(deep_merge(base, {"epochs": fixed["epochs"]}), {"lr": fixed["lrs"], "tau": fixed["taus"]})
+    return {run.name: run for run in runs}
+
+
+def scaled_runs(block: dict) -> list[tuple[str, float, int]]:
+    """(variant, m, τ) of every run with η = α*(τ, m)/edge."""
+    scaled = block.get("scaled")
+    return [(r["variant"], float(r["momentum"]), int(tau)) for r in scaled["runs"] for tau in r["taus"]] if scaled else []
+
+
+def scaled_folder(root, variant: str, m: float, tau: int) -> str:
+    """``<root>/scaled/<variant>-m<m>/tau<τ>``: a scaled run's folder."""
+    return os.path.join(str(root), "scaled", f"{variant}-m{m:g}", f"tau{tau}")
+
+
+def burn_in_spec(block: dict, base: dict) -> dict:
+    """Synchronous GD from initialisation to just below the edge: the scaled runs' shared start."""
+    burn = block["scaled"]["burn_in"]
+    return deep_merge(base, {"lr": burn["lr"], "epochs": burn["epochs"], "optimizer": {"delay": 0}})
+
+
+def scaled_spec(block: dict, base: dict, variant: str, m: float, tau: int, init_checkpoint: str) -> dict:
+    """A scaled run: no lr (``eos-run --edge`` sets η = α*(τ, m)/edge), from the burn-in, with
+    ``epochs + epochs_per_tau·τ`` epochs (η falls as α*(τ), so the dynamics slow down)."""
+    scaled = block["scaled"]
+    spec = deep_merge(base, {
+        "epochs": scaled["epochs"] + scaled["epochs_per_tau"] * tau,
+        "optimizer": {"delay": tau, "variant": variant, "momentum": m},
+        "init_checkpoint": str(init_checkpoint), "perturb": scaled["perturb"],
+    })
+    spec.pop("lr", None)
+    return spec
+
+
+def track_files(root, block: dict, base: dict) -> list[str]:
+    """sharpness.csv of every run the figure reads."""
+    folders = [os.path.join(str(root), "fixed", name) for name in fixed_runs(block, base)]
+    folders += [scaled_folder(root, *r) for r in scaled_runs(block)]
+    return [os.path.join(f, TRACK_FILE) for f in folders]
+
+
+def track_flags(track: dict) -> str:
+    """``eos-run`` tracking flags of a ``track`` block."""
+    flags = [f"--track-every {track['every']}", f"--tol {track['tol']}", f"--max-iter {track['max_iter']}",
+             f"--method {track['method']}"]
+    if "hvp_batch" in track:
+        flags.append(f"--hvp-batch {track['hvp_batch']}")
+    return " ".join(flags)
+
+
+def plot_options(block: dict) -> str:
+    """The ``--options`` JSON of the delayed_eos figure."""
+    opts = {"edge_tol": block["edge_tol"]}
+    burn = (block.get("scaled") or {}).get("burn_in")
+    if burn:
+        opts["burn_in"] = f"{burn['epochs']} steps of GD at η = {burn['lr']:g}"
+    return json.dumps(opts)

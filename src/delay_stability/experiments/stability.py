@@ -4,7 +4,8 @@ The chain, one Snakemake rule per step (workflow/rules/stability.smk), every ste
 ``results/<scale>/<experiment>/``:
 
 1. ``baseline/``   synchronous training to a steady state (``delay-stability train``).
-2. ``minimum/``    optional polish of that steady state to a critical point by full-batch L-BFGS,
+2. ``minimum/``    optional polish of that steady state to a critical point: minimum-norm
+                   Gauss–Newton for the squared loss (the quick scale), full-batch L-BFGS otherwise,
                    so that ``‖∇L‖`` is tiny and the sharpness cannot drift during continuation
                    (``delay-stability stability-polish``). With squared loss on one-hot targets the
                    network interpolates and the polished point is a true minimum.
@@ -15,7 +16,7 @@ The chain, one Snakemake rule per step (workflow/rules/stability.smk), every ste
                    minimum at learning rates chosen by a downward scan and a bisection on log η
                    (``delay-stability stability-search``); each probe is a full training run directory.
 6. ``thresholds.csv``, ``fits.csv``, ``probes.csv``, ``curves.csv``: tidy tables for the
-                   figures (delay_stability.tables, ``delay-stability stability-collect``).
+                   figures (experiments/stability_tables.py, ``delay-stability stability-collect``).
 
 Escape criterion (documented in the figures): with ``search.escape.kind: kick_growth`` a continuation
 *left the minimum* when its training loss exceeds ``L_min + G²·(L_kick − L_min)``, i.e. when the kick
@@ -35,24 +36,93 @@ import math
 import time
 from pathlib import Path
 
-from .errors import UserError
-from .files import read_json
-from .files import write_json as write_json_atomic
+from ..errors import UserError
+from ..files import parse_json_object, read_json
+from ..files import write_json as write_json_atomic
+from ..spec import deep_merge, read_spec, validate_spec
+from ..theory import VARIANTS, critical_alpha
 
 # ----------------------------------------------------------------------------- small helpers
-def deep_merge(base: dict, override: dict | None) -> dict:
-    """A copy of ``base`` with ``override`` merged in, recursively for nested dicts."""
-    out = dict(base)
-    for key, value in (override or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def lr_tag(lr: float) -> str:
     return f"lr{lr:.6e}"
+
+
+# ----------------------------------------------------------------------------- the grid of the experiment
+def searches(block: dict) -> list[tuple[str, float, int]]:
+    """(variant, m, τ) of every threshold search of an experiment's config block."""
+    return [(entry["variant"], float(m), int(tau))
+            for entry in block["variants"].values() for m in entry["momenta"] for tau in block["taus"]]
+
+
+def curve_points(block: dict) -> list[tuple[int, float]]:
+    """(τ, factor) of every long continuation of fig. 12 (plain A-SGD at η = factor·η_max)."""
+    curves = block.get("curves")
+    return [(int(tau), float(f)) for tau in curves["taus"] for f in curves["lr_factors"]] if curves else []
+
+
+def figure_searches(block: dict, figure: str) -> list[tuple[str, float, int]]:
+    """The searches a figure draws, and no more: fig2 those of its (variant, m); fig4 those of
+    shifted momentum for its momenta (m = 0 is plain A-SGD); fig12 the plain searches of its curves."""
+    configured = searches(block)
+    options = block["plots"][figure]
+    if figure == "fig2":
+        wanted = [(options["variant"], float(options["momentum"]))]
+    elif figure == "fig4":
+        wanted = [(options["variant"], float(m)) if float(m) != 0 else ("plain", 0.0) for m in options["momenta"]]
+        wanted = [w for w in wanted if any(s[:2] == w for s in configured)]
+    elif figure == "fig12":
+        taus = sorted({tau for tau, _ in curve_points(block)})
+        return [("plain", 0.0, tau) for tau in taus]
+    else:
+        raise UserError(f"no searches for figure {figure!r}")
+    picked = [s for s in configured if s[:2] in wanted]
+    if not picked:
+        raise UserError(f"plots.{figure}: no threshold search of the config has "
+                        f"{' or '.join(f'variant {v}, momentum {m:g}' for v, m in wanted)}")
+    return picked
+
+
+# ----------------------------------------------------------------------------- its files and command flags
+def search_file(exp_dir, variant: str, m: float, tau: int) -> str:
+    """``<exp_dir>/search/<variant>-m<m>/tau<τ>/search.json``: one threshold search."""
+    return str(Path(exp_dir) / "search" / f"{variant}-m{m:g}" / f"tau{tau}" / "search.json")
+
+
+def curve_file(exp_dir, tau: int, factor: float, name: str = "summary.json") -> str:
+    """``<exp_dir>/curves/tau<τ>/x<factor>/<name>``: a file of one long continuation (fig. 12)."""
+    return str(Path(exp_dir) / "curves" / f"tau{tau}" / f"x{factor:g}" / name)
+
+
+def table_inputs(experiments: dict, figure: str | None = None) -> dict:
+    """The files a tables rule reads, for ``experiments`` = {experiment folder: config block}:
+    every search.json (or only those ``figure`` draws) and the curves' summary.json and metrics.csv."""
+    searches_, curves = [], []
+    for exp_dir, block in experiments.items():
+        chosen = searches(block) if figure is None else figure_searches(block, figure)
+        searches_ += [search_file(exp_dir, *s) for s in chosen]
+        if figure in (None, "fig12"):
+            curves += [curve_file(exp_dir, *c) for c in curve_points(block)]
+    return {"search": searches_, "curves": curves,
+            "metrics": [str(Path(c).with_name("metrics.csv")) for c in curves]}
+
+
+def polish_flags(polish) -> str:
+    """``stability-polish`` flags of a ``polish`` block (None: copy the baseline as is)."""
+    return "--max-iter 0" if not polish else f"--max-iter {polish['max_iter']} --grad-tol {polish['grad_tol']}"
+
+
+def sharpness_flags(sharpness: dict) -> str:
+    """``delay-stability sharpness`` flags of a ``sharpness`` block."""
+    flags = [f"--method {sharpness['method']}", f"--tol {sharpness['tol']}", f"--bn-mode {sharpness['bn_mode']}",
+             f"--max-iter {sharpness['max_iter']}"]
+    if "subset" in sharpness:
+        flags.append(f"--subset {sharpness['subset']}")
+    return " ".join(flags)
+
+
+def plot_options(block: dict, figure: str, experiment: str, scale: str) -> str:
+    """The ``--options`` JSON of a figure: its ``plots`` block, the experiment and the scale."""
+    return json.dumps({"experiment": experiment, "scale": scale, **block["plots"][figure]})
 
 
 # ----------------------------------------------------------------------------- the search
@@ -108,14 +178,14 @@ def probe_spec(base_spec: dict, continuation: dict, *, lr, tau, variant, momentu
 
 def run_probe(spec: dict, out_dir: Path) -> dict:
     """One continuation run (cached: an existing summary for the same spec is reused)."""
-    from . import train
+    from .. import train
 
     out_dir = Path(out_dir)
     summary_path = out_dir / "summary.json"
     run_path = out_dir / "run.json"
     if summary_path.exists() and run_path.exists():
         try:
-            if json.loads(run_path.read_text()).get("spec") == train.validate_spec(spec):
+            if json.loads(run_path.read_text()).get("spec") == validate_spec(spec):
                 return json.loads(summary_path.read_text())
         except (json.JSONDecodeError, UserError):
             pass
@@ -181,8 +251,6 @@ def search_threshold(*, base_spec, continuation, kick, search, variant, momentum
                 alpha_hi = mid
             else:
                 alpha_lo = mid
-    from .theory import critical_alpha
-
     alpha_theory = critical_alpha(int(tau), momentum=float(momentum), variant=variant)
     result = {
         "variant": variant, "momentum": float(momentum), "tau": int(tau), "sharpness": a,
@@ -198,7 +266,7 @@ def search_threshold(*, base_spec, continuation, kick, search, variant, momentum
 def run_curve(*, search_json, kick, base_spec, continuation, factor, epochs, out_dir) -> dict:
     """A long continuation at η = factor·η_max (no early stop), for the curves of fig. 12: what
     happens after a run leaves the minimum (appendix F: it settles in another minimum)."""
-    from . import train
+    from .. import train
 
     result = read_json(search_json, "search result")
     lr = factor * result["lr_max"]
@@ -213,42 +281,11 @@ def run_curve(*, search_json, kick, base_spec, continuation, factor, epochs, out
 
 
 # ----------------------------------------------------------------------------- minimum and kick
-def _training_batches(spec, dataset):
-    """The whole training set in batches of the run's batch size (0 = one full batch)."""
-    import torch
-
-    x, y = dataset.train_x, dataset.train_y
-    size = spec["batch_size"] if spec["batch_size"] > 0 else len(x)
-    return list(zip(torch.split(x, size), torch.split(y, size)))
-
-
-def _mean_loss_and_grad(model, loss_fn, batches, params):
-    """Mean training loss over all batches (weighted by size) and its gradient, as flat tensors."""
-    import torch
-
-    n = sum(len(y) for _, y in batches)
-    total = 0.0
-    grads = [torch.zeros_like(p) for p in params]
-    for x, y in batches:
-        loss = loss_fn(model(x), y) * (len(y) / n)
-        for g, gi in zip(grads, torch.autograd.grad(loss, params)):
-            g += gi
-        total += float(loss.detach())
-    return total, grads
-
-
 def _flat(tensors):
-    import torch
+    """The tensors as one flat vector (``torch.nn.utils.parameters_to_vector``)."""
+    from torch.nn.utils import parameters_to_vector
 
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
-def resolve_device(name):
-    import torch
-
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return parameters_to_vector(tensors)
 
 
 def _gauss_newton(model, batches, params, *, max_iter, grad_tol, log=print):
@@ -305,12 +342,14 @@ def _lbfgs(model, loss_fn, batches, params, *, max_iter, grad_tol):
     """Full-batch L-BFGS with a strong Wolfe line search (any loss)."""
     import torch
 
+    from .. import train
+
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=min(max_iter, 500), history_size=50,
                             tolerance_grad=grad_tol, tolerance_change=0.0, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad(set_to_none=True)
-        loss, grads = _mean_loss_and_grad(model, loss_fn, batches, params)
+        loss, grads = train.mean_loss_and_grad(model, loss_fn, batches, params)
         for p, g in zip(params, grads):
             p.grad = g
         return torch.tensor(loss, dtype=torch.float64)
@@ -319,7 +358,7 @@ def _lbfgs(model, loss_fn, batches, params, *, max_iter, grad_tol):
     while iterations < max_iter:
         opt.step(closure)
         done = opt.state[opt._params[0]]["n_iter"]
-        _, grads = _mean_loss_and_grad(model, loss_fn, batches, params)
+        _, grads = train.mean_loss_and_grad(model, loss_fn, batches, params)
         stalled = done == iterations
         iterations = done
         if float(_flat(grads).norm()) <= grad_tol or stalled:
@@ -341,20 +380,19 @@ def polish_minimum(checkpoint, out, info_path, *, max_iter=100, grad_tol=1e-9, d
     """
     import torch
 
-    from . import data, train
+    from .. import train
 
     t0 = time.time()
-    device = resolve_device(device)
-    model, spec = train.model_from_checkpoint(checkpoint, device)
-    loss_fn = train.build_loss(spec)
-    batches = _training_batches(spec, data.load_dataset(spec, device))
+    run = train.load_run(checkpoint, device)
+    model, spec, loss_fn = run.model, run.spec, run.loss_fn
+    batches = run.batches()
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     if method == "auto":
         method = "gauss_newton" if spec["loss"] == "mse" else "lbfgs"
     if method == "gauss_newton" and spec["loss"] != "mse":
         raise UserError("polish method gauss_newton needs loss: mse in the baseline spec")
-    loss0, grad0 = _mean_loss_and_grad(model, loss_fn, batches, params)
+    loss0, grad0 = train.mean_loss_and_grad(model, loss_fn, batches, params)
     start = torch.cat([p.detach().reshape(-1) for p in params])
     iterations = 0
     if max_iter > 0 and float(_flat(grad0).norm()) > grad_tol:
@@ -365,7 +403,7 @@ def polish_minimum(checkpoint, out, info_path, *, max_iter=100, grad_tol=1e-9, d
                     p.copy_(t.view_as(p))
         else:
             iterations = _lbfgs(model, loss_fn, batches, params, max_iter=max_iter, grad_tol=grad_tol)
-    loss1, grad1 = _mean_loss_and_grad(model, loss_fn, batches, params)
+    loss1, grad1 = train.mean_loss_and_grad(model, loss_fn, batches, params)
     moved = float((torch.cat([p.detach().reshape(-1) for p in params]) - start).norm())
     info = {
         "checkpoint": str(checkpoint), "out": str(out), "method": method if max_iter > 0 else "none",
@@ -391,16 +429,15 @@ def kick_minimum(checkpoint, sharpness_json, out, info_path, *, norm, direction=
     """
     import torch
 
-    from . import data, sharpness, train
+    from .. import sharpness, train
 
-    device = resolve_device(device)
-    model, spec = train.model_from_checkpoint(checkpoint, device)
-    loss_fn = train.build_loss(spec)
-    batches = _training_batches(spec, data.load_dataset(spec, device))
+    run = train.load_run(checkpoint, device)
+    model, spec, loss_fn, device = run.model, run.spec, run.loss_fn, run.device
+    batches = run.batches()
     params = [p for p in model.parameters() if p.requires_grad]
     a_record = read_json(sharpness_json, "sharpness result")
     model.train()
-    loss_min, _ = _mean_loss_and_grad(model, loss_fn, batches, params)
+    loss_min, _ = train.mean_loss_and_grad(model, loss_fn, batches, params)
     if norm > 0 and direction == "top_eigenvector":
         result = sharpness.top_eigenvalue(model, loss_fn, batches, tol=tol, max_iter=max_iter,
                                           method=method, bn_mode=bn_mode,
@@ -418,7 +455,7 @@ def kick_minimum(checkpoint, sharpness_json, out, info_path, *, norm, direction=
             k = p.numel()
             p.add_((norm * u[offset:offset + k]).view_as(p).to(p.dtype))
             offset += k
-    loss_kick, _ = _mean_loss_and_grad(model, loss_fn, batches, params)
+    loss_kick, _ = train.mean_loss_and_grad(model, loss_fn, batches, params)
     info = {
         "checkpoint": str(out), "minimum": str(checkpoint), "norm": norm, "direction": direction,
         "sharpness": float(a_record["eigenvalue"]), "kick_eigenvalue": eig,
@@ -432,16 +469,6 @@ def kick_minimum(checkpoint, sharpness_json, out, info_path, *, norm, direction=
 
 
 # ----------------------------------------------------------------------------- command line
-def _json_arg(text, flag):
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{flag}: not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{flag}: expected a JSON object")
-    return value
-
-
 def _cli_polish(args):
     info = polish_minimum(args.checkpoint, args.out, args.info, max_iter=args.max_iter,
                           grad_tol=args.grad_tol, device=args.device, method=args.method)
@@ -459,13 +486,11 @@ def _cli_kick(args):
 
 
 def _cli_search(args):
-    from . import train
-
     kick = read_json(args.kick, "kick record")
-    base_spec = train.read_spec(args.spec)
+    base_spec = read_spec(args.spec)
     result = search_threshold(
-        base_spec=base_spec, continuation=_json_arg(args.continuation, "--continuation"),
-        kick=kick, search=_json_arg(args.search, "--search"), variant=args.variant,
+        base_spec=base_spec, continuation=parse_json_object(args.continuation, "--continuation"),
+        kick=kick, search=parse_json_object(args.search, "--search"), variant=args.variant,
         momentum=args.momentum, tau=args.tau, out_dir=Path(args.out).parent,
         log=lambda msg: print(msg, flush=True))
     write_json_atomic(args.out, result)
@@ -474,11 +499,9 @@ def _cli_search(args):
 
 
 def _cli_curve(args):
-    from . import train
-
     summary = run_curve(search_json=args.search, kick=read_json(args.kick, "kick record"),
-                        base_spec=train.read_spec(args.spec),
-                        continuation=_json_arg(args.continuation, "--continuation"),
+                        base_spec=read_spec(args.spec),
+                        continuation=parse_json_object(args.continuation, "--continuation"),
                         factor=args.factor, epochs=args.epochs, out_dir=args.out)
     print(f"{args.out}: {summary['status']} after {summary['epochs_run']} epochs")
 
@@ -510,7 +533,7 @@ def register(subparsers) -> None:
     p.add_argument("--spec", required=True, help="the baseline's training spec")
     p.add_argument("--continuation", default="{}", help="JSON: spec overrides of every continuation")
     p.add_argument("--search", required=True, help="JSON: the search settings (see config.yaml)")
-    p.add_argument("--variant", choices=("plain", "momentum", "shifted"), default="plain")
+    p.add_argument("--variant", choices=VARIANTS, default="plain")
     p.add_argument("--momentum", type=float, default=0.0)
     p.add_argument("--tau", type=int, required=True)
     p.add_argument("--out", required=True, help="search.json; probes go in folders beside it")

@@ -1,5 +1,5 @@
 """Tidy tables of the minima-stability experiment, from the search results and the long
-continuations (``delay-stability stability-collect``; see delay_stability.pipeline for the runs).
+continuations (``delay-stability stability-collect``; see experiments/stability.py for the runs).
 
 thresholds.csv  one row per (experiment, variant, m, τ): η_max, the bracket, a, α_measured = a·η_max,
                 α_theory = theory.critical_alpha, their ratio
@@ -12,10 +12,9 @@ Kept apart from the code that trains, so that editing an analysis never reruns a
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from .files import read_json, write_csv
+from ..files import read_csv, read_json, write_csv
 
 #: Columns of thresholds.csv (one row per experiment, variant, momentum and τ).
 THRESHOLD_COLUMNS = (
@@ -50,11 +49,6 @@ def threshold_row(experiment: str, result: dict) -> dict:
     }
 
 
-def read_metrics(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 def collect(search_files, curve_summaries, experiment_of, out_thresholds, out_probes, out_curves) -> list[dict]:
     """Gather search results and long continuations into the tidy tables the figures read."""
     thresholds, probes, curves = [], [], []
@@ -69,7 +63,7 @@ def collect(search_files, curve_summaries, experiment_of, out_thresholds, out_pr
     for path in curve_summaries:
         info = read_json(Path(path).with_name("curve.json"), "curve record")
         summary = read_json(path, "run summary")
-        for row in read_metrics(Path(path).with_name("metrics.csv")):
+        for row in read_csv(Path(path).with_name("metrics.csv"), "metrics"):
             curves.append({"experiment": experiment_of(path), **info, "status": summary["status"],
                            "epoch": row["epoch"], "train_loss": row["train_loss"],
                            "val_error": row["val_error"]})

@@ -15,9 +15,11 @@ import os
 
 import numpy as np
 
-from . import theory, train
-from .eos import SETTINGS_FILE, TRACK_FILE, _read_json, delay_of, predicted_edge, read_track, write_table
-from .errors import UserError
+from .. import theory
+from ..errors import UserError
+from ..files import write_csv
+from ..spec import validate_spec
+from .eos import SETTINGS_FILE, TRACK_FILE, delay_of, predicted_edge, read_run_record, read_track
 
 #: Columns of plateaus.csv (one row per run).
 PLATEAU_COLUMNS = (
@@ -83,10 +85,10 @@ def plateau(steps, values, predicted, *, edge_tol=EDGE_TOL) -> dict:
 
 def run_facts(run_dir) -> dict:
     """Series, variant, momentum, τ, lr and predicted edge of a finished tracked run."""
-    settings = _read_json(os.path.join(run_dir, SETTINGS_FILE))
-    provenance = _read_json(os.path.join(run_dir, "run.json"))
+    settings = read_run_record(os.path.join(run_dir, SETTINGS_FILE))
+    provenance = read_run_record(os.path.join(run_dir, "run.json"))
     try:
-        spec = train.validate_spec(provenance["spec"])
+        spec = validate_spec(provenance["spec"])
     except (KeyError, TypeError):
         raise UserError(f"{os.path.join(run_dir, 'run.json')}: has no training spec") from None
     delay = delay_of(spec)
@@ -106,7 +108,7 @@ def collect(run_dirs, *, edge_tol=EDGE_TOL):
     plateaus, tracks = [], []
     for run_dir in run_dirs:
         facts = run_facts(run_dir)
-        summary = _read_json(os.path.join(run_dir, "summary.json"))
+        summary = read_run_record(os.path.join(run_dir, "summary.json"))
         path = os.path.join(run_dir, TRACK_FILE)
         if not os.path.isfile(path):
             raise UserError(f"{path}: no such file (is the run finished?)")
@@ -155,11 +157,11 @@ def _cli_collect(args) -> int:
         raise UserError(f"--run {missing[0]}: no such file or folder")
     run_dirs = [p if os.path.isdir(p) else os.path.dirname(p) or "." for p in args.run]
     plateaus, tracks, edges = collect(run_dirs, edge_tol=args.edge_tol)
-    write_table(args.out, PLATEAU_COLUMNS, plateaus)
+    write_csv(args.out, PLATEAU_COLUMNS, plateaus)
     if args.tracks:
-        write_table(args.tracks, TRACKS_COLUMNS, tracks)
+        write_csv(args.tracks, TRACKS_COLUMNS, tracks)
     if args.theory:
-        write_table(args.theory, THEORY_COLUMNS, edges)
+        write_csv(args.theory, THEORY_COLUMNS, edges)
     for r in plateaus:
         note = "" if r["reached_edge"] else "  (edge not reached)"
         print(f"{r['series']:>8} {r['variant']:>8} m={r['momentum']:g} tau={r['tau']} lr={r['lr']:.4g}: "

@@ -1,0 +1,401 @@
+"""Training specs: every key with its default, validation, overrides and the deep merge.
+
+A run is described by a *spec*, a mapping (YAML or JSON on disk). ``validate_spec`` checks it and
+returns a copy with every default filled in (SPEC_DEFAULTS, OPTIMIZER_DEFAULTS, ...); a mistake is a
+``UserError`` naming the key, e.g. ``spec key 'optimizer.momentum': must be in (-1, 1), got 1.0``.
+
+This module imports no torch (nor anything that does), so that the workflow can validate every
+training block of ``config.yaml`` when Snakemake builds its DAG, before any job runs, and so that
+commands that only read a spec start in milliseconds. The names it checks against (models and their
+arguments, datasets, schedules, variants) are the library's: ``tests/test_spec.py`` checks that they
+agree with ``models.MODELS``, ``data`` and ``asgd``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+
+from .errors import UserError
+from .theory import VARIANTS
+
+#: Delay schedules of ``asgd.DelayedSGD`` (round robin: constant delay; random: M workers picked
+#: uniformly, geometric staleness; distribution: the landing delay drawn from P(tau = k)).
+SCHEDULES = ("round_robin", "random", "distribution")
+LOSSES = ("cross_entropy", "mse")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPE_NAMES = ("float32", "float64")
+LR_KINDS = ("constant", "step")
+DELAY_KINDS = ("uniform", "gaussian", "geometric", "probs")
+
+#: The keyword arguments of each network of ``models.MODELS`` (its builder's signature), with defaults.
+MODEL_ARGS = {
+    "mlp": {"hidden": (64,), "activation": "relu", "in_features": 64, "num_classes": 10},
+    "cnn_digits": {"batchnorm": False, "channels": (16, 32), "hidden": 64, "in_channels": 1, "num_classes": 10},
+    "mnist_cnn": {"num_classes": 10},
+    "fc3x1024": {"in_features": 784, "width": 1024, "num_classes": 10},
+    "vgg11": {"num_classes": 10, "batchnorm": True},
+    "resnet44": {"num_classes": 10},
+    "wrn16_4": {"num_classes": 100},
+    "c3": {"num_classes": 100},
+    "resnet50": {"num_classes": 1000},
+}
+MODEL_NAMES = tuple(MODEL_ARGS)
+
+#: The keys each dataset accepts in ``dataset_args``, with their defaults.
+DATASET_ARGS = {
+    "digits": {"train_size": 1297, "split_seed": 0},
+    "mnist": {"root": "data", "download": False, "train_subset": None, "val_subset": None},
+    "cifar10": {"root": "data", "download": False, "train_subset": None, "val_subset": None},
+    "cifar100": {"root": "data", "download": False, "train_subset": None, "val_subset": None},
+    "imagenet": {"root": None, "workers": 8, "image_size": 224},
+}
+DATASETS = tuple(DATASET_ARGS)
+DIGITS_SIZE = 1797
+
+
+def dataset_args_with_defaults(name: str, args: dict | None) -> dict:
+    """Check ``dataset_args`` for ``name`` and fill in defaults (``data_dir`` is an alias of ``root``)."""
+    if name not in DATASET_ARGS:
+        raise UserError(f"spec key 'dataset': unknown value {name!r} (choose {', '.join(DATASETS)})")
+    args = dict(args or {})
+    if "data_dir" in args and "root" in DATASET_ARGS[name]:
+        if "root" in args:
+            raise UserError("spec key 'dataset_args': give either 'root' or 'data_dir', not both")
+        args["root"] = args.pop("data_dir")
+    out = dict(DATASET_ARGS[name])
+    for key, value in args.items():
+        if key not in out:
+            raise UserError(
+                f"spec key 'dataset_args.{key}': not an argument of dataset {name!r} (choose {', '.join(out)})"
+            )
+        out[key] = value
+    for key in ("train_size", "train_subset", "val_subset", "workers", "image_size", "split_seed"):
+        value = out.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise UserError(f"spec key 'dataset_args.{key}': expected a non-negative integer, got {value!r}")
+    if name == "digits" and not 1 <= out["train_size"] < DIGITS_SIZE:
+        raise UserError(f"spec key 'dataset_args.train_size': must be in 1..{DIGITS_SIZE - 1}, got {out['train_size']}")
+    if name == "imagenet" and not out["root"]:
+        raise UserError("spec key 'dataset_args.root': imagenet needs the path of an ImageFolder tree (train/, val/)")
+    if "download" in out and not isinstance(out["download"], bool):
+        raise UserError(f"spec key 'dataset_args.download': expected true or false, got {out['download']!r}")
+    return out
+
+
+# ================================================================ the spec
+
+REQUIRED = object()
+SPEC_DEFAULTS = {
+    "model": REQUIRED,
+    "model_args": {},
+    "dataset": "digits",
+    "dataset_args": {},
+    "loss": "cross_entropy",
+    "dtype": "float32",
+    "device": "auto",
+    "seed": 0,
+    "threads": None,
+    "epochs": REQUIRED,
+    "batch_size": 128,
+    "lr": REQUIRED,
+    "lr_schedule": {"kind": "constant"},
+    "optimizer": {},
+    "augment": False,
+    "eval_every": 1,
+    "checkpoint_every": None,
+    "stop": {},
+    "init_checkpoint": None,
+    "perturb": 0.0,
+}
+OPTIMIZER_DEFAULTS = {
+    "delay": 0, "workers": None, "schedule": None, "momentum": 0.0, "variant": "plain",
+    "dampening": True, "weight_decay": 0.0,
+}
+STEADY_DEFAULTS = {"window": 50, "rel_tol": 1e-4, "grad_norm_tol": None}
+DIVERGENCE_DEFAULTS = {"loss_factor": 1e4}
+ESCAPE_DEFAULTS = {"factor": 2.0, "delta": 0.0, "stop": True}
+SETTLE_DEFAULTS = {"below": REQUIRED, "window": 1}
+
+
+def _bad(key: str, message: str) -> UserError:
+    return UserError(f"spec key '{key}': {message}")
+
+
+def _section(value, key: str, defaults: dict) -> dict:
+    """A mapping with no unknown keys, defaults filled in; REQUIRED keys must be present."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise _bad(key, f"expected a mapping, got {value!r}")
+    prefix = f"{key}." if key else ""
+    for k in value:
+        if k not in defaults:
+            raise _bad(f"{prefix}{k}", f"unknown key (choose {', '.join(defaults)})")
+    out = {}
+    for k, default in defaults.items():
+        if k not in value and default is REQUIRED:
+            raise _bad(f"{prefix}{k}", "required")
+        out[k] = copy.deepcopy(value.get(k, default))
+    return out
+
+
+def _int(key, value, minimum=None, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(key, f"expected an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise _bad(key, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(key, value, minimum=None, positive=False, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, str):  # PyYAML reads 1e-2 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _bad(key, f"expected a finite number, got {value!r}")
+    value = float(value)
+    if positive and not value > 0:
+        raise _bad(key, f"must be > 0, got {value}")
+    if minimum is not None and value < minimum:
+        raise _bad(key, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _choice(key, value, choices):
+    if value not in choices:
+        raise _bad(key, f"unknown value {value!r} (choose {', '.join(map(str, choices))})")
+    return value
+
+
+def _bool(key, value):
+    if not isinstance(value, bool):
+        raise _bad(key, f"expected true or false, got {value!r}")
+    return value
+
+
+def validate_spec(spec: dict) -> dict:
+    """Check a training spec and return a copy with every default filled in.
+
+    Keys (defaults in SPEC_DEFAULTS): model, model_args, dataset (digits | mnist | cifar10 |
+    cifar100 | imagenet), dataset_args, loss (cross_entropy | mse), dtype, device (auto | cpu |
+    cuda), seed, threads, epochs, batch_size (0 = full batch), lr, lr_schedule ({kind: constant} or
+    {kind: step, milestones, gamma}, both with warmup_epochs), optimizer (delay, workers, schedule,
+    momentum, variant, dampening, weight_decay), augment, eval_every, checkpoint_every (null =
+    about every 5% of the epochs), stop ({steady_state, divergence, escape}), init_checkpoint,
+    perturb. Raises UserError naming the offending key.
+    """
+    s = _section(spec, "", SPEC_DEFAULTS)
+    s["model"] = _choice("model", s["model"], MODEL_NAMES)
+    s["model_args"] = _model_args(s["model"], s["model_args"])
+    s["dataset"] = _choice("dataset", s["dataset"], DATASETS)
+    s["dataset_args"] = dataset_args_with_defaults(s["dataset"], s["dataset_args"])
+    s["loss"] = _choice("loss", s["loss"], LOSSES)
+    s["dtype"] = _choice("dtype", s["dtype"], DTYPE_NAMES)
+    s["device"] = _choice("device", s["device"], DEVICES)
+    s["seed"] = _int("seed", s["seed"], 0)
+    s["threads"] = _int("threads", s["threads"], 1, allow_none=True)
+    s["epochs"] = _int("epochs", s["epochs"], 0)
+    s["batch_size"] = _int("batch_size", s["batch_size"], 0)
+    s["lr"] = _float("lr", s["lr"], positive=True)
+    s["lr_schedule"] = _lr_schedule(s["lr_schedule"])
+    s["optimizer"] = _optimizer(s["optimizer"])
+    s["augment"] = _bool("augment", s["augment"])
+    if s["augment"] and s["dataset"] == "digits":
+        raise _bad("augment", "augmentation is for mnist, cifar10, cifar100 and imagenet, not digits")
+    s["eval_every"] = _int("eval_every", s["eval_every"], 1)
+    s["checkpoint_every"] = _int("checkpoint_every", s["checkpoint_every"], 1, allow_none=True)
+    s["stop"] = _stop(s["stop"])
+    if s["init_checkpoint"] is not None and not isinstance(s["init_checkpoint"], str):
+        raise _bad("init_checkpoint", f"expected a path, got {s['init_checkpoint']!r}")
+    s["perturb"] = _float("perturb", s["perturb"], minimum=0.0)
+    return s
+
+
+def _model_args(name, args):
+    if args is None:
+        return {}
+    if not isinstance(args, dict):
+        raise _bad("model_args", f"expected a mapping, got {args!r}")
+    allowed = MODEL_ARGS[name]
+    for k in args:
+        if k not in allowed:
+            raise _bad(f"model_args.{k}", f"not an argument of model {name!r} (choose {', '.join(allowed)})")
+    return dict(args)
+
+
+def _lr_schedule(value):
+    if not isinstance(value, dict) or "kind" not in value:
+        raise _bad("lr_schedule", f"expected a mapping with 'kind' ({', '.join(LR_KINDS)}), got {value!r}")
+    kind = _choice("lr_schedule.kind", value["kind"], LR_KINDS)
+    defaults = {"kind": kind, "warmup_epochs": 0}
+    if kind == "step":
+        defaults.update(milestones=REQUIRED, gamma=0.1)
+    s = _section(value, "lr_schedule", defaults)
+    s["warmup_epochs"] = _int("lr_schedule.warmup_epochs", s["warmup_epochs"], 0)
+    if kind == "step":
+        if not isinstance(s["milestones"], list):
+            raise _bad("lr_schedule.milestones", f"expected a list of epochs, got {s['milestones']!r}")
+        s["milestones"] = sorted(_int("lr_schedule.milestones", m, 1) for m in s["milestones"])
+        s["gamma"] = _float("lr_schedule.gamma", s["gamma"], positive=True)
+    return s
+
+
+def _optimizer(value):
+    s = _section(value, "optimizer", OPTIMIZER_DEFAULTS)
+    s["delay"] = _delay(s["delay"])
+    s["workers"] = _int("optimizer.workers", s["workers"], 1, allow_none=True)
+    distribution = isinstance(s["delay"], dict)
+    if s["schedule"] is None:
+        s["schedule"] = "distribution" if distribution else "round_robin"
+    s["schedule"] = _choice("optimizer.schedule", s["schedule"], SCHEDULES)
+    if distribution != (s["schedule"] == "distribution"):
+        raise _bad("optimizer.schedule", f"schedule {s['schedule']!r} does not fit delay {s['delay']!r}")
+    if not distribution and s["workers"] is not None and s["delay"] not in (0, s["workers"] - 1):
+        raise _bad("optimizer.workers", f"workers={s['workers']} disagrees with delay={s['delay']!r}")
+    s["momentum"] = _float("optimizer.momentum", s["momentum"])
+    if not -1 < s["momentum"] < 1:
+        raise _bad("optimizer.momentum", f"must be in (-1, 1), got {s['momentum']}")
+    s["variant"] = _choice("optimizer.variant", s["variant"], VARIANTS)
+    if s["variant"] == "plain" and s["momentum"] != 0:
+        raise _bad("optimizer.variant", "momentum is non-zero: choose variant momentum or shifted")
+    s["dampening"] = _bool("optimizer.dampening", s["dampening"])
+    s["weight_decay"] = _float("optimizer.weight_decay", s["weight_decay"], minimum=0.0)
+    return s
+
+
+def _delay(value):
+    """An int tau >= 0, or {kind: uniform, low, high} | {gaussian, mean} | {geometric, q} | {probs, probs}."""
+    if not isinstance(value, dict):
+        return _int("optimizer.delay", value, 0)
+    kind = _choice("optimizer.delay.kind", value.get("kind"), DELAY_KINDS)
+    fields = {"uniform": ("low", "high"), "gaussian": ("mean",), "geometric": ("q",), "probs": ("probs",)}[kind]
+    s = _section(value, "optimizer.delay", {"kind": kind, **{f: REQUIRED for f in fields}})
+    if kind == "uniform":
+        s["low"] = _int("optimizer.delay.low", s["low"], 0)
+        s["high"] = _int("optimizer.delay.high", s["high"], s["low"])
+    elif kind == "gaussian":
+        s["mean"] = _float("optimizer.delay.mean", s["mean"], positive=True)
+    elif kind == "geometric":
+        s["q"] = _float("optimizer.delay.q", s["q"], minimum=0.0)
+        if not s["q"] < 1:
+            raise _bad("optimizer.delay.q", f"must be in [0, 1), got {s['q']}")
+    else:
+        if not isinstance(s["probs"], list) or not s["probs"]:
+            raise _bad("optimizer.delay.probs", "expected a non-empty list of probabilities P(tau=k), k=0..K")
+        s["probs"] = [_float("optimizer.delay.probs", p, minimum=0.0) for p in s["probs"]]
+        if abs(sum(s["probs"]) - 1) > 1e-6:
+            raise _bad("optimizer.delay.probs", f"probabilities must sum to 1 (they sum to {sum(s['probs']):.6g})")
+    return s
+
+
+def _stop(value):
+    s = _section(value, "stop", {"steady_state": None, "divergence": {}, "escape": None, "settle": None})
+    if s["steady_state"] is not None:
+        st = _section(s["steady_state"], "stop.steady_state", STEADY_DEFAULTS)
+        st["window"] = _int("stop.steady_state.window", st["window"], 1)
+        st["rel_tol"] = _float("stop.steady_state.rel_tol", st["rel_tol"], minimum=0.0)
+        st["grad_norm_tol"] = _float("stop.steady_state.grad_norm_tol", st["grad_norm_tol"], minimum=0.0, allow_none=True)
+        s["steady_state"] = st
+    dv = _section(s["divergence"], "stop.divergence", DIVERGENCE_DEFAULTS)
+    dv["loss_factor"] = _float("stop.divergence.loss_factor", dv["loss_factor"], positive=True)
+    s["divergence"] = dv
+    if s["escape"] is not None:
+        es = _section(s["escape"], "stop.escape", ESCAPE_DEFAULTS)
+        es["factor"] = _float("stop.escape.factor", es["factor"], minimum=0.0)
+        es["delta"] = _float("stop.escape.delta", es["delta"], minimum=0.0)
+        es["stop"] = _bool("stop.escape.stop", es["stop"])
+        s["escape"] = es
+    if s["settle"] is not None:
+        se = _section(s["settle"], "stop.settle", SETTLE_DEFAULTS)
+        se["below"] = _float("stop.settle.below", se["below"], minimum=0.0)
+        se["window"] = _int("stop.settle.window", se["window"], 1)
+        s["settle"] = se
+    return s
+
+
+def delay_probabilities(delay: dict) -> list[float]:
+    """P(tau = k), k = 0..K, for a delay distribution of the spec (theory.py's distributions)."""
+    if delay["kind"] == "probs":
+        return list(delay["probs"])
+    from . import theory
+
+    try:
+        if delay["kind"] == "uniform":
+            probs = theory.uniform_delay(delay["low"], delay["high"])
+        elif delay["kind"] == "gaussian":
+            probs = theory.gaussian_delay(delay["mean"])
+        else:
+            probs = theory.geometric_delay(delay["q"])
+    except ValueError as exc:
+        raise _bad("optimizer.delay", str(exc)) from None
+    return [float(p) for p in probs]
+
+
+def spec_differences(a, b, prefix="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += spec_differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def deep_merge(base: dict, override: dict | None) -> dict:
+    """A copy of ``base`` with ``override`` merged in, recursively for nested dicts."""
+    out = dict(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_spec(path: str) -> dict:
+    """A spec from a YAML or JSON file (UserError naming the file if missing or malformed)."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise UserError(f"--spec: no such file: {path}")
+    try:
+        with open(path) as f:
+            spec = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"--spec: cannot parse {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(spec, dict):
+        raise UserError(f"--spec: {path} must hold a mapping of spec keys")
+    return spec
+
+
+def apply_overrides(spec: dict, assignments) -> dict:
+    """``key.sub=value`` assignments (values parsed as YAML: numbers, true/false, null, lists)."""
+    import yaml
+
+    spec = copy.deepcopy(spec)
+    for item in assignments or ():
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. optimizer.delay=8")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise UserError(f"--set {item!r}: cannot parse the value") from None
+        node = spec
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return spec

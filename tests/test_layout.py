@@ -1,0 +1,116 @@
+"""The layout of the package: the library never imports an experiment or a plot, imports have no
+cycle and no private name crosses a module, every command is owned by one module, and the theory
+commands start without torch or matplotlib."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from delay_stability import cli
+from delay_stability.files import module_dependencies
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SRC / "delay_stability"
+
+
+def module_name(path):
+    rel = path.relative_to(SRC).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+MODULES = sorted(module_name(p) for p in PACKAGE.rglob("*.py"))
+LIBRARY = [m for m in MODULES if not m.startswith(("delay_stability.experiments", "delay_stability.plots"))]
+
+
+def test_the_layout_has_the_library_experiments_and_plots():
+    names = {m.removeprefix("delay_stability.") for m in MODULES}
+    assert {"theory", "asgd", "sharpness", "models", "data", "train", "spec", "files", "errors", "cli"} <= names
+    assert {"experiments.grid", "experiments.theory", "experiments.stability", "experiments.stability_tables",
+            "experiments.eos", "experiments.eos_tables"} <= names
+    assert {"plots.style", "plots.theory", "plots.stability", "plots.eos"} <= names
+    rules = {p.stem for p in (SRC.parent / "workflow" / "rules").glob("*.smk")}
+    experiments = {n.split(".")[1] for n in names if n.startswith("experiments.")}
+    # one experiment = one module and one rule file of the same name (grid and tables are helpers)
+    assert {e for e in experiments if e != "grid" and not e.endswith("_tables")} <= rules
+    assert rules - {"common", "train"} <= experiments
+
+
+@pytest.mark.parametrize("module", LIBRARY)
+def test_the_library_never_imports_an_experiment_or_a_plot(module):
+    deps = module_dependencies(module, SRC)
+    assert not [d for d in deps if d.startswith(("delay_stability.experiments", "delay_stability.plots"))]
+
+
+def test_plots_never_import_an_experiment_and_experiments_never_import_plots():
+    for module in MODULES:
+        deps = module_dependencies(module, SRC)
+        if module.startswith("delay_stability.plots"):
+            assert not any(d.startswith("delay_stability.experiments") for d in deps), module
+        if module.startswith("delay_stability.experiments"):
+            assert not any(d.startswith("delay_stability.plots") for d in deps), module
+
+
+def test_the_package_has_no_import_cycle():
+    closure = {m: module_dependencies(m, SRC) - {m} for m in MODULES}
+    for a in MODULES:
+        for b in closure[a]:
+            if b != "delay_stability":  # the package root holds only the version
+                assert a not in closure.get(b, ()), f"{a} and {b} import each other"
+
+
+def test_no_private_name_is_imported_across_modules():
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("delay_stability")):
+                private = [a.name for a in node.names if a.name.startswith("_") and a.name != "__version__"]
+                assert not private, f"{path.relative_to(SRC)} imports {private} from {node.module}"
+
+
+def test_the_solver_knows_no_checkpoint_or_run_folder():
+    code = ast.dump(ast.parse((PACKAGE / "sharpness.py").read_text()))  # code, not its docstrings
+    names = {n.id for n in ast.walk(ast.parse((PACKAGE / "sharpness.py").read_text())) if isinstance(n, ast.Name)}
+    assert not {"load_checkpoint", "model_from_checkpoint", "load_run", "load_dataset"} & names
+    assert "torch.load" not in code
+    deps = module_dependencies("delay_stability.sharpness", SRC)
+    assert "delay_stability.train" not in deps and "delay_stability.data" not in deps
+
+
+def test_every_command_is_registered_by_its_module_and_listed_in_help():
+    parser = cli.build_parser("all")  # imports every owning module
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert list(sub.choices) == list(cli.COMMANDS)
+    helps = {a.dest: a.help for a in sub._choices_actions}
+    assert helps == {name: text for name, (_, text) in cli.COMMANDS.items()}
+    out = subprocess.run([sys.executable, "-m", "delay_stability.cli", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for name in cli.COMMANDS:
+        assert name in out
+
+
+NO_HEAVY = ("import sys; from delay_stability.cli import main\n"
+            "try:\n    rc = main({argv!r})\nexcept SystemExit as exc:\n    rc = exc.code\n"
+            "heavy = sorted(m for m in ('torch', 'matplotlib') if m in sys.modules)\n"
+            "print('HEAVY', heavy); sys.exit(rc)")
+
+
+@pytest.mark.parametrize("argv", [
+    ["threshold", "--tau", "32"],
+    ["lr", "--eta0", "0.1", "--tau", "32", "--momentum", "0.9", "--variant", "shifted"],
+    ["threshold", "--gaussian", "8", "--json"],
+    ["--help"],
+])
+def test_theory_commands_load_no_torch_and_no_matplotlib(argv):
+    res = subprocess.run([sys.executable, "-c", NO_HEAVY.format(argv=argv)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "HEAVY []" in res.stdout
+
+
+def test_a_theory_table_loads_no_torch(tmp_path):
+    argv = ["theory-table", "fig6", "--out", str(tmp_path / "fig6.csv"), "--tau-max", "4"]
+    res = subprocess.run([sys.executable, "-c", NO_HEAVY.format(argv=argv)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "HEAVY []" in res.stdout and (tmp_path / "fig6.csv").exists()
