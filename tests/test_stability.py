@@ -16,7 +16,7 @@ from delay_stability.experiments import stability as pipeline
 from delay_stability.experiments import stability_tables as tables
 from delay_stability.errors import UserError
 from delay_stability.theory import critical_alpha
-from workflow_util import SNAKEMAKE, copy_workflow, edit_config, snakemake
+from workflow_util import SNAKEMAKE, copy_workflow, edit_config, snakemake, tiny_stability
 from oracles import read_csv
 
 pytestmark = pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake is not installed")
@@ -28,18 +28,7 @@ TARGETS = ("figures/fig2.pdf", "figures/fig4.pdf", "figures/fig12.pdf",
 
 
 def tiny(config):
-    """A stability experiment that runs in seconds: 48 digits, MLP 64-24-10, short budgets."""
-    block = config["quick"]["stability"]
-    block["baseline"].update(model_args={"hidden": [24], "activation": "tanh"},
-                             dataset_args={"train_size": 48}, epochs=300, eval_every=100,
-                             checkpoint_every=100)
-    block["taus"] = TAUS
-    block["variants"] = {"plain": {"variant": "plain", "momenta": [0.0]},
-                         "shifted": {"variant": "shifted", "momenta": [0.5]}}
-    block["search"].update(alpha_max=4096.0, rel_tol=0.08, base_epochs=300, epochs_per_tau=300,
-                           max_epochs=1000)
-    block["continuation"] = {"eval_every": 20}
-    block["curves"] = {"taus": [2], "lr_factors": [0.8, 1.5], "epochs": 300}
+    tiny_stability(config, TAUS)
 
 
 @pytest.fixture(scope="module")

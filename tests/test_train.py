@@ -187,7 +187,10 @@ def test_full_batch_run_equals_a_plain_loop(tmp_path, variant):
     assert rows[0]["mean_staleness"] is None
     assert [r["mean_staleness"] for r in rows[1:5]] == [0, 1, 2, 3] and rows[-1]["mean_staleness"] == 3
     assert summary["status"] == "completed" and summary["epochs_run"] == 12 and summary["steps"] == 12
-    assert set(os.listdir(tmp_path)) == {"final.pt", "metrics.csv", "summary.json", "run.json"}
+    assert set(os.listdir(tmp_path)) == {"final.pt", "metrics.csv", "summary.json", "run.json", ".finished"}
+    kept = tmp_path / ".finished" / os.listdir(tmp_path / ".finished")[0]
+    assert sorted(os.listdir(kept)) == ["MANIFEST", "final.pt", "metrics.csv", "run.json", "summary.json"]
+    assert (kept / "final.pt").stat().st_ino == (tmp_path / "final.pt").stat().st_ino  # a hard link
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["spec"] == validate_spec(spec) and run["seed"] == 3 and run["device"] == "cpu"
     assert {"package_version", "torch_version", "hostname", "start_time", "end_time"} <= set(run)
@@ -319,7 +322,7 @@ def test_finished_run_of_another_spec_is_redone(tmp_path):
     assert_same_weights(final_weights(str(tmp_path / "a")), final_weights(str(tmp_path / "b")))
 
 
-def test_interrupted_run_of_another_spec_is_refused(tmp_path):
+def test_interrupted_run_of_another_spec_is_moved_aside_and_resumed_later(tmp_path):
     class Interrupt(Exception):
         pass
 
@@ -327,10 +330,17 @@ def test_interrupted_run_of_another_spec_is_refused(tmp_path):
         if event == "epoch" and state.epoch == 3:
             raise Interrupt
 
+    spec_a, spec_b = quick_spec(epochs=6, checkpoint_every=2), quick_spec(epochs=6, checkpoint_every=2, lr=0.3)
     with pytest.raises(Interrupt):
-        run_training(quick_spec(epochs=6, checkpoint_every=2), str(tmp_path), callbacks=[stop_at_epoch_3])
-    with pytest.raises(UserError, match=r"checkpoint.pt.*different spec.*lr"):
-        run_training(quick_spec(epochs=6, checkpoint_every=2, lr=0.3), str(tmp_path))
+        run_training(spec_a, str(tmp_path / "run"), callbacks=[stop_at_epoch_3])
+    run_training(spec_b, str(tmp_path / "run"))  # A's checkpoint (epoch 2) is moved aside, not lost
+    parked = list((tmp_path / "run" / ".interrupted").glob("*/checkpoint.pt"))
+    assert len(parked) == 1 and load_checkpoint(str(parked[0]))["epoch"] == 2
+    summary = run_training(spec_a, str(tmp_path / "run"))  # A resumes from epoch 2
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert [r["epoch"] for r in run["resumed"]] == [2] and summary["epochs_run"] == 6
+    run_training(spec_a, str(tmp_path / "whole"))
+    assert_same_weights(final_weights(str(tmp_path / "run")), final_weights(str(tmp_path / "whole")))
 
 
 def test_damaged_checkpoints_name_the_file(tmp_path):

@@ -11,6 +11,7 @@ one-line error with exit status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -36,6 +37,7 @@ COMMANDS = {
     "eos-collect": ("delay_stability.experiments.eos_tables",
                     "plateau table of tracked runs (delayed edge of stability)"),
     "grid-collect": ("delay_stability.experiments.grid", "tidy tables of the run folders of a grid"),
+    "audit": ("delay_stability.experiments.audit", "what produced every figure, and what is stale, missing or diverged"),
 }
 
 
@@ -110,6 +112,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"delay-stability {args.command}: error: no space left on the device writing "
+              f"{exc.filename or 'a result'}; free some and run again (the last checkpoint is intact)",
+              file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

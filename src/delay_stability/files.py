@@ -49,17 +49,30 @@ def read_json(path, what="file"):
         raise UserError(f"{what} {path} is not valid JSON ({exc})") from None
 
 
-def read_csv(path, what="table") -> list[dict]:
-    """A CSV file's rows as dicts of strings; a missing or unreadable file is a UserError naming it."""
+def read_csv(path, what="table", columns=None) -> list[dict]:
+    """A CSV file's rows as dicts of strings. A missing, unreadable or ragged file (a row with more
+    or fewer cells than the header: a half-written or damaged table), or one without the
+    ``columns`` asked for, is a UserError naming the file."""
     from .errors import UserError
 
     try:
         with open(path, newline="") as fh:
-            return list(csv.DictReader(fh))
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            header = reader.fieldnames or []
     except FileNotFoundError:
         raise UserError(f"{what} not found: {path}") from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"{what} {path} cannot be read ({exc})") from None
+    missing = [c for c in (columns or ()) if c not in header]
+    if missing:
+        raise UserError(f"{what} {path} is damaged or not a {what} (no column {', '.join(missing)}); "
+                        "delete it and run again")
+    for i, row in enumerate(rows, start=2):
+        if None in row or any(v is None for v in row.values()):
+            raise UserError(f"{what} {path} is damaged: line {i} does not have {len(header)} cells; "
+                            "delete it and run again")
+    return rows
 
 
 def parse_json_object(text, flag):

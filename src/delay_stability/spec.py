@@ -78,6 +78,8 @@ def dataset_args_with_defaults(name: str, args: dict | None) -> dict:
             raise UserError(f"spec key 'dataset_args.{key}': expected a non-negative integer, got {value!r}")
     if name == "digits" and not 1 <= out["train_size"] < DIGITS_SIZE:
         raise UserError(f"spec key 'dataset_args.train_size': must be in 1..{DIGITS_SIZE - 1}, got {out['train_size']}")
+    if out.get("root") is not None and not isinstance(out["root"], str):
+        raise UserError(f"spec key 'dataset_args.root': expected a folder path, got {out['root']!r}")
     if name == "imagenet" and not out["root"]:
         raise UserError("spec key 'dataset_args.root': imagenet needs the path of an ImageFolder tree (train/, val/)")
     if "download" in out and not isinstance(out["download"], bool):
@@ -228,10 +230,28 @@ def _model_args(name, args):
     if not isinstance(args, dict):
         raise _bad("model_args", f"expected a mapping, got {args!r}")
     allowed = MODEL_ARGS[name]
-    for k in args:
+    for k, value in args.items():
         if k not in allowed:
             raise _bad(f"model_args.{k}", f"not an argument of model {name!r} (choose {', '.join(allowed)})")
+        _check_like(f"model_args.{k}", value, allowed[k])
     return dict(args)
+
+
+def _check_like(key, value, default):
+    """A model argument of the same kind as its default: a bool, a positive integer, a word, or a
+    non-empty list of positive integers (layer widths)."""
+    if isinstance(default, bool):
+        _bool(key, value)
+    elif isinstance(default, int):
+        _int(key, value, 1)
+    elif isinstance(default, str):
+        if not isinstance(value, str) or not value:
+            raise _bad(key, f"expected a name, got {value!r}")
+    elif isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or not value:
+            raise _bad(key, f"expected a non-empty list of widths, got {value!r}")
+        for v in value:
+            _int(key, v, 1)
 
 
 def _lr_schedule(value):

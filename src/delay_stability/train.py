@@ -357,6 +357,15 @@ class Run:
                         f"{path!r} was written for a different spec (differs in: {', '.join(diff[:8])}); "
                         "use another --out folder or delete that checkpoint to start afresh"
                     )
+                version = ckpt.get("package_version")
+                if version != __version__ and name == "final.pt":
+                    print(f"[train {self.out_dir}] {path} was written by delay-stability {version} (this is "
+                          f"{__version__}); starting afresh", file=sys.stderr)
+                    return None
+                if version != __version__:
+                    raise UserError(
+                        f"{path!r} was written by delay-stability {version} (this is {__version__}): resume it "
+                        "with that version, or delete that checkpoint to start afresh")
                 return ckpt
         return None
 
@@ -373,6 +382,9 @@ class Run:
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.generator.set_state(rng["data"])
+        for cb, state in zip(self.callbacks, ckpt.get("callbacks") or []):
+            if state is not None and hasattr(cb, "load_state_dict"):
+                cb.load_state_dict(state)
         self.t0 = time.time()
 
     def _load_init_weights(self, path: str) -> None:
@@ -564,6 +576,8 @@ class Run:
             "step": self.loop["step"],
             "metrics": self.loop["rows"],
             "package_version": __version__,
+            # callbacks that carry state across steps (the sharpness tracker's warm start) keep it here
+            "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in self.callbacks],
         })
 
     def finish(self) -> dict:
@@ -617,24 +631,167 @@ class Run:
         }
 
 
-def run_training(spec: dict, out_dir: str, callbacks=()) -> dict:
+def run_training(spec: dict, out_dir: str, callbacks=(), *, code=("delay_stability.train",), key_extra=None) -> dict:
     """Train as ``spec`` says, writing metrics.csv, summary.json, run.json and final.pt into
     ``out_dir`` (resuming from a checkpoint of the same spec found there); returns the summary.
 
     ``callbacks`` are called as ``cb(event, state)`` with event "start", "step" (after every
     optimizer step; ``state.loss`` is the step's detached loss tensor), "epoch" (``state.loss`` the
     epoch's train loss, ``state.row`` its metrics row or None) and "end"; ``state`` also carries
-    model, optimizer, dataset, spec, loss_fn, out_dir, step and epoch.
+    model, optimizer, dataset, spec, loss_fn, out_dir, step and epoch. A callback with
+    ``state_dict()``/``load_state_dict(d)`` has its state saved in every checkpoint and restored on
+    resume (before its "start"), so that a resumed run's callbacks continue bit for bit.
+
+    A finished run is also kept in ``out_dir/.finished/<key>/`` (hard links, no extra disk), the
+    key being the spec, ``key_extra`` (a caller's settings that shape its files) and the code
+    that computes it (``code``: modules, hashed with everything they import). When the outputs
+    are gone (Snakemake deletes a job's outputs before it runs it again, and after it fails) and
+    the same key is asked for, they are restored from there instead of trained again; a run of
+    another key keeps the previous finished run until it is finished itself (``finished_runs``).
     """
     spec = validate_spec(spec)
+    prepare_folder(out_dir, spec)
+    key = run_key(spec, code, key_extra)
+    restored = restore_finished(out_dir, key)
+    if restored is not None:
+        return restored
+    run = Run(spec, out_dir, callbacks)
+    run.start()
+    run.train()
+    summary = run.finish()
+    keep_finished(out_dir, key)
+    return summary
+
+
+# ================================================================ finished runs survive a rerun
+
+FINISHED_DIR = ".finished"
+INTERRUPTED_DIR = ".interrupted"
+#: Files of a run folder that are its state in progress, not its result (and callbacks' *.partial.csv).
+IN_PROGRESS = ("checkpoint.pt",)
+
+
+def _in_progress_files(out_dir: str) -> list[str]:
+    return [n for n in os.listdir(out_dir) if n in IN_PROGRESS or n.endswith(".partial.csv")]
+
+
+def spec_key(spec: dict) -> str:
+    """A short hash of a validated spec."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def prepare_folder(out_dir: str, spec: dict) -> None:
+    """Make ``out_dir`` ready for a run of ``spec`` without losing anything: remove the temporary
+    files of a killed write; move an interrupted run of another spec aside (checkpoint.pt and the
+    callbacks' *.partial.csv go to ``.interrupted/<its spec>/``, and come back when that spec runs
+    again); bring back this spec's own interrupted run if it was moved aside."""
+    import shutil
+
     os.makedirs(out_dir, exist_ok=True)
     for name in os.listdir(out_dir):  # temporary files of a killed write
         if name.startswith(".tmp-"):
             os.remove(os.path.join(out_dir, name))
-    run = Run(spec, out_dir, callbacks)
-    run.start()
-    run.train()
-    return run.finish()
+    rolling = os.path.join(out_dir, "checkpoint.pt")
+    if os.path.exists(rolling):
+        theirs = load_checkpoint(rolling).get("spec")
+        diff = spec_differences(theirs, spec)
+        if not diff:
+            return
+        parked = os.path.join(out_dir, INTERRUPTED_DIR, spec_key(theirs))
+        shutil.rmtree(parked, ignore_errors=True)
+        os.makedirs(parked)
+        for name in _in_progress_files(out_dir):
+            os.replace(os.path.join(out_dir, name), os.path.join(parked, name))
+        print(f"[train {out_dir}] an interrupted run of another spec (differs in: {', '.join(diff[:8])}) "
+              f"was moved to {parked}; it resumes when its spec runs again", file=sys.stderr)
+    mine = os.path.join(out_dir, INTERRUPTED_DIR, spec_key(spec))
+    if os.path.isfile(os.path.join(mine, "checkpoint.pt")):
+        for name in os.listdir(mine):
+            os.replace(os.path.join(mine, name), os.path.join(out_dir, name))
+        os.rmdir(mine)
+        print(f"[train {out_dir}] resuming this spec's interrupted run, moved aside earlier", file=sys.stderr)
+
+
+def run_key(spec: dict, code=("delay_stability.train",), extra=None) -> str:
+    """``<spec hash>-<code hash>``: what a finished run's results depend on (the validated spec,
+    the caller's ``extra`` settings, and the code of the ``code`` modules with what they import)."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from .files import code_hash
+
+    text = json.dumps({"spec": spec, "extra": extra}, sort_keys=True, default=str)
+    spec_part = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return f"{spec_part}-{code_hash(list(code), Path(__file__).resolve().parents[1])}"
+
+
+def finished_runs(out_dir: str) -> list[str]:
+    """The keys of the finished runs kept in ``out_dir`` (at most the last one, and a newer one)."""
+    root = os.path.join(out_dir, FINISHED_DIR)
+    if not os.path.isdir(root):
+        return []
+    return sorted(k for k in os.listdir(root) if not k.startswith(".") and os.path.isfile(os.path.join(root, k, "MANIFEST")))
+
+
+def _link(src: str, dst: str) -> None:
+    """``dst`` becomes a hard link to ``src`` (a copy where the file system has none), atomically."""
+    import shutil
+
+    tmp = os.path.join(os.path.dirname(dst), ".tmp-link-" + os.path.basename(dst))
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
+def keep_finished(out_dir: str, key: str) -> None:
+    """Keep the result files of the finished run in ``out_dir`` under ``.finished/<key>/`` (a
+    MANIFEST, written last, lists them) and drop the finished runs of other keys."""
+    import shutil
+
+    root = os.path.join(out_dir, FINISHED_DIR)
+    names = sorted(n for n in os.listdir(out_dir)
+                   if not n.startswith(".") and n not in IN_PROGRESS and os.path.isfile(os.path.join(out_dir, n)))
+    work = os.path.join(root, f".tmp-{key}")
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    for name in names:
+        _link(os.path.join(out_dir, name), os.path.join(work, name))
+    _atomic_write(os.path.join(work, "MANIFEST"), lambda f: f.write("\n".join(names).encode() + b"\n"))
+    final = os.path.join(root, key)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(work, final)
+    for other in os.listdir(root):
+        if other != key:
+            shutil.rmtree(os.path.join(root, other), ignore_errors=True)
+
+
+def restore_finished(out_dir: str, key: str):
+    """When ``out_dir`` has lost the result files of a finished run of ``key`` (and holds no run in
+    progress), put them back from ``.finished/<key>/`` and return its summary; else None."""
+    store = os.path.join(out_dir, FINISHED_DIR, key)
+    manifest = os.path.join(store, "MANIFEST")
+    if not os.path.isfile(manifest) or os.path.exists(os.path.join(out_dir, "checkpoint.pt")):
+        return None
+    with open(manifest) as f:
+        names = [n for n in f.read().split() if n]
+    if not names or not all(os.path.isfile(os.path.join(store, n)) for n in names):
+        return None
+    for name in names:
+        _link(os.path.join(store, name), os.path.join(out_dir, name))
+        os.utime(os.path.join(out_dir, name))  # new outputs for Snakemake: they are this job's
+    print(f"[train {out_dir}] restored the finished run {key} (same spec and code) from {store}",
+          file=sys.stderr)
+    from .files import read_json
+
+    return read_json(os.path.join(out_dir, "summary.json"), "run summary")
 
 
 # ================================================================ command line

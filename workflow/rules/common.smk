@@ -1,19 +1,18 @@
 # The one place that knows the config's shape, the paths, the code hashes and the figure helper.
 # No experiment logic: each experiment's rules are in workflow/rules/<experiment>.smk, its run specs
 # in src/delay_stability/experiments/<experiment>.py.
-import copy
 import json
 import os
 import re
 import sys
 from pathlib import Path
 
-import jsonschema
 import yaml
 from snakemake.exceptions import WorkflowError
 
 import delay_stability
 from delay_stability.errors import UserError
+from delay_stability.experiments import config as config_check
 from delay_stability.files import code_hash
 from delay_stability.spec import deep_merge, validate_spec
 
@@ -24,43 +23,10 @@ SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 SRC = Path(sys.modules["delay_stability"].__file__).resolve().parents[1]
 
 
-def _key_path(error):
-    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
-
-
-def _with_defaults(validator_class):
-    """A validator that also fills in the schema's `default:` values (the one place they live)."""
-    validate_properties = validator_class.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for key, sub in properties.items():
-                if "default" in sub and key not in instance:
-                    instance[key] = copy.deepcopy(sub["default"])
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
-
-
-def validate_config(cfg):
-    """Validate the config against the schema and fill in its defaults; one clear line per
-    problem, naming the key."""
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
-    problems = []
-    for err in sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path))):
-        if err.validator == "additionalProperties":
-            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
-            problems.append(f"unknown key(s) {', '.join(map(repr, extra))} under '{_key_path(err)}'")
-        else:
-            problems.append(f"config key '{_key_path(err)}': {err.message}")
-    if problems:
-        raise WorkflowError("invalid configuration:\n  " + "\n  ".join(problems))
-    if cfg["scale"] not in cfg:
-        raise WorkflowError(f"config key 'scale': '{cfg['scale']}' has no block '{cfg['scale']}:' in the config")
-
-
-validate_config(config)
+try:  # the schema (its defaults filled in) and every training spec of the scale, before any job
+    config_check.check(config, yaml.safe_load(SCHEMA_PATH.read_text()))
+except UserError as exc:
+    raise WorkflowError(str(exc)) from None
 
 SCALE = config["scale"]
 EXP = config[SCALE]                          # the experiment blocks of the current scale
@@ -114,11 +80,7 @@ def checked_spec(spec, key):
 
 def with_run_settings(spec):
     """Add the config's run-wide settings (device, data_dir, download) to a training spec."""
-    spec = deep_merge(spec, {"device": config["device"]})
-    if spec.get("dataset") in ("mnist", "cifar10", "cifar100"):
-        args = {"root": config["data_dir"], "download": config["download"]}
-        spec["dataset_args"] = {**args, **(spec.get("dataset_args") or {})}
-    return spec
+    return config_check.with_run_settings(spec, config)
 
 
 def device_flag():
@@ -161,23 +123,3 @@ def register_run(folder, spec, key, runtime_quick=30, runtime_paper=24 * 60):
 def run_file(folder, name="final.pt"):
     """A file of a registered run folder (final.pt, metrics.csv, summary.json, run.json, spec.json)."""
     return str(Path(folder) / name)
-
-
-# ------------------------------------------------------------------ blocks that no rule builds yet
-def planned_training_blocks(exp):
-    """(config key, spec) of the training blocks of experiments that no rule builds yet
-    (generalization, table1, fig11, imagenet, momentum): validated all the same, so that a typo
-    there fails `snakemake -n` too."""
-    for name in ("generalization", "fig11", "imagenet", "momentum"):
-        if name in exp:
-            yield f"{name}.train", exp[name]["train"]
-    for fig in ("fig1", "fig13", "fig3"):
-        if "train" in exp.get("generalization", {}).get(fig, {}):
-            yield f"generalization.{fig}.train", deep_merge(exp["generalization"]["train"],
-                                                            exp["generalization"][fig]["train"])
-    for i, net in enumerate(exp.get("table1", {}).get("networks", [])):
-        yield f"table1.networks[{i}].train", net["train"]
-
-
-for _key, _spec in planned_training_blocks(EXP):
-    checked_spec(with_run_settings(_spec), _key)

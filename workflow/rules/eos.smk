@@ -16,16 +16,10 @@ EOS_CODE = src_hash("experiments.eos")
 EOS_BASE = with_run_settings(EOS["train"]) if EOS else {}
 EOS_BURN_IN = str(EOS_DIR / "burn_in" / "final.pt")
 
-# Every run's spec is built and checked now, when the DAG is built.
-try:
-    EOS_FIXED = eos_exp.fixed_runs(EOS, EOS_BASE) if EOS else {}
-except UserError as exc:
-    raise WorkflowError(f"invalid configuration: {SCALE}.eos.fixed: {exc}") from None
+# Every run's spec (checked with the whole config in common.smk): {folder name: grid run} and
+# {(variant, m, tau): spec without lr (eos-run --edge sets it)}.
+EOS_FIXED = eos_exp.fixed_runs(EOS, EOS_BASE) if EOS else {}
 EOS_SCALED = {r: eos_exp.scaled_spec(EOS, EOS_BASE, *r, EOS_BURN_IN) for r in eos_exp.scaled_runs(EOS)} if EOS else {}
-for _spec in EOS_SCALED.values():
-    checked_spec({**_spec, "lr": 1.0}, "eos.scaled")  # eos-run sets lr (--edge); the rest is checked now
-if EOS and EOS.get("scaled"):
-    checked_spec(eos_exp.burn_in_spec(EOS, EOS_BASE), "eos.scaled.burn_in")
 if EOS:
     ALL_TARGETS.extend(figure("delayed_eos"))
 

@@ -5,25 +5,16 @@
 #   grid are in delay_stability.experiments.stability, its tables in experiments.stability_tables.
 from delay_stability.experiments import stability as stability_exp
 
-STABILITY_EXPERIMENTS = [e for e in ("stability", "shifted_stability") if e in EXP]
-# fig4 (right) reads the experiment that holds shifted momentum: its own at paper scale, else the main one.
-FIG4_EXPERIMENT = "shifted_stability" if "shifted_stability" in EXP else "stability"
+STABILITY_EXPERIMENTS = [e for e in stability_exp.EXPERIMENTS if e in EXP]
 STABILITY_TABLES = SCALE_DIR / "stability"
-#: figure -> the experiment whose searches it draws
-STABILITY_FIGURES = {name: exp for name, exp in (("fig2", "stability"), ("fig12", "stability"),
-                                                  ("fig4", FIG4_EXPERIMENT)) if exp in EXP}
+#: figure -> the experiment whose searches it draws (fig4: the one that holds shifted momentum)
+STABILITY_FIGURES = stability_exp.figure_experiments(EXP)
 
 
 
 for _exp in STABILITY_EXPERIMENTS:
     register_run(SCALE_DIR / _exp / "baseline", EXP[_exp]["baseline"], f"{_exp}.baseline",
                  runtime_quick=30, runtime_paper=72 * 60)
-    for _figure in ("fig2", "fig12", "fig4"):
-        if STABILITY_FIGURES.get(_figure) == _exp:
-            try:
-                stability_exp.figure_searches(EXP[_exp], _figure)
-            except UserError as exc:
-                raise WorkflowError(f"invalid configuration: {SCALE}.{_exp}.{exc}") from None
 
 if STABILITY_EXPERIMENTS:
     ALL_TARGETS.extend(str(STABILITY_TABLES / f"{t}.csv") for t in ("thresholds", "fits", "probes", "curves"))

@@ -36,8 +36,8 @@ Files of a tracked run (besides those of ``train.run_training``):
 
 Resume: ``run_training`` continues from the last checkpoint (step S); the tracker keeps the rows
 with step ≤ S and measures the later steps again, so the finished table has the same steps and
-losses as an uninterrupted run. The first measurement after a resume starts Lanczos from a seeded
-random vector instead of the lost previous eigenvector; its value agrees to the solver tolerance.
+losses as an uninterrupted run, and (the warm-start eigenvector is saved in every checkpoint) the
+same sharpness values, bit for bit.
 """
 
 from __future__ import annotations
@@ -116,9 +116,17 @@ class SharpnessTracker:
                 self._measure(state)
             self._finish()
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs to measure bit for bit as an uninterrupted one: the warm start."""
+        return {"vector": None if self.vector is None else self.vector.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resumed_vector = state.get("vector")
+
     def _start(self, state):
         self.batches = self._hessian_batches(state)
-        self.vector = None
+        resumed = getattr(self, "_resumed_vector", None)
+        self.vector = None if resumed is None or state.step == 0 else resumed.to(self.batches[0][0].device)
         if state.step == 0:  # a fresh run: forget any table of an earlier run in this folder
             self.rows = []
             self._measure(state)
@@ -282,10 +290,11 @@ def run_tracked(spec, out_dir, *, every, tol=1e-3, max_iter=100, method="lanczos
                 "max_iter": max_iter, "method": method, "hvp_batch": hvp_batch}
     tracker = SharpnessTracker(out_dir, every, tol=tol, max_iter=max_iter, method=method,
                                hvp_batch=hvp_batch, seed=int(spec.get("seed", 0)))
+    train.prepare_folder(out_dir, validate_spec(spec))
     if _will_resume(out_dir, validate_spec(spec)):
         _check_settings(out_dir, settings)
     write_json(os.path.join(out_dir, SETTINGS_FILE), settings)
-    return train.run_training(spec, out_dir, callbacks=[tracker])
+    return train.run_training(spec, out_dir, callbacks=[tracker], code=(__name__,), key_extra=settings)
 
 
 def _will_resume(out_dir, spec) -> bool:

@@ -48,6 +48,18 @@ def lr_tag(lr: float) -> str:
 
 
 # ----------------------------------------------------------------------------- the grid of the experiment
+#: The config blocks of the experiment: the main one, and (at paper scale) fig. 4's own network.
+EXPERIMENTS = ("stability", "shifted_stability")
+
+
+def figure_experiments(exp: dict) -> dict:
+    """figure -> the experiment (config block of ``exp``) whose searches it draws: fig2 and fig12 the
+    main one, fig4 the one that holds shifted momentum (its own at paper scale, else the main one)."""
+    fig4 = "shifted_stability" if "shifted_stability" in exp else "stability"
+    wanted = {"fig2": "stability", "fig12": "stability", "fig4": fig4}
+    return {figure: name for figure, name in wanted.items() if name in exp}
+
+
 def searches(block: dict) -> list[tuple[str, float, int]]:
     """(variant, m, τ) of every threshold search of an experiment's config block."""
     return [(entry["variant"], float(m), int(tau))

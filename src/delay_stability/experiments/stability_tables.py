@@ -63,7 +63,7 @@ def collect(search_files, curve_summaries, experiment_of, out_thresholds, out_pr
     for path in curve_summaries:
         info = read_json(Path(path).with_name("curve.json"), "curve record")
         summary = read_json(path, "run summary")
-        for row in read_csv(Path(path).with_name("metrics.csv"), "metrics"):
+        for row in read_csv(Path(path).with_name("metrics.csv"), "metrics", columns=("epoch", "train_loss", "val_error")):
             curves.append({"experiment": experiment_of(path), **info, "status": summary["status"],
                            "epoch": row["epoch"], "train_loss": row["train_loss"],
                            "val_error": row["val_error"]})

@@ -1,0 +1,365 @@
+"""`delay-stability audit`: what produced every figure, and what is stale, missing or diverged.
+
+Snakemake knows the DAG, so the audit asks it, in two subprocesses run side by side in the project
+folder: ``snakemake --summary`` (one row per output file of the DAG: output_file, date, rule,
+log-file(s), status, plan) says whether each file is up to date, and ``snakemake -n -F`` (a dry run
+that lists every job of the DAG with its input and output files) says which files each job reads.
+Every file is then
+
+- ``ok``: Snakemake's status is "ok" (or a temp/pipe/service file that is absent by design) and
+  its plan is "no update";
+- ``missing``: status "missing", also when Snakemake would not rebuild it because the figure
+  downstream is newer (a deleted intermediate: a table, a search.json);
+- ``stale``: any other status ("params changed", "rule implementation changed", "updated input
+  files", "set of input files changed"), or "ok" with an update pending (something upstream).
+
+The report is grouped by figure (the jobs of the targets; without ``--target`` the inputs of
+``rule all``, i.e. every figure of the scale): the figure, the tables its rule reads, and for each
+table the run folders behind it (a folder with run.json that a job upstream of the table writes:
+the outputs of the generic ``train`` rule, and the continuation folders that a search or a curve
+job writes beside its output) with their status, epochs, steps, seconds, package and torch
+versions and device (``run_facts``), plus every file upstream of the table that is not ok. A run or
+an upstream file that several tables of a figure share is listed under the first of them.
+
+Code hashes come from Snakemake's metadata (``.snakemake/metadata/``, one record per output file,
+named by the urlsafe base64 of its path). Snakemake stores a job's params as the sorted list of
+their ``repr``s, without their names, so the rules' ``code=src_hash(...)`` param is recognised as
+the params value that is a 12-hex-digit string (``files.code_hash``); the record's ``code`` key is
+the rule's shell command, not a hash. ``job_hash`` (Snakemake's hash of the job) is reported too.
+
+Exit status: 0 when every file the figures need is ok, 1 when one is stale or missing (diverged
+runs are results: listed, they do not fail the audit), 2 for a user error. The dry run's job list
+is Snakemake's console format: a rule with a ``message:`` would print no files (no rule has one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from base64 import urlsafe_b64encode
+from datetime import datetime
+from pathlib import Path
+
+from ..errors import UserError
+from ..files import write_json
+
+#: Snakemake statuses of files that are absent by design (not a problem).
+ABSENT_BY_DESIGN = {"removed temp file", "pipe file", "service file", "file local to node"}
+SNAKEFILES = ("Snakefile", "snakefile", "workflow/Snakefile", "workflow/snakefile")
+_JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (\S+):$")
+_CODE_PARAM = re.compile(r"^'([0-9a-f]{12})'$")
+#: run.json / summary.json keys that the report shows for each run.
+RUN_KEYS = ("seed", "package_version", "torch_version", "device", "device_name", "start_time", "end_time")
+SUMMARY_KEYS = ("epochs_run", "steps", "seconds", "diverged_epoch")
+
+
+# ------------------------------------------------------------------ Snakemake
+def snakemake_commands(scale=None, config_file=None, targets=()):
+    """The two Snakemake command lines: (summary, dry run of every job)."""
+    options = []
+    if config_file:
+        options += ["--configfile", str(config_file)]
+    if scale:
+        options += ["--config", f"scale={scale}"]  # last: --config takes every word after it
+    base = [sys.executable, "-m", "snakemake", *targets]
+    return [*base, "--summary", *options], [*base, "--dry-run", "--forceall", *options]
+
+
+def _error_line(output):
+    """Snakemake's error message as one line (without its traceback)."""
+    lines = []
+    for line in output.splitlines():
+        if line.startswith("  File ") or line.startswith("Traceback"):
+            break
+        if line.strip() and not line.startswith(("Building DAG", "Assuming", "Using")):
+            lines.append(line.strip())
+    return " ".join(lines)[-500:] or "no output"
+
+
+def run_snakemake(directory, commands):
+    """Run ``commands`` side by side in ``directory``; their outputs (stdout and stderr together
+    for all but the first, whose stdout is the summary table). A failure is a UserError."""
+    procs = [subprocess.Popen(cmd, cwd=directory, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE if i == 0 else subprocess.STDOUT)
+             for i, cmd in enumerate(commands)]
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            for other in procs:
+                if other.poll() is None:
+                    other.kill()
+            raise UserError(f"snakemake failed in {directory}: {_error_line((err or '') + out)}")
+        outputs.append(out)
+    return outputs
+
+
+def parse_summary(text):
+    """``snakemake --summary`` output -> {output file: {date, rule, log, status, plan}}."""
+    rows = {}
+    lines = [line for line in text.splitlines() if "\t" in line]
+    if not lines or not lines[0].startswith("output_file\t"):
+        raise UserError("snakemake --summary printed no table")
+    header = lines[0].split("\t")
+    for line in lines[1:]:
+        row = dict(zip(header, line.split("\t")))
+        rows[row["output_file"]] = {"date": row.get("date"), "rule": row.get("rule"),
+                                    "log": row.get("log-file(s)"), "status": row.get("status"),
+                                    "plan": row.get("plan")}
+    return rows
+
+
+def parse_dag(text):
+    """The jobs of a dry run's output: [{"rule", "input": [...], "output": [...]}] in its order."""
+    jobs, job = [], None
+    for line in text.splitlines():
+        header = _JOB_HEADER.match(line)
+        if header:
+            job = {"rule": header.group(1), "input": [], "output": []}
+            jobs.append(job)
+        elif job is not None and line.startswith("    ") and ": " in line:
+            key, value = line.strip().split(": ", 1)
+            if key in ("input", "output"):
+                job[key] = value.split(", ")
+        elif not line.startswith("    "):
+            job = None
+    return jobs
+
+
+def classify(row):
+    """(state, reason) of a summary row: ok, missing or stale, and Snakemake's words."""
+    status, plan = row.get("status"), row.get("plan")
+    if status == "missing":
+        return "missing", "missing"
+    if status == "ok" or status in ABSENT_BY_DESIGN:
+        if plan == "update pending":
+            return "stale", "update pending (an input changed or will be rebuilt)"
+        return "ok", status
+    return "stale", status
+
+
+# ------------------------------------------------------------------ records on disk
+def job_record(directory, path):
+    """Snakemake's metadata record of an output file (``.snakemake/metadata``), or None."""
+    metadata = Path(directory) / ".snakemake" / "metadata"
+    if not metadata.is_dir():
+        return None
+    max_len = (os.pathconf(metadata, "PC_NAME_MAX") if os.name == "posix" else 255) or 255
+    b64 = urlsafe_b64encode(str(path).encode()).decode()
+    parts = [b64[i:i + max_len - 1] for i in range(0, len(b64), max_len - 1)]
+    record = metadata.joinpath(*["@" + p for p in parts[:-1]], parts[-1])
+    try:
+        return json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def provenance(directory, path):
+    """What Snakemake recorded of the job that wrote ``path``: rule, code hash, job hash, end time."""
+    record = job_record(directory, path)
+    if not record:
+        return {"code": None, "job_hash": None, "built": None}
+    codes = [m.group(1) for p in record.get("params") or [] if (m := _CODE_PARAM.match(str(p)))]
+    end = record.get("endtime")
+    return {"code": ",".join(codes) or None, "job_hash": record.get("job_hash"),
+            "built": datetime.fromtimestamp(end).isoformat(sep=" ", timespec="seconds") if end else None}
+
+
+def _read(path):
+    try:
+        return json.loads(Path(path).read_text()), None
+    except FileNotFoundError:
+        return {}, "missing"
+    except (OSError, ValueError):
+        return {}, "unreadable"
+
+
+def run_facts(folder):
+    """The facts of one run folder from its run.json and summary.json: status (the run's own:
+    completed, steady, settled, escaped, diverged; or "missing"/"unreadable" when a file is),
+    ``diverged``, epochs_run, steps, seconds, seed, package and torch versions, device, times."""
+    run, run_problem = _read(Path(folder) / "run.json")
+    summary, summary_problem = _read(Path(folder) / "summary.json")
+    facts = {"folder": str(folder), "status": summary.get("status") or summary_problem or run_problem or "unknown"}
+    if run_problem and not summary_problem:
+        facts["status"] += f" (run.json {run_problem})"
+    facts.update({k: summary.get(k) for k in SUMMARY_KEYS})
+    facts.update({k: run.get(k) for k in RUN_KEYS})
+    facts["diverged"] = bool(summary.get("diverged")) or summary.get("status") == "diverged"
+    return facts
+
+
+# ------------------------------------------------------------------ the report
+def build_report(directory, rows, jobs, targets=()):
+    """The audit of the figures of ``targets`` (default: the inputs of the jobs without outputs,
+    i.e. ``rule all``) from the summary ``rows`` and the DAG ``jobs`` (see the module docstring)."""
+    directory = Path(directory)
+    producer = {f: i for i, job in enumerate(jobs) for f in job["output"]}
+    known_dirs = {str(Path(f).parent) for f in producer}
+
+    def file_entry(path):
+        row = rows.get(path)
+        if row is None:  # a source file: no job writes it
+            state = "ok" if (directory / path).exists() else "missing"
+            entry = {"file": path, "state": state, "reason": "source file", "rule": None}
+        else:
+            state, reason = classify(row)
+            entry = {"file": path, "state": state, "reason": reason, "rule": row["rule"]}
+        return {**entry, **provenance(directory, path)}
+
+    def upstream(index):
+        seen, stack = set(), [index]
+        while stack:
+            i = stack.pop()
+            if i not in seen:
+                seen.add(i)
+                stack.extend(producer[f] for f in jobs[i]["input"] if f in producer)
+        return [f for i in sorted(seen) for f in jobs[i]["output"]]
+
+    def runs_of(files):
+        runs = {}  # folder -> the file through which it was found
+        for f in files:
+            folder = Path(f).parent
+            if Path(f).name == "run.json" or (directory / folder / "run.json").exists():
+                runs.setdefault(str(folder), f)
+            elif (directory / folder).is_dir():
+                for child in sorted((directory / folder).iterdir()):
+                    rel = str(child.relative_to(directory))
+                    if rel not in known_dirs and (child / "run.json").exists():
+                        runs.setdefault(rel, f)
+        out = []
+        for folder, found_by in runs.items():
+            state, reason = classify(rows[found_by]) if found_by in rows else ("ok", "")
+            out.append({**run_facts(directory / folder), "folder": folder, "state": state,
+                        "reason": reason, "rule": rows.get(found_by, {}).get("rule"),
+                        **provenance(directory, found_by)})
+        return out
+
+    if targets:
+        figure_jobs = []
+        for t in map(os.path.normpath, targets):
+            matches = [producer[t]] if t in producer else [i for i, j in enumerate(jobs) if j["rule"] == t]
+            for i in matches:
+                figure_jobs += [i] if jobs[i]["output"] else [producer[f] for f in jobs[i]["input"] if f in producer]
+    else:
+        figure_jobs = [producer[f] for job in jobs if not job["output"] for f in job["input"] if f in producer]
+    figure_jobs = list(dict.fromkeys(figure_jobs))
+
+    figures = []
+    for i in figure_jobs:
+        outputs = [file_entry(f) for f in jobs[i]["output"]]
+        worst = next((s for s in ("missing", "stale") if any(o["state"] == s for o in outputs)), "ok")
+        tables, listed = [], set(jobs[i]["input"])  # a run or a file: under the first table behind it
+        for table in jobs[i]["input"]:
+            entry = file_entry(table)
+            closure = [f for f in upstream(producer[table]) if f != table] if table in producer else []
+            entry["runs"] = [r for r in runs_of(closure) if r["folder"] not in listed]
+            entry["needs"] = [e for e in map(file_entry, closure) if e["state"] != "ok" and e["file"] not in listed]
+            listed |= {r["folder"] for r in entry["runs"]} | set(closure)
+            tables.append(entry)
+        figures.append({"figure": jobs[i]["output"][0], "files": outputs, "state": worst,
+                        "reason": "; ".join(sorted({o["reason"] for o in outputs})), "rule": jobs[i]["rule"],
+                        **{k: outputs[0][k] for k in ("code", "job_hash", "built")}, "tables": tables})
+
+    problems = [{"file": f, "state": s, "reason": r, "rule": row["rule"]}
+                for f, row in rows.items() for s, r in [classify(row)] if s != "ok"]
+    diverged = {run["folder"]: run for fig in figures for t in fig["tables"] for run in t["runs"] if run["diverged"]}
+    return {"directory": str(directory), "targets": list(targets), "figures": figures,
+            "files": len(rows), "problems": problems, "diverged": list(diverged.values()),
+            "ok": not problems}
+
+
+def audit(directory=".", scale=None, config_file=None, targets=()):
+    """Run the two Snakemake subprocesses in ``directory`` and build the report."""
+    directory = Path(directory)
+    if not directory.is_dir() or not any((directory / s).is_file() for s in SNAKEFILES):
+        raise UserError(f"no Snakefile in {directory} (run the audit in the project folder or pass --directory)")
+    if config_file is not None:
+        config_file = Path(config_file).resolve()
+        if not config_file.is_file():
+            raise UserError(f"config file not found: {config_file}")
+    summary, dag = run_snakemake(directory, snakemake_commands(scale, config_file, targets))
+    report = build_report(directory, parse_summary(summary), parse_dag(dag), targets)
+    report["scale"] = scale or _configured_scale(config_file or directory / "config.yaml")
+    return report
+
+
+def _configured_scale(path):
+    """The ``scale`` key of a config file (what Snakemake uses without --scale)."""
+    import yaml
+
+    try:
+        return str((yaml.safe_load(Path(path).read_text()) or {}).get("scale", "quick"))
+    except (OSError, yaml.YAMLError, AttributeError):
+        return "as configured"
+
+
+def _describe(entry):
+    return _state(entry) + f"  [{entry['rule'] or 'source'}, code {entry['code'] or '-'}, built {entry['built'] or '-'}]"
+
+
+def _state(entry):
+    return entry["state"] + (f" ({entry['reason']})" if entry["reason"] not in ("ok", entry["state"]) else "")
+
+
+def _describe_run(run):
+    words = [run["status"]]
+    if run.get("epochs_run") is not None:
+        words.append(f"{run['epochs_run']} epochs, {run['steps']} steps, {run['seconds']} s")
+    if run.get("package_version"):
+        words.append(f"delay-stability {run['package_version']}, torch {run['torch_version']}, "
+                     f"{run['device']} ({run['device_name']})")
+    if run["state"] != "ok":
+        words.append(f"snakemake: {_state(run)}")
+    return ", ".join(words) + f"  [{run['rule'] or '-'}, code {run['code'] or '-'}]"
+
+
+def format_report(report):
+    """The report as text: one line per figure, table, run and problem, indented."""
+    lines = [f"audit of {report['directory']} (scale: {report['scale']}): {len(report['figures'])} target(s), "
+             f"{report['files']} files in the DAG"]
+    for fig in report["figures"]:
+        kind = "figure" if fig["figure"].endswith((".pdf", ".png", ".svg")) else "target"
+        lines.append(f"{kind} {', '.join(f['file'] for f in fig['files'])}: {_describe(fig)}")
+        for table in fig["tables"]:
+            lines.append(f"  table {table['file']}: {_describe(table)}")
+            lines += [f"    run {run['folder']}: {_describe_run(run)}" for run in table["runs"]]
+            lines += [f"    needs {e['file']}: {_state(e)}  [{e['rule']}]" for e in table["needs"]]
+    if report["diverged"]:
+        lines.append(f"diverged runs ({len(report['diverged'])}, results, not failures):")
+        lines += [f"  {run['folder']}: diverged at epoch {run['diverged_epoch']}" for run in report["diverged"]]
+    counts = {s: sum(p["state"] == s for p in report["problems"]) for s in ("missing", "stale")}
+    lines.append(f"result: {counts['missing']} missing, {counts['stale']} stale of {report['files']} files; "
+                 f"{len(report['diverged'])} diverged run(s) -> {'ok' if report['ok'] else 'NOT up to date'}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ command line
+def register(subparsers) -> None:
+    """Add the ``audit`` command to ``subparsers``."""
+    p = subparsers.add_parser(
+        "audit",
+        help="what produced every figure, and what is stale, missing or diverged",
+        description="For every figure of the scale: the tables behind it and the runs behind each table "
+        "(status, epochs, code hash, package and torch versions, device, seconds), from Snakemake's own "
+        "summary of the DAG. Exit 0: every figure's inputs are present and up to date; 1: something a "
+        "figure needs is stale or missing (diverged runs are listed, they do not fail); 2: user error.",
+    )
+    p.add_argument("--scale", choices=("quick", "paper"), help="the scale to audit (default: the config's)")
+    p.add_argument("--config-file", metavar="YAML", help="a config file for Snakemake (--configfile)")
+    p.add_argument("--target", action="append", default=[], metavar="FILE",
+                   help="audit only this figure target (repeatable; default: every figure, rule all)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--directory", default=".", metavar="DIR", help="the project folder (default: .)")
+    p.set_defaults(func=_cli_audit)
+
+
+def _cli_audit(args) -> int:
+    report = audit(args.directory, args.scale, args.config_file, args.target)
+    print(format_report(report))
+    if args.json:
+        write_json(args.json, report)
+    return 0 if report["ok"] else 1
