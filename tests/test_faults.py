@@ -28,7 +28,6 @@ import torch
 
 from delay_stability import __version__, train
 from delay_stability.cli import main as cli_main
-from delay_stability.errors import UserError
 from workflow_util import (SNAKEMAKE, copy_workflow, edit_config, snakemake, tiny_eos, tiny_stability,
                            tiny_theory)
 
@@ -462,3 +461,70 @@ def test_a_damaged_checkpoint_of_another_run_is_named_not_moved(finished, tmp_pa
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(quick_spec(epochs=4, lr=0.3)))
     assert_one_line_error(capsys, ["train", "--spec", spec, "--out", out], "checkpoint.pt", out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Job time limits: a long run is a chain of bounded jobs
+# ------------------------------------------------------------------------------------------------
+
+
+def test_a_run_past_its_time_limit_stops_with_a_checkpoint_and_resumes_bit_for_bit(tmp_path, monkeypatch):
+    from delay_stability.errors import TimeLimitReached
+
+    spec = quick_spec(epochs=30, checkpoint_every=100)
+    monkeypatch.setenv(train.JOB_SECONDS_ENV, "0")
+    with pytest.raises(TimeLimitReached):
+        train.run_training(spec, str(tmp_path / "chain"))
+    assert train.load_checkpoint(str(tmp_path / "chain" / "checkpoint.pt"))["epoch"] == 1
+    monkeypatch.delenv(train.JOB_SECONDS_ENV)
+    train.run_training(spec, str(tmp_path / "chain"))
+    train.run_training(spec, str(tmp_path / "whole"))
+    assert same_weights(str(tmp_path / "chain" / "final.pt"), str(tmp_path / "whole" / "final.pt"))
+    assert rows_without_seconds(tmp_path / "chain" / "metrics.csv") == rows_without_seconds(tmp_path / "whole" / "metrics.csv")
+
+
+@needs_snakemake
+def test_a_baseline_longer_than_the_job_limit_runs_as_a_chain_of_jobs(tmp_path):
+    workdir = copy_workflow(tmp_path / "project")
+    edit_config(workdir, lambda c: (tiny_stability(c), c["quick"]["stability"]["baseline"].update(
+        epochs=4000, checkpoint_every=4000)))
+    result = snakemake(workdir, "--cores", "1", "--retries", "30", BASELINE, env={train.JOB_SECONDS_ENV: "0.2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((workdir / "results/quick/stability/baseline/run.json").read_text())
+    assert len(run["resumed"]) >= 1  # it took a chain of jobs (how many depends on the machine's speed)
+    spec = json.loads((workdir / "results/quick/stability/baseline/spec.json").read_text())
+    train.run_training(spec, str(tmp_path / "whole"))
+    assert same_weights(str(workdir / BASELINE), str(tmp_path / "whole" / "final.pt"))
+    assert rows_without_seconds(workdir / "results/quick/stability/baseline/metrics.csv") == \
+        rows_without_seconds(tmp_path / "whole" / "metrics.csv")
+
+
+@needs_snakemake
+def test_max_job_minutes_caps_the_runtime_the_training_jobs_ask_for(tmp_path):
+    workdir = copy_workflow(tmp_path / "project")
+    result = snakemake(workdir, "-n", "figures/fig2.pdf", "--config", "scale=paper", "max_job_minutes=600")
+    assert result.returncode == 0, result.stderr[-2000:]
+    runtimes = [int(m) for m in __import__("re").findall(r"runtime=(\d+)", result.stdout)]
+    assert runtimes and max(runtimes) == 600
+
+
+# ------------------------------------------------------------------------------------------------
+# Divergence is a result
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_overflow_and_nan_are_recorded_as_diverged_never_a_crash(tmp_path, dtype):
+    from delay_stability.experiments import grid
+
+    runs = grid.expand(quick_spec(dtype=dtype, epochs=40, checkpoint_every=10), {"lr": [0.05, 1e6]})
+    for run in runs:
+        train.run_training(run.spec, run.folder(tmp_path))
+    summaries, metrics = grid.collect(runs, tmp_path)
+    ok, blown = summaries
+    assert ok["status"] == "completed" and blown["status"] == "diverged"
+    assert blown["diverged"] in (True, "True") and int(blown["epochs_run"]) < 40
+    last = train.read_metrics(str(Path(blown["run"]) / "metrics.csv"))[-1]
+    import math
+    assert last["train_loss"] is None or not math.isfinite(last["train_loss"]) or last["train_loss"] > 1e4
+    json.loads((Path(blown["run"]) / "summary.json").read_text())  # valid JSON: NaN/inf written as null

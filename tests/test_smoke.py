@@ -275,3 +275,48 @@ def test_paper_imagenet_resnet50_trains_on_the_smoke_image_folder(data_root, tmp
     spec = dict(smoke.smoke_spec(PAPER["imagenet"]["train"], data_root), device="cpu")
     summary = run_training(spec, tmp_path / "run")
     assert summary["status"] in FINISHED and summary["epochs_run"] == smoke.EPOCHS
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole paper scale, end to end, in smoke mode (real Snakemake)
+# ------------------------------------------------------------------------------------------------
+
+from workflow_util import SNAKEMAKE, copy_workflow, snakemake  # noqa: E402
+
+PAPER_FIGURES = ("fig2", "fig12", "fig4", "delayed_eos")
+
+
+def paper_plan(workdir):
+    """The training jobs and shell commands a real paper-scale run would do (dry run). The exact
+    theory tables (results/theory/) are the same at every scale, so a smoke run may build them."""
+    result = snakemake(workdir, "-n", "-p", "--config", "scale=paper")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return sorted(line for line in result.stdout.splitlines()
+                  if ("delay-stability" in line or line.startswith("rule ")) and "theory" not in line)
+
+
+@pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake is not installed")
+@pytest.mark.slow
+def test_every_paper_target_runs_end_to_end_in_smoke_mode(tmp_path):
+    workdir = copy_workflow(tmp_path / "project")
+    before = paper_plan(workdir)
+    result = snakemake(workdir, "--cores", "2", "--config", "scale=paper", "smoke=true", timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for name in PAPER_FIGURES:
+        assert (workdir / "figures" / "smoke" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert not (workdir / "figures" / f"{name}.png").exists()  # the real figures are not touched
+    smoke_dir = workdir / "results" / "paper-smoke"
+    run = json_load(smoke_dir / "stability" / "baseline" / "run.json")
+    assert run["spec"]["model"] == "vgg11" and run["spec"]["dataset"] == "cifar10"  # the paper's network
+    run = json_load(smoke_dir / "shifted_stability" / "baseline" / "run.json")
+    assert run["spec"]["model"] == "fc3x1024" and run["spec"]["dataset"] == "mnist"
+    rows = (smoke_dir / "stability" / "thresholds.csv").read_text().splitlines()
+    assert len(rows) >= 3
+    assert not (workdir / "results" / "paper").exists()
+    assert paper_plan(workdir) == before  # and a real paper-scale run would do exactly what it did
+
+
+def json_load(path):
+    import json
+
+    return json.loads(Path(path).read_text())

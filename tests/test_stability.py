@@ -164,6 +164,16 @@ RULES = ("train", "stability_minimum", "stability_sharpness", "stability_kick", 
          "theory_table")
 
 
+def test_the_report_holds_every_figure_with_its_caption(built, tmp_path):
+    report = tmp_path / "report.html"
+    result = snakemake(built, "--report", str(report), *TARGETS)
+    assert result.returncode == 0, result.stderr[-2000:]
+    html = report.read_text()
+    for name in ("fig2.png", "fig12.png", "fig4.png"):
+        assert name in html
+    assert "Minima stability (quick)" in html and "appendix F" in html
+
+
 def test_rerun_is_a_no_op_and_plot_options_only_redraw(built):
     again = snakemake(built, "-n", "figures/fig2.pdf")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

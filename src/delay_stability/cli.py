@@ -15,7 +15,7 @@ import errno
 import importlib
 import sys
 
-from .errors import UserError
+from .errors import TimeLimitReached, UserError
 
 #: command -> (module that owns it, one-line help), in the order --help shows them.
 COMMANDS = {
@@ -109,6 +109,9 @@ def main(argv=None) -> int:
         msg = str(exc) or exc.__class__.__name__
         print(f"delay-stability {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except TimeLimitReached as exc:
+        print(f"delay-stability {args.command}: {exc}", file=sys.stderr)
+        return TimeLimitReached.EXIT_STATUS
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -186,6 +186,12 @@ def _torchvision_set(name: str, args: dict, train: bool):
     }[name]
     if name == "mnist" and os.path.isdir(where):
         _unpack_mnist_gz(where)
+    if name != "mnist" and not args["verify"]:
+        # dataset_args.verify: false (tiny test sets in the real format): torchvision then checks
+        # that each file exists, not that its md5 is the real dataset's
+        cls = type(cls.__name__, (cls,), {"train_list": [[f, None] for f, _ in cls.train_list],
+                                          "test_list": [[f, None] for f, _ in cls.test_list],
+                                          "meta": dict(cls.meta, md5=None)})
     try:
         return cls(root, train=train, download=args["download"])
     except (RuntimeError, OSError, EOFError, ValueError, AssertionError, KeyError) as exc:

@@ -48,8 +48,8 @@ MODEL_NAMES = tuple(MODEL_ARGS)
 DATASET_ARGS = {
     "digits": {"train_size": 1297, "split_seed": 0},
     "mnist": {"root": "data", "download": False, "train_subset": None, "val_subset": None},
-    "cifar10": {"root": "data", "download": False, "train_subset": None, "val_subset": None},
-    "cifar100": {"root": "data", "download": False, "train_subset": None, "val_subset": None},
+    "cifar10": {"root": "data", "download": False, "train_subset": None, "val_subset": None, "verify": True},
+    "cifar100": {"root": "data", "download": False, "train_subset": None, "val_subset": None, "verify": True},
     "imagenet": {"root": None, "workers": 8, "image_size": 224},
 }
 DATASETS = tuple(DATASET_ARGS)
@@ -82,6 +82,8 @@ def dataset_args_with_defaults(name: str, args: dict | None) -> dict:
         raise UserError(f"spec key 'dataset_args.root': expected a folder path, got {out['root']!r}")
     if name == "imagenet" and not out["root"]:
         raise UserError("spec key 'dataset_args.root': imagenet needs the path of an ImageFolder tree (train/, val/)")
+    if "verify" in out and not isinstance(out["verify"], bool):
+        raise UserError(f"spec key 'dataset_args.verify': expected true or false, got {out['verify']!r}")
     if "download" in out and not isinstance(out["download"], bool):
         raise UserError(f"spec key 'dataset_args.download': expected true or false, got {out['download']!r}")
     return out

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from . import __version__
 from .asgd import DelayedSGD
 from .data import DTYPES, load_dataset
-from .errors import UserError
+from .errors import TimeLimitReached, UserError
 from .files import atomic_write as _atomic_write
 from .files import write_csv, write_json
 from .models import build_model
@@ -157,6 +157,27 @@ def model_from_checkpoint(path: str, device=None):
     except RuntimeError as exc:
         raise UserError(f"checkpoint {path!r} does not fit model {spec['model']!r}: {exc}") from None
     return model.to(torch.device(device) if device is not None else resolve_device(spec["device"])), spec
+
+
+# ================================================================ a job's time limit
+
+#: Seconds a job may run (set by the workflow from the config's max_job_minutes): a longer run
+#: saves a checkpoint at the end of the epoch past it and stops (TimeLimitReached, exit status 75);
+#: Snakemake's retries then run the next job of the chain, which resumes from the checkpoint.
+JOB_SECONDS_ENV = "DELAY_STABILITY_JOB_SECONDS"
+_PROCESS_START = time.monotonic()
+
+
+def past_job_time_limit() -> bool:
+    """Whether this process has run longer than ``$DELAY_STABILITY_JOB_SECONDS`` (unset: never)."""
+    limit = os.environ.get(JOB_SECONDS_ENV)
+    if not limit:
+        return False
+    try:
+        seconds = float(limit)
+    except ValueError:
+        raise UserError(f"${JOB_SECONDS_ENV}: expected seconds, got {limit!r}") from None
+    return time.monotonic() - _PROCESS_START > seconds
 
 
 # ================================================================ a finished run, for analysis
@@ -464,6 +485,12 @@ class Run:
                 if self.loop["status"] is None and epoch % self.checkpoint_every == 0 and epoch < epochs:
                     self.save(os.path.join(self.out_dir, "checkpoint.pt"))
                     write_metrics(os.path.join(self.out_dir, "metrics.csv"), self.loop["rows"])
+                if self.loop["status"] is None and epoch < epochs and past_job_time_limit():
+                    self.save(os.path.join(self.out_dir, "checkpoint.pt"))
+                    write_metrics(os.path.join(self.out_dir, "metrics.csv"), self.loop["rows"])
+                    raise TimeLimitReached(
+                        f"{self.out_dir}: stopped at the job's time limit after epoch {epoch} of {epochs}; "
+                        "checkpoint saved, the next attempt resumes from it")
         finally:
             progress.close()
         if self.loop["status"] is None:

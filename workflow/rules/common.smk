@@ -13,6 +13,7 @@ from snakemake.exceptions import WorkflowError
 import delay_stability
 from delay_stability.errors import UserError
 from delay_stability.experiments import config as config_check
+from delay_stability.experiments import smoke
 from delay_stability.files import code_hash
 from delay_stability.spec import deep_merge, validate_spec
 
@@ -23,17 +24,34 @@ SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 SRC = Path(sys.modules["delay_stability"].__file__).resolve().parents[1]
 
 
+if isinstance(config.get("smoke"), str):  # --config smoke=true arrives as a string
+    config["smoke"] = {"true": True, "false": False}.get(config["smoke"].lower(), config["smoke"])
 try:  # the schema (its defaults filled in) and every training spec of the scale, before any job
     config_check.check(config, yaml.safe_load(SCHEMA_PATH.read_text()))
 except UserError as exc:
     raise WorkflowError(str(exc)) from None
 
 SCALE = config["scale"]
+FIGURES = Path(config["figures_dir"])
+if config["smoke"]:  # the paper's networks and rules on tiny data: results/paper-smoke/, figures/smoke/
+    if SCALE != "paper":
+        raise WorkflowError("config key 'smoke': smoke mode runs the paper scale; add scale=paper "
+                            "(snakemake --config scale=paper smoke=true)")
+    SMOKE_DATA = Path(config["data_dir"]) / "smoke"
+    smoke.write_datasets(SMOKE_DATA)  # milliseconds, the same bytes every time
+    config["device"] = "cpu"
+    SCALE = "paper-smoke"
+    config[SCALE] = smoke.smoke_config(config["paper"], SMOKE_DATA)
+    FIGURES = FIGURES / "smoke"
+    try:
+        for _key, _spec in config_check.training_specs(config, SCALE):
+            validate_spec(_spec)
+    except UserError as exc:
+        raise WorkflowError(f"smoke mode: {exc}") from None
 EXP = config[SCALE]                          # the experiment blocks of the current scale
 RESULTS = Path(config["results_dir"])
 THEORY_DIR = RESULTS / "theory"              # exact results, the same at every scale
 SCALE_DIR = RESULTS / SCALE                  # everything trained at this scale
-FIGURES = Path(config["figures_dir"])
 LOGS = Path("logs") / SCALE
 
 # The rules call the package's console scripts, `delay-stability` and (for jobs that may use a GPU)
@@ -47,6 +65,11 @@ envvars:
 
 SEARCH_PATH = os.environ["PATH"]
 os.environ.update(PATH=os.pathsep.join([str(Path(sys.executable).parent), SEARCH_PATH]))
+#: A cluster's job time limit: training jobs ask for at most this and stop at 90% of it with a
+#: checkpoint (exit status 75); Snakemake's retries run the next job of the chain, which resumes.
+MAX_JOB_MINUTES = config["max_job_minutes"]
+if MAX_JOB_MINUTES:
+    os.environ.update(DELAY_STABILITY_JOB_SECONDS=str(int(MAX_JOB_MINUTES * 60 * 0.9)))
 #: GPUs of one training job: 1 at paper scale, 0 at quick scale.
 GPUS_PER_JOB = 1 if SCALE == "paper" else 0
 
@@ -91,9 +114,10 @@ def device_flag():
 def gpu_resources(runtime_quick=30, runtime_paper=24 * 60, mem_quick=2000, mem_paper=32000):
     """Resources of a training rule: a GPU at paper scale, none at quick scale."""
     paper = SCALE == "paper"
+    runtime = runtime_paper if paper else runtime_quick
     return dict(
         gpu=GPUS_PER_JOB,
-        runtime=runtime_paper if paper else runtime_quick,
+        runtime=min(runtime, MAX_JOB_MINUTES) if MAX_JOB_MINUTES else runtime,
         mem_mb=mem_paper if paper else mem_quick,
     )
 

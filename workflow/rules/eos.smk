@@ -130,7 +130,8 @@ rule delayed_eos:
         theory=str(EOS_DIR / "theory.csv"),
     output:
         pdf=figure("delayed_eos")[0],
-        png=figure("delayed_eos")[1],
+        png=report(figure("delayed_eos")[1], caption="../report/eos.rst",
+                   category="Beyond the paper ({scale})".format(scale=SCALE), labels={"figure": "delayed_eos"}),
     params:
         scale=SCALE,
         opts=lambda wc: eos_exp.plot_options(EOS),

@@ -203,7 +203,8 @@ rule fig2:
         probes=str(STABILITY_TABLES / "fig2" / "probes.csv"),
     output:
         pdf=str(FIGURES / "fig2.pdf"),
-        png=str(FIGURES / "fig2.png"),
+        png=report(str(FIGURES / "fig2.png"), caption="../report/stability.rst",
+                   category="Minima stability ({scale})".format(scale=SCALE), labels={"figure": "fig2"}),
     params:
         opts=lambda wc: stability_exp.plot_options(
             EXP[STABILITY_FIGURES["fig2"]], "fig2", STABILITY_FIGURES["fig2"], SCALE),
@@ -225,7 +226,8 @@ rule fig12:
         thresholds=str(STABILITY_TABLES / "fig12" / "thresholds.csv"),
     output:
         pdf=str(FIGURES / "fig12.pdf"),
-        png=str(FIGURES / "fig12.png"),
+        png=report(str(FIGURES / "fig12.png"), caption="../report/stability.rst",
+                   category="Minima stability ({scale})".format(scale=SCALE), labels={"figure": "fig12"}),
     params:
         opts=lambda wc: stability_exp.plot_options(
             EXP[STABILITY_FIGURES["fig12"]], "fig12", STABILITY_FIGURES["fig12"], SCALE),
@@ -248,7 +250,8 @@ rule fig4:
         fits=str(STABILITY_TABLES / "fig4" / "fits.csv"),
     output:
         pdf=str(FIGURES / "fig4.pdf"),
-        png=str(FIGURES / "fig4.png"),
+        png=report(str(FIGURES / "fig4.png"), caption="../report/stability.rst",
+                   category="Minima stability ({scale})".format(scale=SCALE), labels={"figure": "fig4"}),
     params:
         opts=lambda wc: stability_exp.plot_options(
             EXP[STABILITY_FIGURES["fig4"]], "fig4", STABILITY_FIGURES["fig4"], SCALE),

@@ -24,6 +24,7 @@ SCALE_NOTES = {
     "theory": "exact: characteristic equation, scale-independent",
     "quick": "quick scale: small stand-in models on the embedded digits data, CPU (not the paper's setup)",
     "paper": "paper scale: the paper's models, datasets and epochs",
+    "paper-smoke": "paper-scale smoke test: the paper's networks and rules on tiny generated data, a few steps (a test of the pipeline, not a result)",
 }
 
 STYLE = {
