@@ -236,6 +236,19 @@ def code_of(source: str) -> bytes:
     return ast.dump(tree, annotate_fields=False, include_attributes=False).encode()
 
 
+_CODE_CACHE: dict = {}
+
+
+def _code_of_file(path) -> bytes:
+    """``code_of`` a file, cached per process by path, size and modification time."""
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _CODE_CACHE:
+        with open(path, encoding="utf-8") as f:
+            _CODE_CACHE[key] = code_of(f.read())
+    return _CODE_CACHE[key]
+
+
 def code_hash(modules, package_root, length: int = 12) -> str:
     """A short hash of the code of ``modules`` (dotted names, or one name) and of every module of
     the package they use, transitively: sha256 over each module's name and its code (``code_of``:
@@ -253,7 +266,7 @@ def code_hash(modules, package_root, length: int = 12) -> str:
     digest = hashlib.sha256()
     for name in sorted(closure):
         path = _module_file(name, package_root)[1]
-        content = b"" if path is None else code_of(path.read_text())
+        content = b"" if path is None else _code_of_file(path)
         for chunk in (name.encode(), content):
             digest.update(len(chunk).to_bytes(8, "big"))
             digest.update(chunk)

@@ -620,25 +620,7 @@ class Run:
         return summary
 
     def summary(self) -> dict:
-        loop = self.loop
-        final = loop["rows"][-1]
-        return {
-            "status": loop["status"],
-            "epochs_run": loop["epoch"],
-            "steps": loop["step"],
-            "final": {c: final[c] for c in METRIC_COLUMNS},
-            "diverged": loop["diverged"],
-            "diverged_epoch": loop["diverged_epoch"],
-            "escaped": loop["escaped"],
-            "epochs_to_escape": loop["epochs_to_escape"],
-            "initial_train_loss": loop["initial_train_loss"],
-            "initial_train_error": loop["initial_train_error"],
-            "steady_state_epoch": loop["steady_state_epoch"],
-            "settled_epoch": loop["settled_epoch"],
-            "mean_staleness": self.optimizer.mean_staleness(),
-            "optimizer_buffer_bytes": self.optimizer.buffer_bytes(),
-            "seconds": round(loop["seconds"], 3),
-        }
+        return summary_record(self.loop, self.optimizer.mean_staleness(), self.optimizer.buffer_bytes())
 
     def provenance(self) -> dict:
         return {
@@ -656,6 +638,29 @@ class Run:
             "end_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "resumed": self.loop["resumed"],
         }
+
+
+def summary_record(loop: dict, mean_staleness, buffer_bytes: int) -> dict:
+    """summary.json of a run from its loop state (``Run.loop``), the optimizer's mean staleness and
+    in-flight buffer size: the one place its keys are named."""
+    final = loop["rows"][-1]
+    return {
+        "status": loop["status"],
+        "epochs_run": loop["epoch"],
+        "steps": loop["step"],
+        "final": {c: final[c] for c in METRIC_COLUMNS},
+        "diverged": loop["diverged"],
+        "diverged_epoch": loop["diverged_epoch"],
+        "escaped": loop["escaped"],
+        "epochs_to_escape": loop["epochs_to_escape"],
+        "initial_train_loss": loop["initial_train_loss"],
+        "initial_train_error": loop["initial_train_error"],
+        "steady_state_epoch": loop["steady_state_epoch"],
+        "settled_epoch": loop["settled_epoch"],
+        "mean_staleness": mean_staleness,
+        "optimizer_buffer_bytes": buffer_bytes,
+        "seconds": round(loop["seconds"], 3),
+    }
 
 
 def run_training(spec: dict, out_dir: str, callbacks=(), *, code=("delay_stability.train",), key_extra=None) -> dict:
@@ -753,7 +758,13 @@ def run_key(spec: dict, code=("delay_stability.train",), extra=None) -> str:
 
     text = json.dumps({"spec": spec, "extra": extra}, sort_keys=True, default=str)
     spec_part = hashlib.sha256(text.encode()).hexdigest()[:12]
-    return f"{spec_part}-{code_hash(list(code), Path(__file__).resolve().parents[1])}"
+    code = tuple(code)
+    if code not in _CODE_HASHES:  # once per process: the code does not change while it runs
+        _CODE_HASHES[code] = code_hash(list(code), Path(__file__).resolve().parents[1])
+    return f"{spec_part}-{_CODE_HASHES[code]}"
+
+
+_CODE_HASHES: dict = {}
 
 
 def finished_runs(out_dir: str) -> list[str]:

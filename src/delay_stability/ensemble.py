@@ -1,0 +1,681 @@
+"""Ensembles: R independent training runs of one model family in one process, as one batched
+computation (``torch.func``: ``stack_module_state``, ``functional_call``, ``vmap``, ``grad``).
+
+    run_ensemble(specs, out_dirs) -> [summary, ...]     one run folder per spec, as run_training writes it
+    can_ensemble(specs) -> (ok, reason)                 whether run_ensemble takes these specs
+
+Member r ends as ``train.run_training(specs[r], out_dirs[r])`` would (to rounding: the batched
+kernels sum in another order; float64 agrees to ~1e-12 relative, float32 to ~1e-6), writing the same
+files: metrics.csv, summary.json, run.json (with ``"ensemble": {"members": R, "index": r}``) and
+final.pt; the rolling checkpoint.pt of each member has the single run's format (it holds that
+member's own model, DelayedSGD state with its in-flight updates, data generator and loop), so resume
+is per member and bit-for-bit with an uninterrupted ensemble.
+
+What the members share (else a UserError saying to use ``train.run_training``): model, model_args,
+dataset, dataset_args, dtype, device, loss, batch_size, epochs, eval_every, checkpoint_every,
+threads, and the delay tau (constant, round robin). What they may differ in: lr, seed (initialisation
+and minibatch order), lr_schedule, momentum, variant (plain / momentum / shifted), dampening,
+weight_decay and the divergence loss_factor.
+
+What batches: the networks without BatchNorm or dropout -- mlp, fc3x1024, mnist_cnn and cnn_digits
+with ``batchnorm: false`` -- on the in-memory datasets (digits, mnist, cifar10, cifar100) without
+augmentation. What falls back (``can_ensemble`` says why; run each spec with ``run_training``):
+BatchNorm models (vgg11, resnet44, wrn16_4, c3, resnet50, cnn_digits with batchnorm), imagenet
+streaming, augment, delay distributions and the random schedule, the stop rules other than
+divergence (steady_state, escape, settle), init_checkpoint and perturb.
+
+Divergence: a member whose epoch train loss is NaN/inf or > loss_factor * L0 is recorded "diverged"
+at that epoch, its outputs are written and it leaves the batch (no more updates); the others go on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from datetime import datetime, timezone
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+
+from . import __version__
+from .data import DTYPES, load_dataset
+from .errors import UserError
+from .files import write_json
+from .models import build_model
+from .spec import validate_spec
+from .train import (
+    NAN_CHECK_EVERY,
+    Run,
+    keep_finished,
+    lr_factor,
+    prepare_folder,
+    resolve_device,
+    restore_finished,
+    run_key,
+    save_checkpoint,
+    summary_record,
+    write_metrics,
+)
+
+#: Models that batch (no BatchNorm, no dropout); cnn_digits only with batchnorm false.
+BATCHED_MODELS = ("mlp", "cnn_digits", "mnist_cnn", "fc3x1024")
+#: Spec keys every member must share.
+SHARED_KEYS = ("model", "model_args", "dataset", "dataset_args", "dtype", "device", "loss", "batch_size",
+               "epochs", "eval_every", "checkpoint_every", "threads")
+CODE = ("delay_stability.ensemble",)
+FALLBACK = "; use train.run_training for each spec"
+
+
+# ================================================================ what batches
+
+
+def _why_not(specs: list[dict]) -> str | None:
+    """None when these validated specs can train as one ensemble, else the reason."""
+    if not specs:
+        return "no specs given"
+    first = specs[0]
+    for i, s in enumerate(specs):
+        if s["model"] not in BATCHED_MODELS:
+            return f"spec {i}: model {s['model']!r} has BatchNorm and is not batched (batched: {', '.join(BATCHED_MODELS)})"
+        if s["model"] == "cnn_digits" and s["model_args"].get("batchnorm", False):
+            return f"spec {i}: cnn_digits with batchnorm is not batched (BatchNorm statistics are per member state)"
+        if s["dataset"] == "imagenet":
+            return f"spec {i}: imagenet is streamed from disk and is not batched"
+        if s["augment"]:
+            return f"spec {i}: augment is not batched"
+        o = s["optimizer"]
+        if o["schedule"] != "round_robin" or isinstance(o["delay"], dict):
+            return f"spec {i}: only a constant delay (round robin) is batched, not schedule {o['schedule']!r}"
+        for rule in ("steady_state", "escape", "settle"):
+            if s["stop"][rule] is not None:
+                return f"spec {i}: stop rule {rule!r} is not batched (only divergence)"
+        if s["init_checkpoint"]:
+            return f"spec {i}: init_checkpoint is not batched"
+        if s["perturb"]:
+            return f"spec {i}: perturb is not batched"
+        for key in SHARED_KEYS:
+            if s[key] != first[key]:
+                return f"spec {i} differs from spec 0 in {key!r} ({s[key]!r} vs {first[key]!r}); members must share it"
+        if _tau(s) != _tau(first):
+            return f"spec {i} has delay {_tau(s)} but spec 0 has {_tau(first)}; members must share the delay"
+    return None
+
+
+def _tau(spec: dict) -> int:
+    o = spec["optimizer"]
+    return o["workers"] - 1 if o["workers"] is not None else o["delay"]
+
+
+def can_ensemble(specs) -> tuple[bool, str]:
+    """(True, "") when ``run_ensemble`` takes these specs, else (False, the reason) -- then train
+    each with ``train.run_training``."""
+    try:
+        specs = [validate_spec(s) for s in specs]
+    except UserError as exc:
+        return False, str(exc)
+    reason = _why_not(specs)
+    return (reason is None), (reason or "")
+
+
+# ================================================================ one member's bookkeeping
+
+
+def _fresh_loop() -> dict:
+    return {
+        "epoch": 0, "step": 0, "rows": [], "losses": [], "status": None,
+        "initial_train_loss": None, "initial_train_error": None,
+        "escaped": False, "epochs_to_escape": None, "diverged": False, "diverged_epoch": None,
+        "steady_state_epoch": None, "seconds": 0.0, "staleness_at_row": (0, 0),
+        "settled_epoch": None, "settle_run": 0,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed": [],
+    }
+
+
+def _histogram(t: int, tau: int) -> list[int]:
+    """Staleness counts after t round-robin steps: step i lands g(w_{max(i - tau, 0)}), staleness min(i, tau)."""
+    hist = [1 if k < t else 0 for k in range(min(t, tau))]
+    if t > tau:
+        hist.append(t - tau)
+    return hist
+
+
+class Member:
+    """Host-side state of one member (index ``index`` of R): spec, folder, loop dict, data
+    generator, initial weights; while it is out of the batch also its flat weights and buffers."""
+
+    def __init__(self, index, spec, out_dir, key):
+        self.index, self.spec, self.out_dir, self.key = index, spec, out_dir, key
+        self.tau = _tau(spec)
+        self.slots = self.tau + 1
+        o = spec["optimizer"]
+        self.variant, self.m, self.dampening, self.wd = o["variant"], o["momentum"], o["dampening"], o["weight_decay"]
+        self.generator = torch.Generator().manual_seed(spec["seed"])
+        self.loop = _fresh_loop()
+        self.rng_torch = None  # the global torch RNG as the single run leaves it after building its model
+        self.w = self.w0 = self.ring = self.vel = None  # flat weights (P,), initial (P,), (K, P), (rows, P)
+        self.lr_now = spec["lr"]
+        self.t0 = time.time()
+        self.epoch_result = None  # (loss, error, lr) of an epoch cut short by a NaN check
+
+    # ---- the single run's summaries
+
+    def staleness(self) -> tuple[int, int]:
+        hist = _histogram(self.loop["step"], self.tau)
+        return sum(k * c for k, c in enumerate(hist)), sum(hist)
+
+    def mean_staleness(self) -> float:
+        total, count = self.staleness()
+        return total / count if count else float("nan")
+
+    def buffer_bytes(self, numel: int, element_size: int) -> int:
+        rows = {"plain": 0, "momentum": 1, "shifted": self.slots}[self.variant]
+        return (self.slots + rows) * numel * element_size
+
+    def optimizer_state(self, n_params: int) -> dict:
+        """This member's DelayedSGD.state_dict() (round robin, t steps taken)."""
+        t, K = self.loop["step"], self.slots
+        stamps = [0 if t - 1 < s else s + K * ((t - 1 - s) // K) for s in range(K)]
+        return {
+            "state": {},
+            "param_groups": [{"lr": self.lr_now, "momentum": self.m, "dampening": self.dampening,
+                              "weight_decay": self.wd, "params": list(range(n_params))}],
+            "delayed": {
+                "schedule": "round_robin", "variant": self.variant, "num_slots": K, "probs": None,
+                "grads": self.ring.clone(), "velocity": None if self.vel is None else self.vel.clone(),
+                "stamps": stamps, "t": t, "free": t % K, "rng": random.Random(self.spec["seed"]).getstate(),
+                "hist": _histogram(t, self.tau), "last_staleness": min(t - 1, self.tau) if t else None,
+            },
+        }
+
+
+# ================================================================ the engine
+
+
+class _Family:
+    """What all members share: the data, the template network, its parameter layout, the loss."""
+
+    def __init__(self, spec: dict):
+        if spec["threads"] is not None:
+            torch.set_num_threads(spec["threads"])
+        self.spec = spec
+        self.device = resolve_device(spec["device"])
+        self.dtype = DTYPES[spec["dtype"]]
+        self.data = load_dataset(spec, self.device)
+        self.batch_size = spec["batch_size"]
+        self.steps_per_epoch = self.data.steps_per_epoch(self.batch_size)
+        self.full_batch = self.steps_per_epoch == 1
+        self.eval_batch = 0 if self.full_batch and spec["dataset"] == "digits" else max(self.batch_size, 1000)
+        every = spec["checkpoint_every"]
+        self.checkpoint_every = every if every is not None else max(1, spec["epochs"] // 20)
+        self.template = build_model(spec["model"], **spec["model_args"]).to(self.device, self.dtype)
+        self.names, self.shapes, self.offsets = [], [], []
+        off = 0
+        for name, p in self.template.named_parameters():
+            self.names.append(name)
+            self.shapes.append(tuple(p.shape))
+            self.offsets.append((off, p.numel()))
+            off += p.numel()
+        self.numel = off
+        self.mse = spec["loss"] == "mse"
+        self.num_classes = self.data.num_classes if hasattr(self.data, "num_classes") else None
+
+        def forward(params, x):
+            return functional_call(self.template, params, (x,))
+
+        def member_loss(params, x, target):
+            out = forward(params, x)
+            if self.mse:  # train.build_loss's mse, with the one-hot target made outside vmap
+                loss = 0.5 * (out - target).pow(2).sum(dim=1).mean()
+            else:
+                loss = F.cross_entropy(out, target)
+            return loss, out
+
+        self._member_loss = member_loss
+        self._forward = forward
+
+        def total_loss(params, x, target, x_dim):
+            losses, outs = vmap(member_loss, in_dims=(0, x_dim, x_dim))(params, x, target)
+            return losses.sum(), (losses, outs)  # d(sum_r L_r)/dw_r = dL_r/dw_r: the members are independent
+
+        self._grad_fns = {d: grad(lambda p, x, t, d=d: total_loss(p, x, t, d), has_aux=True) for d in (0, None)}
+        self._eval_fn = vmap(member_loss, in_dims=(0, None, None))
+
+    # ---- layout
+
+    def views(self, flat: torch.Tensor) -> dict:
+        """Per-parameter views (R, *shape) of a flat (R, P) tensor."""
+        R = flat.shape[0]
+        return {n: flat[:, o:o + k].view(R, *s) for n, s, (o, k) in zip(self.names, self.shapes, self.offsets)}
+
+    def state_dict(self, w: torch.Tensor) -> dict:
+        return {n: w[o:o + k].view(s).clone() for n, s, (o, k) in zip(self.names, self.shapes, self.offsets)}
+
+    def flatten(self, state: dict) -> torch.Tensor:
+        return torch.cat([state[n].to(self.device, self.dtype).reshape(-1) for n in self.names])
+
+    def target(self, y: torch.Tensor):
+        return F.one_hot(y, self.out_features).to(self.dtype) if self.mse else y
+
+    @property
+    def out_features(self) -> int:
+        return self.shapes[-1][0]
+
+    # ---- evaluation, as Run._mean_loss does it
+
+    @torch.no_grad()
+    def mean_loss(self, w: torch.Tensor, batches) -> tuple[list[float], list[float]]:
+        R = w.shape[0]
+        params = self.views(w)
+        total = torch.zeros(R, dtype=torch.float64, device=self.device)
+        wrong = torch.zeros(R, dtype=torch.int64, device=self.device)
+        n = count = 0
+        loss = None
+        for x, y in batches:
+            loss, out = self._eval_fn(params, x, self.target(y))
+            loss = loss.double()
+            total += loss * len(y)
+            wrong += (out.argmax(-1) != y).sum(dim=1)
+            n += len(y)
+            count += 1
+        means = loss.tolist() if count == 1 else [v / n for v in total.tolist()]
+        return means, [v / n for v in wrong.tolist()]
+
+    @torch.no_grad()
+    def norms(self, w: torch.Tensor) -> list[float]:
+        """_flat_norm per row: sqrt of the sum over parameters of each one's float64 sum of squares."""
+        parts = [w[:, o:o + k].double().pow(2).sum(dim=1) for o, k in self.offsets]
+        sums = torch.stack(parts, dim=1).tolist()
+        return [math.sqrt(sum(row)) for row in sums]
+
+
+def _row(fam: _Family, members: list[Member], w: torch.Tensor, epoch: int, stats) -> list[dict]:
+    """Run._row for these members (weights ``w``, one row each), stats = [(train_loss, error, lr)]."""
+    val_loss, val_error = fam.mean_loss(w, fam.data.val_batches(fam.eval_batch))
+    w0 = torch.stack([m.w0 for m in members])
+    weight_norm, dist = fam.norms(w), fam.norms(w - w0)
+    rows = []
+    for i, m in enumerate(members):
+        total, count = m.staleness()
+        prev_total, prev_count = m.loop["staleness_at_row"]
+        m.loop["staleness_at_row"] = (total, count)
+        landed = count - prev_count
+        loss, error, lr = stats[i]
+        row = {
+            "epoch": epoch, "step": m.loop["step"], "lr": lr, "train_loss": loss, "train_error": error,
+            "val_loss": val_loss[i], "val_error": val_error[i], "weight_norm": weight_norm[i],
+            "dist_from_init": dist[i], "mean_staleness": (total - prev_total) / landed if landed else None,
+            "seconds": round(m.loop["seconds"] + time.time() - m.t0, 3),
+        }
+        m.loop["rows"].append(row)
+        rows.append(row)
+    return rows
+
+
+def _payload(fam: _Family, m: Member) -> dict:
+    """The single run's checkpoint of member ``m`` (Run.save's keys)."""
+    now = time.time()
+    m.loop["seconds"] += now - m.t0
+    m.t0 = now
+    return {
+        "spec": m.spec,
+        "model": fam.state_dict(m.w),
+        "optimizer": m.optimizer_state(len(fam.names)),
+        "init_params": [t.clone() for t in fam.state_dict(m.w0).values()],
+        "rng": {"torch": m.rng_torch, "cuda": None, "data": m.generator.get_state()},
+        "loop": m.loop,
+        "epoch": m.loop["epoch"],
+        "step": m.loop["step"],
+        "metrics": m.loop["rows"],
+        "package_version": __version__,
+        "callbacks": [],
+    }
+
+
+def _summary(fam: _Family, m: Member) -> dict:
+    """Run.summary for one member (train.summary_record)."""
+    return summary_record(m.loop, m.mean_staleness(),
+                          m.buffer_bytes(fam.numel, torch.empty((), dtype=fam.dtype).element_size()))
+
+
+def _finish(fam: _Family, m: Member, members: int) -> dict:
+    """Run.finish for one member: final.pt, metrics.csv, summary.json, run.json; drop checkpoint.pt."""
+    out = m.out_dir
+    save_checkpoint(os.path.join(out, "final.pt"), _payload(fam, m))
+    write_metrics(os.path.join(out, "metrics.csv"), m.loop["rows"])
+    summary = _summary(fam, m)
+    write_json(os.path.join(out, "summary.json"), summary)
+    prov = Run.provenance(SimpleNamespace(spec=m.spec, device=fam.device, loop=m.loop))
+    prov["ensemble"] = {"members": members, "index": m.index}
+    write_json(os.path.join(out, "run.json"), prov)
+    rolling = os.path.join(out, "checkpoint.pt")
+    if os.path.exists(rolling):
+        os.remove(rolling)
+    keep_finished(out, m.key)
+    return summary
+
+
+def _check_stop(m: Member, epoch: int, loss: float) -> None:
+    """Run._check_stop with only the divergence rule (the others are refused)."""
+    l0 = m.loop["initial_train_loss"]
+    if not math.isfinite(loss) or loss > m.spec["stop"]["divergence"]["loss_factor"] * l0:
+        m.loop["diverged"], m.loop["diverged_epoch"], m.loop["status"] = True, epoch, "diverged"
+
+
+class _Batch:
+    """The members still training, as stacked tensors: weights (R, P), ring (K, R, P), velocities."""
+
+    def __init__(self, fam: _Family, members: list[Member]):
+        self.fam, self.members = fam, members
+        self.K = members[0].slots
+        self.w = torch.stack([m.w for m in members])
+        self.ring = torch.stack([m.ring for m in members], dim=1).contiguous()
+        variants = {m.variant for m in members}
+        rows = self.K if "shifted" in variants else (1 if "momentum" in variants else 0)
+        self.vel = None
+        if rows:
+            zero = torch.zeros(rows, fam.numel, dtype=fam.dtype, device=fam.device)
+            vs = []
+            for m in members:
+                v = zero.clone()
+                if m.vel is not None:
+                    v[: m.vel.shape[0]] = m.vel
+                vs.append(v)
+            self.vel = torch.stack(vs, dim=1).contiguous()
+        self._set_hyper()
+
+    def _set_hyper(self):
+        fam, ms = self.fam, self.members
+        kw = dict(dtype=fam.dtype, device=fam.device)
+        self.groups = []
+        for variant in ("plain", "momentum", "shifted"):
+            idx = [i for i, m in enumerate(ms) if m.variant == variant]
+            if idx:
+                whole = len(idx) == len(ms)
+                self.groups.append((variant, None if whole else torch.tensor(idx, device=fam.device), idx))
+        self.m_vec = torch.tensor([m.m for m in ms], **kw).unsqueeze(1)
+        self.any_wd = any(m.wd != 0 for m in ms)
+        self._lrs = None
+        self.kw = kw
+
+    def set_lrs(self, lrs: list[float]) -> None:
+        if lrs == self._lrs:
+            return
+        self._lrs = lrs
+        ms, kw = self.members, self.kw
+        scale = [lr * (1.0 - m.m) if m.dampening else lr for lr, m in zip(lrs, ms)]
+        self.neg_lr = torch.tensor([-lr for lr in lrs], **kw).unsqueeze(1)
+        self.decay = torch.tensor([1.0 - lr * m.wd for lr, m in zip(lrs, ms)], **kw).unsqueeze(1)
+        self.neg_scale = torch.tensor([-s for s in scale], **kw).unsqueeze(1)
+        self.neg_scale_wd = torch.tensor([-s * m.wd for s, m in zip(scale, ms)], **kw).unsqueeze(1)
+
+    @torch.no_grad()
+    def step(self, t: int, x, target, x_dim) -> tuple[torch.Tensor, torch.Tensor]:
+        """One DelayedSGD round-robin step for every member; returns (losses (R,), outputs)."""
+        fam = self.fam
+        with torch.enable_grad():
+            grads, (losses, outs) = fam._grad_fns[x_dim](fam.views(self.w), x, target)
+        R, K = self.w.shape[0], self.K
+        write = t % K
+        torch.cat([grads[n].reshape(R, -1) for n in fam.names], dim=1, out=self.ring[write])
+        if t == 0:  # every worker starts from w_0: all slots hold g(w_0)
+            self.ring.copy_(self.ring[write].expand_as(self.ring))
+        land = (t + 1) % K
+        g = self.ring[land]
+        for variant, idx, _ in self.groups:
+            sub = (lambda a: a) if idx is None else (lambda a: a.index_select(0, idx))
+            w, gg = sub(self.w), sub(g)
+            if variant == "plain":
+                if self.any_wd:
+                    w = w * sub(self.decay)  # w - eta*wd*w
+                w = w.addcmul(gg, sub(self.neg_lr))  # w - eta*g
+            else:
+                row = 0 if variant == "momentum" else land
+                v = sub(self.vel[row]) * sub(self.m_vec)
+                v.addcmul_(gg, sub(self.neg_scale))  # m v - eta(1-m) g
+                if self.any_wd:
+                    v.addcmul_(w, sub(self.neg_scale_wd))  # ... - eta(1-m) wd w
+                if idx is None:
+                    self.vel[row].copy_(v)
+                else:
+                    self.vel[row].index_copy_(0, idx, v)
+                w = w + v  # w + v
+            if idx is None:
+                self.w.copy_(w)
+            else:
+                self.w.index_copy_(0, idx, w)
+        return losses.detach(), outs.detach()
+
+    def extract(self, i: int) -> None:
+        """Copy member i's state out of the batch (into its Member)."""
+        m = self.members[i]
+        m.w = self.w[i].clone()
+        m.ring = self.ring[:, i].clone()
+        if m.variant == "plain" or self.vel is None:
+            m.vel = None
+        else:
+            m.vel = self.vel[: (1 if m.variant == "momentum" else self.K), i].clone()
+
+    def keep(self, keep: list[int]) -> None:
+        """Drop the members not in ``keep`` (their state extracted first)."""
+        idx = torch.tensor(keep, device=self.fam.device)
+        self.members = [self.members[i] for i in keep]
+        self.w = self.w.index_select(0, idx)
+        self.ring = self.ring.index_select(1, idx).contiguous()
+        if self.vel is not None:
+            self.vel = self.vel.index_select(1, idx).contiguous()
+        self._set_hyper()
+
+
+def _train_group(fam: _Family, members: list[Member], total_members: int, summaries: dict) -> None:
+    """Train members that stand at the same epoch and step to the end, as one batch."""
+    epochs = fam.spec["epochs"]
+    for m in members:
+        m.t0 = time.time()
+    batch = _Batch(fam, members)
+    spe = fam.steps_per_epoch
+    while batch.members and batch.members[0].loop["epoch"] < epochs:
+        ms = batch.members
+        epoch = ms[0].loop["epoch"] + 1
+        t = ms[0].loop["step"]
+        R = len(ms)
+        total = torch.zeros(R, dtype=torch.float64, device=fam.device)
+        wrong = torch.zeros(R, dtype=torch.int64, device=fam.device)
+        n, loss, lrs = 0, None, None
+        cut = []  # members whose epoch a NaN check ended early
+        data = fam.data
+        if fam.full_batch:  # train_batches: the stored tensor, no permutation, no generator draw
+            starts, orders = [None], None
+        else:  # each member's permutation, drawn from its generator as TensorDataset.train_batches draws it
+            starts = range(0, data.num_train, fam.batch_size)
+            orders = torch.stack([torch.randperm(data.num_train, generator=m.generator) for m in ms])
+            orders = orders.to(data.train_x.device)
+        for start in starts:
+            ms = batch.members
+            if orders is None:
+                x, y, x_dim = data.train_x, data.train_y, None
+            else:
+                idx = orders[:, start:start + fam.batch_size]
+                x, y, x_dim = data.train_x[idx], data.train_y[idx], 0
+            lrs = [m.spec["lr"] * lr_factor(m.spec["lr_schedule"], epoch - 1, t, spe) for m in ms]
+            batch.set_lrs(lrs)
+            loss, out = batch.step(t, x, fam.target(y), x_dim)
+            t += 1
+            total += loss.double() * y.shape[-1]
+            wrong += (out.argmax(-1) != y).sum(dim=-1)
+            n += y.shape[-1]
+            if not fam.full_batch and t % NAN_CHECK_EVERY == 0:
+                bad = (~torch.isfinite(loss)).nonzero().flatten().tolist()
+                if bad:  # Run._train_epoch breaks out of the epoch: these members stop here
+                    sums, wr = total.tolist(), wrong.tolist()
+                    for i in bad:
+                        m = ms[i]
+                        m.lr_now, m.loop["step"] = lrs[i], t
+                        batch.extract(i)
+                        m.epoch_result = (sums[i] / n, wr[i] / n, lrs[i])
+                        cut.append(m)
+                    keep = [i for i in range(len(ms)) if i not in bad]
+                    if not keep:
+                        batch.members = []
+                        break
+                    batch.keep(keep)
+                    k = torch.tensor(keep, device=fam.device)
+                    total, wrong = total.index_select(0, k), wrong.index_select(0, k)
+                    orders = orders.index_select(0, k.to(orders.device))
+                    lrs = [lrs[i] for i in keep]
+        ms = batch.members
+        # epoch stats of the members that ran the whole epoch
+        if ms:
+            if fam.full_batch:
+                losses = loss.double().tolist()
+            else:
+                losses = [v / n for v in total.tolist()]
+            errors = [v / n for v in wrong.tolist()]
+            for i, m in enumerate(ms):
+                m.lr_now, m.loop["step"] = lrs[i], t
+                m.epoch_result = (losses[i], errors[i], lrs[i])
+        everyone = ms + cut
+        for m in everyone:
+            loss_e = m.epoch_result[0]
+            m.loop["epoch"] = epoch
+            m.loop["losses"].append(loss_e)
+            _check_stop(m, epoch, loss_e)
+        # metric rows: members stopping, and everyone on eval epochs / the last epoch
+        eval_epoch = epoch % fam.spec["eval_every"] == 0 or epoch == epochs
+        need = [i for i, m in enumerate(ms) if eval_epoch or m.loop["status"] is not None]
+        if need:
+            _row(fam, [ms[i] for i in need], batch.w[need], epoch, [ms[i].epoch_result for i in need])
+        for m in cut:
+            _row(fam, [m], m.w.unsqueeze(0), epoch, [m.epoch_result])
+        # members that stopped leave the batch and are finished
+        stopped = [i for i, m in enumerate(ms) if m.loop["status"] is not None]
+        for i in stopped:
+            batch.extract(i)
+        if stopped:
+            batch.keep([i for i in range(len(ms)) if i not in stopped])
+        for m in [ms[i] for i in stopped] + cut:
+            summaries[m.index] = _finish(fam, m, total_members)
+        for m in batch.members:
+            m.epoch_result = None
+        if batch.members and epoch % fam.checkpoint_every == 0 and epoch < epochs:
+            for i, m in enumerate(batch.members):
+                batch.extract(i)
+                save_checkpoint(os.path.join(m.out_dir, "checkpoint.pt"), _payload(fam, m))
+                write_metrics(os.path.join(m.out_dir, "metrics.csv"), m.loop["rows"])
+    for i, m in enumerate(batch.members):
+        batch.extract(i)
+        if m.loop["status"] is None:
+            m.loop["status"] = "completed"
+        summaries[m.index] = _finish(fam, m, total_members)
+
+
+def run_ensemble(specs, out_dirs) -> list[dict]:
+    """Train every spec as one batched ensemble, member r writing ``out_dirs[r]`` as
+    ``train.run_training(specs[r], out_dirs[r])`` would (resuming each from its checkpoint of the
+    same spec); returns the summaries in order. UserError when the specs cannot be batched
+    (``can_ensemble`` gives the reason): train those with ``run_training``."""
+    specs = [validate_spec(s) for s in specs]
+    out_dirs = [os.fspath(d) for d in out_dirs]
+    if len(out_dirs) != len(specs):
+        raise UserError(f"run_ensemble: {len(specs)} specs but {len(out_dirs)} output folders")
+    if len(set(map(os.path.abspath, out_dirs))) != len(out_dirs):
+        raise UserError("run_ensemble: every member needs its own output folder")
+    reason = _why_not(specs)
+    if reason is not None:
+        raise UserError(f"cannot train these specs as one ensemble: {reason}{FALLBACK}")
+    R = len(specs)
+    fam = _Family(specs[0])
+    summaries: dict[int, dict] = {}
+    pending = []
+    code_part = run_key(specs[0], CODE).rsplit("-", 1)[1]  # hashing the code costs ~0.5 s: once
+    for r, (spec, out) in enumerate(zip(specs, out_dirs)):
+        prepare_folder(out, spec)
+        key = f"{_spec_part(spec)}-{code_part}"
+        restored = restore_finished(out, key)
+        if restored is not None:
+            summaries[r] = restored
+            continue
+        m = Member(r, spec, out, key)
+        ckpt = Run._existing_checkpoint(SimpleNamespace(out_dir=out, spec=spec))
+        if ckpt is not None:
+            _restore(fam, m, ckpt)
+        else:
+            _init(fam, m)
+        pending.append(m)
+    fresh = [m for m in pending if m.loop["rows"] == []]
+    if fresh:
+        _start(fam, fresh)
+    for m in [m for m in pending if m.loop["status"] is not None]:  # a finished run found as final.pt
+        summaries[m.index] = _finish(fam, m, R)
+    active = [m for m in pending if m.loop["status"] is None]
+    by_step: dict[int, list[Member]] = {}
+    for m in active:  # members resumed from checkpoints of different epochs train as separate batches
+        by_step.setdefault(m.loop["step"], []).append(m)
+    for step in sorted(by_step):
+        _train_group(fam, by_step[step], R, summaries)
+    return [summaries[r] for r in range(R)]
+
+
+def _spec_part(spec: dict) -> str:
+    """The spec half of train.run_key(spec, CODE) (extra None)."""
+    import hashlib
+    import json
+
+    text = json.dumps({"spec": spec, "extra": None}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _init(fam: _Family, m: Member) -> None:
+    """Run.__init__'s model: torch.manual_seed(seed), then build_model (the same RNG draws)."""
+    torch.manual_seed(m.spec["seed"])
+    model = build_model(m.spec["model"], **m.spec["model_args"]).to(fam.device, fam.dtype)
+    m.rng_torch = torch.get_rng_state()
+    m.w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    m.w0 = m.w.clone()
+    m.ring = torch.zeros(m.slots, fam.numel, dtype=fam.dtype, device=fam.device)
+    rows = {"plain": 0, "momentum": 1, "shifted": m.slots}[m.variant]
+    m.vel = torch.zeros(rows, fam.numel, dtype=fam.dtype, device=fam.device) if rows else None
+
+
+def _start(fam: _Family, members: list[Member]) -> None:
+    """Run.start for fresh members: L0 over unshuffled training batches, then the row of epoch 0."""
+    w = torch.stack([m.w for m in members])
+    losses, errors = fam.mean_loss(w, fam.data.train_batches(fam.batch_size, shuffle=False, augment=False))
+    stats = []
+    for m, loss, error in zip(members, losses, errors):
+        m.loop["initial_train_loss"], m.loop["initial_train_error"] = loss, error
+        m.t0 = time.time()
+        stats.append((loss, error, m.spec["lr"] * lr_factor(m.spec["lr_schedule"], 0, 0, fam.steps_per_epoch)))
+    _row(fam, members, w, 0, stats)
+
+
+def _restore(fam: _Family, m: Member, ckpt: dict) -> None:
+    """Run._restore for one member from its checkpoint (the single run's format)."""
+    m.w = fam.flatten(ckpt["model"])
+    m.w0 = torch.cat([t.to(fam.device, fam.dtype).reshape(-1) for t in ckpt["init_params"]])
+    opt = ckpt["optimizer"]
+    delayed = opt["delayed"]
+    if delayed["schedule"] != "round_robin" or delayed["num_slots"] != m.slots or delayed["variant"] != m.variant:
+        raise UserError(f"{m.out_dir}: its checkpoint does not fit this spec's optimizer")
+    m.ring = delayed["grads"].to(fam.device, fam.dtype).clone()
+    m.vel = None if delayed["velocity"] is None else delayed["velocity"].to(fam.device, fam.dtype).clone()
+    m.lr_now = opt["param_groups"][0]["lr"]
+    m.loop = ckpt["loop"]
+    m.loop["resumed"] = list(m.loop["resumed"]) + [
+        {"epoch": m.loop["epoch"], "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    ]
+    m.rng_torch = ckpt["rng"]["torch"]
+    m.generator.set_state(ckpt["rng"]["data"])
+    m.t0 = time.time()
+
+
+if __name__ == "__main__":  # pragma: no cover - used by the SIGKILL test: python -m delay_stability.ensemble SPECS.json DIR...
+    import json
+
+    with open(sys.argv[1]) as f:
+        _specs = json.load(f)
+    run_ensemble(_specs, sys.argv[2:])

@@ -1,0 +1,215 @@
+"""The ensemble engine: member r of run_ensemble ends as run_training(specs[r]) (float64 to 1e-10,
+float32 to 1e-5, weights and every metric), divergence of one member, refusals with a reason,
+resume after SIGKILL bit-for-bit, and run folders the rest of the package reads."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from delay_stability.ensemble import can_ensemble, run_ensemble
+from delay_stability.errors import UserError
+from delay_stability.train import load_checkpoint, model_from_checkpoint, read_metrics, run_training
+
+METRICS = ("epoch", "step", "lr", "train_loss", "train_error", "val_loss", "val_error", "weight_norm",
+           "dist_from_init", "mean_staleness")
+
+
+def base(**overrides):
+    spec = dict(model="mlp", model_args={"hidden": [32]}, dataset="digits", dataset_args={"train_size": 256},
+                dtype="float64", device="cpu", threads=1, epochs=4, batch_size=32, eval_every=2, lr=0.05,
+                optimizer={"delay": 3})
+    spec.update(overrides)
+    return spec
+
+
+def members(tau, **overrides):
+    """Four members that differ in lr, seed, variant, momentum and weight decay."""
+    b = base(**overrides)
+    return [
+        dict(b, lr=0.05, seed=1, optimizer={"delay": tau}),
+        dict(b, lr=0.1, seed=2, optimizer={"delay": tau, "variant": "momentum", "momentum": 0.9}),
+        dict(b, lr=0.2, seed=3, optimizer={"delay": tau, "variant": "shifted", "momentum": 0.5, "weight_decay": 1e-3}),
+        dict(b, lr=0.03, seed=4, optimizer={"delay": tau, "weight_decay": 1e-2}),
+    ]
+
+
+def rel(a, b):
+    return abs(a - b) / max(abs(b), 1e-300)
+
+
+def compare(ens_dir, single_dir, tol):
+    """Max relative difference of every metric and of the final weights (asserted <= tol)."""
+    a, b = read_metrics(os.path.join(ens_dir, "metrics.csv")), read_metrics(os.path.join(single_dir, "metrics.csv"))
+    assert len(a) == len(b)
+    worst = 0.0
+    for ra, rb in zip(a, b):
+        for k in METRICS:
+            if ra[k] is None or rb[k] is None or k in ("epoch", "step"):
+                assert ra[k] == rb[k], (k, ra[k], rb[k])
+            elif rb[k] != rb[k]:  # NaN
+                assert ra[k] != ra[k], k
+            else:
+                worst = max(worst, rel(ra[k], rb[k]))
+    wa, wb = load_checkpoint(os.path.join(ens_dir, "final.pt"))["model"], load_checkpoint(os.path.join(single_dir, "final.pt"))["model"]
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        if torch.isfinite(wb[k]).all():
+            worst = max(worst, float((wa[k] - wb[k]).norm() / wb[k].norm().clamp_min(1e-300)))
+    assert worst <= tol, worst
+    sa = json.load(open(os.path.join(ens_dir, "summary.json")))
+    sb = json.load(open(os.path.join(single_dir, "summary.json")))
+    for k in ("status", "epochs_run", "steps", "diverged", "diverged_epoch", "optimizer_buffer_bytes"):
+        assert sa[k] == sb[k], k
+    assert rel(sa["mean_staleness"], sb["mean_staleness"]) < 1e-12 if sb["mean_staleness"] == sb["mean_staleness"] else True
+    assert rel(sa["initial_train_loss"], sb["initial_train_loss"]) <= tol
+    return worst
+
+
+def check_against_single(tmp_path, specs, tol):
+    outs = [str(tmp_path / f"e{i}") for i in range(len(specs))]
+    summaries = run_ensemble(specs, outs)
+    assert len(summaries) == len(specs)
+    worst = 0.0
+    for i, spec in enumerate(specs):
+        single = str(tmp_path / f"s{i}")
+        run_training(spec, single)
+        worst = max(worst, compare(outs[i], single, tol))
+    return outs, worst
+
+
+@pytest.mark.parametrize("batch_size", [32, 0], ids=["minibatch", "fullbatch"])
+@pytest.mark.parametrize("tau", [0, 3])
+def test_members_equal_their_single_runs_float64(tmp_path, tau, batch_size):
+    check_against_single(tmp_path, members(tau, batch_size=batch_size), 1e-10)
+
+
+def test_cnn_digits_members_equal_their_single_runs(tmp_path):
+    specs = members(3, model="cnn_digits", model_args={"batchnorm": False, "channels": [4, 8], "hidden": 16}, epochs=3)
+    check_against_single(tmp_path, specs, 1e-10)
+
+
+def test_float32_members_within_1e_5(tmp_path):
+    check_against_single(tmp_path, members(3, dtype="float32", epochs=3), 1e-5)
+
+
+def test_mse_and_lr_schedule(tmp_path):
+    specs = members(2, loss="mse", epochs=4, lr_schedule={"kind": "step", "milestones": [2], "gamma": 0.5, "warmup_epochs": 1})
+    check_against_single(tmp_path, specs, 1e-10)
+
+
+@pytest.mark.parametrize("batch_size", [32, 0], ids=["minibatch", "fullbatch"])
+def test_a_diverging_member_is_recorded_and_the_others_go_on(tmp_path, batch_size):
+    specs = members(1, batch_size=batch_size, epochs=8, eval_every=3)
+    specs[1] = dict(specs[1], lr=0.1, optimizer={"delay": 1})
+    specs[1]["lr"] = 500.0
+    outs, _ = check_against_single(tmp_path, specs, 1e-10)
+    diverged = json.load(open(os.path.join(outs[1], "summary.json")))
+    assert diverged["status"] == "diverged" and diverged["diverged_epoch"] < 8
+    for i in (0, 2, 3):
+        assert json.load(open(os.path.join(outs[i], "summary.json")))["status"] == "completed"
+
+
+def test_a_member_stopped_by_the_nan_check_inside_an_epoch(tmp_path):
+    """Minibatch: a non-finite step loss at a multiple of NAN_CHECK_EVERY ends that member's epoch early."""
+    specs = members(1, loss="mse", epochs=20, eval_every=3)
+    specs[1] = dict(specs[1], lr=100.0, optimizer={"delay": 1}, stop={"divergence": {"loss_factor": 1e300}})
+    outs, _ = check_against_single(tmp_path, specs, 1e-10)
+    diverged = json.load(open(os.path.join(outs[1], "summary.json")))
+    assert diverged["status"] == "diverged" and diverged["steps"] % 8 != 0  # cut inside its epoch
+
+
+def test_can_ensemble_refuses_with_a_reason(tmp_path):
+    ok, reason = can_ensemble(members(3))
+    assert ok and reason == ""
+    cases = [
+        ([base(), base(model="cnn_digits", model_args={})], "model"),
+        ([base(), base(optimizer={"delay": 2})], "delay"),
+        ([base(model="cnn_digits", model_args={"batchnorm": True})] * 2, "batchnorm"),
+        ([base(model="vgg11", model_args={})], "BatchNorm"),
+        ([base(optimizer={"delay": {"kind": "probs", "probs": [0.5, 0.5]}})], "constant delay"),
+        ([base(stop={"steady_state": {"window": 3}})], "steady_state"),
+        ([base(), base(batch_size=64)], "batch_size"),
+        ([base(perturb=0.1)], "perturb"),
+    ]
+    for specs, word in cases:
+        ok, reason = can_ensemble(specs)
+        assert not ok and word in reason, (word, reason)
+        with pytest.raises(UserError, match="run_training"):
+            run_ensemble(specs, [str(tmp_path / f"x{i}") for i in range(len(specs))])
+
+
+def test_run_folders_are_single_run_folders(tmp_path):
+    specs = members(3, epochs=2)
+    outs = [str(tmp_path / f"e{i}") for i in range(len(specs))]
+    run_ensemble(specs, outs)
+    for i, out in enumerate(outs):
+        assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == ["final.pt", "metrics.csv", "run.json", "summary.json"]
+        rows = read_metrics(os.path.join(out, "metrics.csv"))
+        assert [r["epoch"] for r in rows] == [0, 2]
+        ckpt = load_checkpoint(os.path.join(out, "final.pt"))
+        assert ckpt["epoch"] == 2 and ckpt["step"] == 16 and ckpt["metrics"] == ckpt["loop"]["rows"]
+        model, spec = model_from_checkpoint(os.path.join(out, "final.pt"))
+        assert spec["seed"] == specs[i]["seed"]
+        assert json.load(open(os.path.join(out, "run.json")))["ensemble"] == {"members": 4, "index": i}
+    # a second call finds the finished runs and returns the same summaries
+    again = run_ensemble(specs, outs)
+    assert [s["final"]["train_loss"] for s in again] == [
+        json.load(open(os.path.join(o, "summary.json")))["final"]["train_loss"] for o in outs]
+
+
+def test_member_checkpoint_resumes_as_a_single_run(tmp_path):
+    """A member's checkpoint.pt has the single run's format: run_training can resume it."""
+    spec = base(epochs=6, checkpoint_every=2, optimizer={"delay": 3, "variant": "shifted", "momentum": 0.5})
+    out = str(tmp_path / "m")
+    run_ensemble([dict(spec, epochs=4)], [out])  # train 4 epochs, then pretend it was interrupted at 4
+    ckpt = load_checkpoint(os.path.join(out, "final.pt"))
+    ckpt["spec"] = dict(ckpt["spec"], epochs=6)
+    ckpt["loop"]["status"] = None
+    torch.save(ckpt, os.path.join(out, "checkpoint.pt"))
+    os.remove(os.path.join(out, "final.pt"))
+    run_training(ckpt["spec"], out)
+    run_training(spec, str(tmp_path / "whole"))
+    compare(out, str(tmp_path / "whole"), 1e-10)
+
+
+def test_sigkill_and_resume_matches_an_uninterrupted_ensemble(tmp_path):
+    specs = members(3, epochs=120, checkpoint_every=3, eval_every=10)
+    spec_file = tmp_path / "specs.json"
+    spec_file.write_text(json.dumps(specs))
+    killed = [str(tmp_path / f"k{i}") for i in range(len(specs))]
+    cmd = [sys.executable, "-m", "delay_stability.ensemble", str(spec_file), *killed]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not os.path.exists(os.path.join(killed[-1], "checkpoint.pt")):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.005)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    for out in killed:
+        assert not os.path.exists(os.path.join(out, "final.pt"))
+        for name in ("metrics.csv", "run.json"):
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    whole = [str(tmp_path / f"w{i}") for i in range(len(specs))]
+    run_ensemble(specs, whole)
+    for k, w in zip(killed, whole):
+        strip = lambda rows: [{c: v for c, v in r.items() if c != "seconds"} for r in rows]  # noqa: E731
+        assert strip(read_metrics(os.path.join(k, "metrics.csv"))) == strip(read_metrics(os.path.join(w, "metrics.csv")))
+        a, b = load_checkpoint(os.path.join(k, "final.pt")), load_checkpoint(os.path.join(w, "final.pt"))
+        for name in a["model"]:
+            assert torch.equal(a["model"][name], b["model"][name]), name
+        assert torch.equal(a["optimizer"]["delayed"]["grads"], b["optimizer"]["delayed"]["grads"])
+        resumed = json.load(open(os.path.join(k, "run.json")))["resumed"]
+        assert len(resumed) == 1 and resumed[0]["epoch"] >= 3
