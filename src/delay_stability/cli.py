@@ -36,6 +36,9 @@ COMMANDS = {
     "eos-run": ("delay_stability.experiments.eos", "train with sharpness tracking (delayed edge of stability)"),
     "eos-collect": ("delay_stability.experiments.eos_tables",
                     "plateau table of tracked runs (delayed edge of stability)"),
+    "ensemble": ("delay_stability.ensemble", "train a list of specs as one batched ensemble (run folders as train)"),
+    "generalization-collect": ("delay_stability.experiments.generalization",
+                               "tables of the generalization experiment (figs. 1, 3, 13) from run folders"),
     "grid-collect": ("delay_stability.experiments.grid", "tidy tables of the run folders of a grid"),
     "audit": ("delay_stability.experiments.audit", "what produced every figure, and what is stale, missing or diverged"),
 }

@@ -673,6 +673,35 @@ def _restore(fam: _Family, m: Member, ckpt: dict) -> None:
     m.t0 = time.time()
 
 
+# ================================================================ command line
+
+
+def _cli_ensemble(args) -> int:
+    from .files import read_json
+
+    specs = read_json(args.specs, "--specs")
+    if not isinstance(specs, list):
+        raise UserError(f"--specs {args.specs}: expected a JSON list of training specs")
+    summaries = run_ensemble(specs, args.out)
+    for out, s in zip(args.out, summaries):
+        print(f"{out}: {s['status']} after {s['epochs_run']} epochs")
+    if args.record:
+        write_json(args.record, {"members": [{"out": o, "status": s["status"]} for o, s in zip(args.out, summaries)]})
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``ensemble``: R runs of one model family as one batched job."""
+    p = subparsers.add_parser(
+        "ensemble",
+        description="Train the specs of a JSON list as one batched ensemble; member r writes the run folder "
+                    "--out[r] exactly as `delay-stability train` would (see delay_stability.ensemble).")
+    p.add_argument("--specs", required=True, metavar="JSON", help="a JSON file: the list of training specs")
+    p.add_argument("--out", nargs="+", required=True, metavar="DIR", help="one run folder per spec, in order")
+    p.add_argument("--record", default=None, metavar="JSON", help="write the members' folders and statuses here")
+    p.set_defaults(func=_cli_ensemble)
+
+
 if __name__ == "__main__":  # pragma: no cover - used by the SIGKILL test: python -m delay_stability.ensemble SPECS.json DIR...
     import json
 

@@ -83,14 +83,10 @@ def with_run_settings(spec: dict, cfg: dict) -> dict:
 
 def planned_training_blocks(exp: dict):
     """(config key, spec) of the training blocks of experiments that no rule builds yet
-    (generalization, table1, fig11, imagenet, momentum): checked all the same."""
-    for name in ("generalization", "fig11", "imagenet", "momentum"):
+    (table1, fig11, imagenet, momentum): checked all the same."""
+    for name in ("fig11", "imagenet", "momentum"):
         if name in exp:
             yield f"{name}.train", exp[name]["train"]
-    for fig in ("fig1", "fig13", "fig3"):
-        if "train" in exp.get("generalization", {}).get(fig, {}):
-            yield (f"generalization.{fig}.train",
-                   deep_merge(exp["generalization"]["train"], exp["generalization"][fig]["train"]))
     for i, net in enumerate(exp.get("table1", {}).get("networks", [])):
         yield f"table1.networks[{i}].train", net["train"]
     imagenet = exp.get("imagenet")
@@ -109,7 +105,7 @@ def training_specs(cfg: dict, scale: str):
     settings; built by the experiment modules as the rules build them. Specs that the runs
     complete themselves (a continuation's lr and start, the scaled edge-of-stability runs' lr) get
     stand-in values."""
-    from . import eos, stability
+    from . import eos, generalization, stability
 
     exp = cfg[scale]
     for name in stability.EXPERIMENTS:
@@ -139,6 +135,12 @@ def training_specs(cfg: dict, scale: str):
             yield "eos.scaled.burn_in", eos.burn_in_spec(block, base)
             for run in eos.scaled_runs(block):
                 yield "eos.scaled", {**eos.scaled_spec(block, base, *run, "burn_in.pt"), "lr": 1.0}
+    if "generalization" in exp:
+        block = exp["generalization"]
+        try:
+            yield from generalization.all_specs(block, with_run_settings(block["train"], cfg))
+        except UserError as exc:
+            raise ConfigError(f"invalid configuration: {scale}.{exc}") from None
     for key, spec in planned_training_blocks(exp):
         yield key, with_run_settings(spec, cfg)
 
