@@ -488,7 +488,7 @@ def test_a_baseline_longer_than_the_job_limit_runs_as_a_chain_of_jobs(tmp_path):
     workdir = copy_workflow(tmp_path / "project")
     edit_config(workdir, lambda c: (tiny_stability(c), c["quick"]["stability"]["baseline"].update(
         epochs=4000, checkpoint_every=4000)))
-    result = snakemake(workdir, "--cores", "1", "--retries", "30", BASELINE, env={train.JOB_SECONDS_ENV: "0.2"})
+    result = snakemake(workdir, "--cores", "1", "--retries", "30", BASELINE, env={train.JOB_SECONDS_ENV: "0.5"})
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((workdir / "results/quick/stability/baseline/run.json").read_text())
     assert len(run["resumed"]) >= 1  # it took a chain of jobs (how many depends on the machine's speed)

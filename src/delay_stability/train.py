@@ -161,23 +161,24 @@ def model_from_checkpoint(path: str, device=None):
 
 # ================================================================ a job's time limit
 
-#: Seconds a job may run (set by the workflow from the config's max_job_minutes): a longer run
-#: saves a checkpoint at the end of the epoch past it and stops (TimeLimitReached, exit status 75);
-#: Snakemake's retries then run the next job of the chain, which resumes from the checkpoint.
+#: Seconds of training a job may do (set by the workflow to 90% of the config's max_job_minutes,
+#: the rest left for start-up and the last epoch): a longer run saves a checkpoint at the end of the
+#: epoch past it and stops (TimeLimitReached, exit status 75); Snakemake's retries then run the
+#: next job of the chain, which resumes from the checkpoint. Every job makes at least one epoch.
 JOB_SECONDS_ENV = "DELAY_STABILITY_JOB_SECONDS"
-_PROCESS_START = time.monotonic()
+_TRAINING_START = [None]  # when this process began to train (monotonic seconds)
 
 
 def past_job_time_limit() -> bool:
-    """Whether this process has run longer than ``$DELAY_STABILITY_JOB_SECONDS`` (unset: never)."""
+    """Whether this process has trained longer than ``$DELAY_STABILITY_JOB_SECONDS`` (unset: never)."""
     limit = os.environ.get(JOB_SECONDS_ENV)
-    if not limit:
+    if not limit or _TRAINING_START[0] is None:
         return False
     try:
         seconds = float(limit)
     except ValueError:
         raise UserError(f"${JOB_SECONDS_ENV}: expected seconds, got {limit!r}") from None
-    return time.monotonic() - _PROCESS_START > seconds
+    return time.monotonic() - _TRAINING_START[0] > seconds
 
 
 # ================================================================ a finished run, for analysis
@@ -467,6 +468,8 @@ class Run:
 
     def train(self) -> None:
         epochs = self.spec["epochs"]
+        if _TRAINING_START[0] is None:
+            _TRAINING_START[0] = time.monotonic()
         progress = _Progress(epochs, self.loop["epoch"], self.out_dir)
         self._emit("start", loss=self.loop["initial_train_loss"])
         try:
