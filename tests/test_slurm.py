@@ -3,10 +3,14 @@
 tests/slurm/run.sh installs SLURM and munge if missing (apt-get; CI runs as root on a fresh machine),
 starts munged, slurmctld and slurmd, builds figures/fig6.pdf and its table at quick scale through
 `--profile workflow/profiles/slurm` and checks that every job went through sbatch and COMPLETED;
-then it stops the daemons it started. Where SLURM cannot be started this test FAILS with the
-script's reason: it is never skipped.
+then it stops the daemons it started. `run.sh --preempt` interrupts training jobs under that real
+SLURM: one is requeued with `scontrol requeue` while it runs, another is a chain of jobs of 1 minute
+(--config max_job_minutes=1) that stop themselves with exit status 75; both must resume from their
+checkpoints and end bit for bit as an uninterrupted run. Where SLURM cannot be started these tests
+FAIL with the script's reason: they are never skipped.
 """
 
+import json
 import os
 import re
 import signal
@@ -37,6 +41,7 @@ def run_script(*args, timeout=1500):
         reason = re.findall(r"slurm-test: FAILED: .*", out)
         pytest.fail(f"tests/slurm/run.sh {' '.join(args)} failed (exit {proc.returncode}): "
                     f"{reason[-1] if reason else ''}\n{out[-6000:]}", pytrace=False)
+    print("\n".join(line for line in out.splitlines() if line.startswith("slurm-test:")))  # pytest -rP
     return out
 
 
@@ -68,3 +73,19 @@ def test_quick_target_runs_under_slurm_and_the_cluster_restarts():
     out2 = run_script("--smoke", timeout=300)
     assert re.search(r"slurm-test: smoke job \d+ COMPLETED", out2), out2
     assert_stopped(daemon_pids(out2))
+
+
+def test_requeued_and_time_limited_training_jobs_resume_bit_for_bit():
+    out = run_script("--preempt", timeout=1200)
+    # requeue: SLURM runs the job again under its id (or Snakemake resubmits it); it resumes, ends equal
+    assert re.search(r"slurm-test: requeue: (SLURM ran job \d+ again under the same id \(Restarts=1"
+                     r"|Snakemake treated the requeue as a failure)", out), out
+    assert re.search(r"slurm-test: requeue: resumed: \[\{\"epoch\": \d+.*\] equal: final\.pt", out), out
+    # chain: >= 2 jobs of -t 1, all but the last stopped by the engine (exit 75); it ends equal
+    m = re.search(r"slurm-test: (chain2?): (\d+) SLURM jobs, time limit 1:00 each .*all but the last "
+                  r"stopped with exit status 75", out)
+    assert m and int(m.group(2)) >= 2, out
+    resumed = re.search(rf"slurm-test: {m.group(1)}: resumed: (\[.*\]) equal: final\.pt", out)
+    assert resumed and len(json.loads(resumed.group(1))) == int(m.group(2)) - 1, out
+    assert_stopped(daemon_pids(out))
+    assert not Path("/etc/slurm/slurm.conf").exists(), "run.sh left its slurm.conf behind"

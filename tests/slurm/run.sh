@@ -4,6 +4,8 @@
 #   bash tests/slurm/run.sh                 # figures/fig6.pdf and its table, every job through sbatch
 #   bash tests/slurm/run.sh TARGET ...      # other quick-scale targets
 #   bash tests/slurm/run.sh --smoke         # only start the cluster, run one sbatch job, stop it
+#   bash tests/slurm/run.sh --preempt       # a training job requeued by SLURM, and a chain of jobs
+#                                           # cut by a 1-minute time limit: both resume bit for bit
 #
 # Needs root (as in CI). Installs Debian's slurm-wlm and munge with apt-get when they are missing.
 # The cluster lives in one private temporary directory: its own munge key and socket, free TCP
@@ -19,6 +21,28 @@
 # first status check and keeps the SLURM logs of successful jobs (so they can be checked).
 # Checks: the targets exist, every job id that Snakemake reports as submitted has a SLURM log and
 # is COMPLETED in squeue, and no job of the target ran outside SLURM except the declared local rules.
+#
+# --preempt: two Snakemake runs at once, each in its own copy, on results/quick/stability/baseline/
+# final.pt with a tiny baseline (MLP 64-24-10, 48 digits, checkpoint.pt every 200 epochs) whose epochs
+# are fixed (requeue) or sized from this machine's speed (chain; a 4000-epoch run first):
+#   requeue  16000 epochs (5-40 s). While the job is RUNNING and has written checkpoint.pt, `scontrol
+#            requeue` it (the profile submits with --requeue): SLURM runs it again under the same id
+#            (or, should Snakemake see a failure, its retries submit another) and it resumes.
+#   chain    ~70 s of training, --config max_job_minutes=1: every job is submitted with -t 1 and the
+#            engine stops it after 54 s of training with a checkpoint and exit status 75; Snakemake's
+#            retries submit the next job of the chain, which resumes. Checks: >= 2 jobs, every one
+#            with TimeLimit 1:00, all but the last FAILED with exit status 75, the last COMPLETED.
+#            (Done within one job, i.e. the machine got faster than measured: once more, 2x longer.)
+#   Both must exit 0, record a resume in run.json, and end equal (final.pt's weights and optimizer
+#   state, metrics.csv without its seconds column: tests/slurm/same_run.py) to an uninterrupted
+#   `delay-stability train --spec <its spec.json>` outside SLURM. In this mode slurm.conf also sets
+#   AuthInfo cred_expire=15 (how long a requeued job waits before it may start again; default 120 s),
+#   SchedulerParameters=bf_interval=2,sched_interval=2 (then it starts; default: up to 60 s later),
+#   KillWait=5 (default 30) and OverTimeLimit=1. The last one because the engine's 54 s count from
+#   the training process's start, and a job spends 10-40 s before that here (two Snakemake
+#   start-ups, imports, on a loaded machine): with a hard 1-minute limit SLURM kills every job first
+#   (TIMEOUT; the chain still ends equal, from the rolling checkpoints, but exit 75 never happens).
+#   Real limits (hours) leave 10% for that start-up.
 # Exit status 0 on success, 1 on any failure (with the daemons' and Snakemake's log tails).
 set -euo pipefail
 
@@ -26,6 +50,9 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV_BIN="${VENV_BIN:-$REPO/.venv/bin}"
 DEFAULT_TARGETS=(figures/fig6.pdf results/theory/fig6.csv)
 SNAKEMAKE_TIMEOUT="${SNAKEMAKE_TIMEOUT:-900}"   # seconds for the whole workflow run
+PREEMPT_TARGET=results/quick/stability/baseline/final.pt
+PREEMPT_TIMEOUT="${PREEMPT_TIMEOUT:-420}"       # --preempt: seconds for each of its Snakemake runs
+REQUEUE_EPOCHS="${REQUEUE_EPOCHS:-16000}"       # --preempt: epochs of the requeued run (400-1700 a second)
 T0=$SECONDS
 
 say() { echo "slurm-test: $* [+$((SECONDS - T0)) s]"; }
@@ -33,16 +60,21 @@ die() { echo "slurm-test: FAILED: $*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- arguments
 SMOKE=0
+PREEMPT=0
 TARGETS=()
 for arg in "$@"; do
     case "$arg" in
         --smoke) SMOKE=1 ;;
+        --preempt) PREEMPT=1 ;;
         -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | grep '^#'; exit 0 ;;
-        -*) die "unknown option '$arg' (known: --smoke, --help)" ;;
+        -*) die "unknown option '$arg' (known: --smoke, --preempt, --help)" ;;
         *) TARGETS+=("$arg") ;;
     esac
 done
+[ $((SMOKE + PREEMPT)) -le 1 ] || die "--smoke and --preempt exclude each other"
+[ $PREEMPT -eq 0 ] || [ ${#TARGETS[@]} -eq 0 ] || die "--preempt takes no targets (it builds $PREEMPT_TARGET)"
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=("${DEFAULT_TARGETS[@]}")
+[ $PREEMPT -eq 0 ] || TARGETS=("$PREEMPT_TARGET")
 
 # ---------------------------------------------------------------- prerequisites
 [ "$(id -u)" -eq 0 ] || die "must run as root (slurmctld/slurmd are started as root; CI runs as root)"
@@ -78,6 +110,7 @@ WORK=""
 SYSTEM_CONF=/etc/slurm/slurm.conf
 CONF_MARK="# One-node test cluster written by tests/slurm/run.sh"
 PIDS=()        # daemons this script started: munged slurmctld slurmd
+BG_PIDS=()     # --preempt: background runs this script started (timeout ... snakemake, the reference)
 NODE="$(hostname -s)"
 
 check_system_conf() {  # /etc/slurm/slurm.conf must be absent or left over from an earlier run of ours
@@ -118,8 +151,17 @@ start_munge() {
 }
 
 write_slurm_conf() {
-    local ports cpus mem
+    local ports cpus mem auth_extra="" conf_extra=""
     read -r -a ports <<<"$(free_ports)"
+    if [ $PREEMPT -eq 1 ]; then  # see --preempt above: a requeued job restarts soon, jobs may overrun
+        auth_extra=",cred_expire=15"
+        conf_extra="# --preempt: a requeued job may start again after 15 s (cred_expire), the schedulers
+# start it within 2 s, a killed job's processes get 5 s between SIGTERM and SIGKILL, and a job's
+# time limit is a soft one (killed 1 minute past it)
+SchedulerParameters=bf_interval=2,sched_interval=2
+KillWait=5
+OverTimeLimit=1"
+    fi
     # This machine's CPU count and memory, as slurmd itself sees them.
     cpus=$(slurmd -C | sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' | head -n 1)
     mem=$(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' | head -n 1)
@@ -135,7 +177,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$WORK/munge/run/munge.socket
+AuthInfo=socket=$WORK/munge/run/munge.socket$auth_extra
 StateSaveLocation=$WORK/state
 SlurmdSpoolDir=$WORK/spool
 SlurmctldPidFile=$WORK/slurmctld.pid
@@ -153,6 +195,7 @@ MpiDefault=none
 ReturnToService=2
 # squeue must still list finished jobs when Snakemake polls (the plugin wants >= 3 x first interval)
 MinJobAge=300
+$conf_extra
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=dstest Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
@@ -216,18 +259,37 @@ stop_cluster() {
 
 show_logs() {
     local f
-    for f in "$WORK"/log/slurmctld.log "$WORK"/log/slurmd.log "$WORK"/snakemake.log; do
+    for f in "$WORK"/log/slurmctld.log "$WORK"/log/slurmd.log "$WORK"/snakemake.log "$WORK"/*.snakemake.log \
+        "$WORK"/*.reference.log; do
         [ -f "$f" ] || continue
         echo "----- last lines of $f" >&2
         tail -n 40 "$f" >&2
     done
 }
 
+kill_leftovers() {  # processes of jobs that escaped SLURM's process tracking (proctrack/linuxproc follows
+    # parent pids only: a job's Snakemake whose shell was killed first is re-parented and survives
+    # the job), i.e. anything still running in or on this run's work directory, by their PIDs
+    local proc pid found=()
+    [ -n "$WORK" ] && [ -d "$WORK" ] || return 0
+    for proc in /proc/[0-9]*; do
+        pid=${proc#/proc/}
+        [ "$pid" = $$ ] && continue
+        case "$(readlink "$proc/cwd" 2>/dev/null)" in "$WORK"|"$WORK"/*) found+=("$pid"); continue ;; esac
+        tr '\0' ' ' <"$proc/cmdline" 2>/dev/null | grep -qF "$WORK/" && found+=("$pid")
+    done
+    [ ${#found[@]} -gt 0 ] || return 0
+    echo "slurm-test: WARNING: processes left in $WORK after the cluster stopped: ${found[*]}; SIGKILL" >&2
+    kill -KILL "${found[@]}" 2>/dev/null || true
+}
+
 on_exit() {
     local rc=$?
     trap - EXIT INT TERM
+    stop_background
     [ $rc -ne 0 ] && [ -n "$WORK" ] && show_logs
     stop_cluster
+    kill_leftovers
     if [ -n "$WORK" ] && [ "${KEEP:-0}" != 1 ]; then rm -rf "$WORK"; fi
     [ -n "$WORK" ] && [ "${KEEP:-0}" = 1 ] && say "kept $WORK"
     say "$([ $rc -eq 0 ] && echo passed || echo failed) in $((SECONDS - T0)) s"
@@ -235,8 +297,8 @@ on_exit() {
 }
 
 # ---------------------------------------------------------------- the workflow through the profile
-copy_workflow() {  # the repository without its virtualenv, results, data, logs or built figures
-    COPY="$WORK/repo"
+copy_workflow() {  # copy_workflow [DIR]: the repository without its virtualenv, results, data, logs or figures
+    COPY="${1:-$WORK/repo}"
     mkdir -p "$COPY"
     tar -C "$REPO" -cf - \
         --exclude=./.git --exclude=./.venv --exclude=./.snakemake --exclude=./results --exclude=./data \
@@ -245,13 +307,17 @@ copy_workflow() {  # the repository without its virtualenv, results, data, logs 
     say "workflow copied to $COPY ($(du -sh "$COPY" | cut -f1))"
 }
 
-run_workflow() {
+write_overlay_profile() {
     mkdir -p "$WORK/profile"
     cat >"$WORK/profile/config.yaml" <<'EOF'
 # Test-only additions to workflow/profiles/slurm: poll soon, keep every SLURM log for the checks.
 slurm-init-seconds-before-status-checks: 2
 slurm-keep-successful-logs: true
 EOF
+}
+
+run_workflow() {
+    write_overlay_profile
     say "snakemake --profile workflow/profiles/slurm ${TARGETS[*]}"
     local rc=0
     (cd "$COPY" && PATH="$VENV_BIN:$PATH" timeout "$SNAKEMAKE_TIMEOUT" "$VENV_BIN/snakemake" \
@@ -305,6 +371,232 @@ smoke_job() {
     say "smoke job $id COMPLETED"
 }
 
+# ---------------------------------------------------------------- --preempt: requeue and time-limit chain
+stop_background() {  # SIGINT what --preempt left running (timeout passes it on: Snakemake scancels its jobs)
+    local pid j running=()
+    [ ${#BG_PIDS[@]} -gt 0 ] || return 0
+    for pid in "${BG_PIDS[@]}"; do  # only children of this shell that still run (no reused pid)
+        if jobs -rp | grep -qx "$pid"; then running+=("$pid"); fi
+    done
+    BG_PIDS=()
+    [ ${#running[@]} -gt 0 ] || return 0
+    for pid in "${running[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+    for pid in "${running[@]}"; do
+        for ((j = 0; j < 300; j++)); do jobs -rp | grep -qx "$pid" || break; sleep 0.1; done
+        if jobs -rp | grep -qx "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+    done
+}
+
+baseline_spec() {  # baseline_spec EPOCHS: the tiny baseline as a training spec (for the speed measurement)
+    cat <<EOF2
+{"model": "mlp", "model_args": {"hidden": [24], "activation": "tanh"}, "dataset": "digits",
+ "dataset_args": {"train_size": 48}, "loss": "mse", "dtype": "float64", "epochs": $1, "batch_size": 0,
+ "lr": 0.05, "eval_every": 200, "checkpoint_every": 200, "threads": 1, "device": "cpu"}
+EOF2
+}
+
+measure_speed() {  # EPOCHS_PER_S: epochs a second of the tiny baseline on this machine now
+    local n=4000 secs
+    baseline_spec $n >"$WORK/speed.spec.json"
+    timeout 120 "$VENV_BIN/delay-stability" train --spec "$WORK/speed.spec.json" --out "$WORK/speed" \
+        >"$WORK/speed.log" 2>&1 || die "the speed measurement failed: $(tail -n 3 "$WORK/speed.log")"
+    secs=$("$VENV_BIN/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["seconds"])' \
+        "$WORK/speed/summary.json")
+    EPOCHS_PER_S=$("$VENV_BIN/python" -c "print(max(1, round($n / max($secs, 1e-3))))")
+    say "tiny baseline: $n epochs in $secs s of training, $EPOCHS_PER_S epochs a second"
+}
+
+epochs_for() {  # epochs_for SECONDS: that long at EPOCHS_PER_S, a multiple of 200, at least 2000
+    "$VENV_BIN/python" -c "print(max(2000, round($1 * $EPOCHS_PER_S / 200) * 200))"
+}
+
+tiny_baseline() {  # tiny_baseline DIR EPOCHS: the copy's config.yaml with a tiny baseline of EPOCHS epochs
+    "$VENV_BIN/python" - "$1/config.yaml" "$2" <<'PY'
+import sys
+import yaml
+path, epochs = sys.argv[1], int(sys.argv[2])
+with open(path) as f:
+    config = yaml.safe_load(f)
+config["quick"]["stability"]["baseline"].update(
+    model_args={"hidden": [24], "activation": "tanh"}, dataset_args={"train_size": 48},
+    epochs=epochs, eval_every=200, checkpoint_every=200)
+with open(path, "w") as f:
+    yaml.safe_dump(config, f, sort_keys=False)
+PY
+}
+
+start_snakemake() {  # start_snakemake NAME DIR [ARG ...]: in the background, log $WORK/NAME.snakemake.log
+    local name=$1 dir=$2
+    shift 2
+    (cd "$dir" && PATH="$VENV_BIN:$PATH" exec timeout -s INT -k 30 "$PREEMPT_TIMEOUT" "$VENV_BIN/snakemake" \
+        --profile workflow/profiles/slurm --profile "$WORK/profile" "$PREEMPT_TARGET" "$@") \
+        >"$WORK/$name.snakemake.log" 2>&1 9>&- &
+    LAST_PID=$!
+    BG_PIDS+=("$LAST_PID")
+    say "$name: snakemake --profile workflow/profiles/slurm $PREEMPT_TARGET $* (pid $LAST_PID)"
+}
+
+start_reference() {  # start_reference NAME DIR: in the background, once the job wrote spec.json (Snakemake
+    # removes it when the job fails), the same spec outside SLURM, at a low priority (only needed at
+    # the end: the SLURM jobs' timing matters)
+    local spec="$2/${PREEMPT_TARGET%/*}/spec.json" copy="$WORK/$1.reference.spec.json"
+    (
+        for ((i = 0; i < 1500; i++)); do [ -s "$spec" ] && cp "$spec" "$copy" 2>/dev/null && break; sleep 0.2; done
+        [ -s "$copy" ] || { echo "no $spec within 300 s" >&2; exit 3; }
+        exec timeout -s INT -k 10 "$PREEMPT_TIMEOUT" nice -n 10 "$VENV_BIN/delay-stability" train --spec "$copy" \
+            --out "$WORK/$1.reference"
+    ) >"$WORK/$1.reference.log" 2>&1 9>&- &
+    LAST_PID=$!
+    BG_PIDS+=("$LAST_PID")
+}
+
+slurm_ids() {  # slurm_ids LOG: the SLURM job ids Snakemake submitted, in order
+    sed -n 's/.*submitted with SLURM jobid \([0-9][0-9]*\).*/\1/p' "$1" | sort -n -u
+}
+
+job_field() {  # job_field ID FIELD: one field of `scontrol show job` (e.g. Restarts, RunTime)
+    scontrol show job "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1
+}
+
+requeue_running_job() {  # requeue_running_job NAME DIR PID: once RUNNING with a checkpoint, scontrol requeue
+    local name=$1 run="$2/${PREEMPT_TARGET%/*}" pid=$3 log="$WORK/$1.snakemake.log" id="" state="" i t
+    for ((i = 0; i < 900; i++)); do  # at most 180 s
+        kill -0 "$pid" 2>/dev/null || die "$name: snakemake ended before its job could be requeued"
+        [ -n "$id" ] || id=$(slurm_ids "$log" | head -n 1)
+        if [ -n "$id" ] && [ -s "$run/checkpoint.pt" ]; then
+            state=$(squeue -h -j "$id" -o %T 2>/dev/null || true)
+            [ "$state" = RUNNING ] && break
+        fi
+        sleep 0.2
+    done
+    [ "$state" = RUNNING ] || die "$name: no RUNNING job with a checkpoint.pt within 180 s (job '$id', state '$state')"
+    sleep 3  # a few more checkpoints: resume from the middle of the run, not from its first one
+    state=$(squeue -h -j "$id" -o %T 2>/dev/null || true)
+    [ "$state" = RUNNING ] || die "$name: job $id is '$state', no longer RUNNING, before the requeue"
+    scontrol requeue "$id" || die "$name: scontrol requeue $id failed"
+    t=$SECONDS
+    say "$name: job $id RUNNING with checkpoint.pt: scontrol requeue $id"
+    # Follow the job until it runs again (same id) or Snakemake has submitted another one.
+    local seen="" last=""
+    for ((i = 0; i < 600; i++)); do  # at most 120 s
+        state=$(squeue -h -t all -j "$id" -o %T 2>/dev/null || true)
+        if [ "$state" != "$last" ]; then seen="$seen${seen:+ -> }$state"; last=$state; fi
+        if [ "$state" = RUNNING ] && [ "$(job_field "$id" Restarts)" != 0 ]; then break; fi
+        if [ "$(slurm_ids "$log" | wc -l)" -ge 2 ]; then break; fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    REQUEUE_ID=$id
+    say "$name: job $id after the requeue: $seen (Restarts=$(job_field "$id" Restarts), $((SECONDS - t)) s)"
+}
+
+wait_for() {  # wait_for NAME PID WHAT: the exit status of a background run
+    local rc=0
+    wait "$2" || rc=$?
+    [ $rc -eq 124 ] || [ $rc -eq 137 ] && die "$1: $3 did not finish within $PREEMPT_TIMEOUT s"
+    [ $rc -eq 0 ] || die "$1: $3 exited with status $rc (log: $WORK/$1.$3.log)"
+    say "$1: $3 finished"
+}
+
+same_as_reference() {  # same_as_reference NAME DIR: equal to the uninterrupted run, resumed at least once
+    local run="$2/${PREEMPT_TARGET%/*}" out
+    [ -s "$2/$PREEMPT_TARGET" ] || die "$1: $PREEMPT_TARGET was not produced"
+    [ ! -e "$run/checkpoint.pt" ] || die "$1: checkpoint.pt left behind in $run"
+    cmp -s "$run/spec.json" "$WORK/$1.reference.spec.json" || die "$1: spec.json differs from the reference's"
+    out=$("$VENV_BIN/python" "$REPO/tests/slurm/same_run.py" "$run" "$WORK/$1.reference" 2>&1) || die "$1: $out"
+    grep -q '^resumed: \[{' <<<"$out" || die "$1: run.json records no resume: $out"
+    say "$1: $(tr '\n' ' ' <<<"$out")"
+}
+
+check_requeue() {  # the requeued job resumed: in place (same id) or through a resubmission
+    local log="$WORK/requeue.snakemake.log" ids n last
+    ids=$(slurm_ids "$log")
+    n=$(wc -w <<<"$ids")
+    last=$(tail -n 1 <<<"$ids")
+    [ "$(squeue -h -t all -j "$last" -o %T 2>/dev/null || true)" = COMPLETED ] \
+        || die "requeue: last job $last is not COMPLETED"
+    if [ "$n" -eq 1 ]; then
+        [ "$(job_field "$REQUEUE_ID" Restarts)" = 1 ] \
+            || die "requeue: job $REQUEUE_ID has Restarts=$(job_field "$REQUEUE_ID" Restarts) after one requeue"
+        ! grep -q '^Error in rule' "$log" || die "requeue: Snakemake saw a failure: $(grep -m 1 -A 2 '^Error in rule' "$log")"
+        say "requeue: SLURM ran job $REQUEUE_ID again under the same id (Restarts=1, RunTime $(job_field "$REQUEUE_ID" RunTime) after the requeue); Snakemake saw no failure"
+    else
+        say "requeue: Snakemake treated the requeue as a failure and submitted $((n - 1)) more job(s): $(echo $ids)"
+    fi
+}
+
+check_chain() {  # check_chain NAME DIR: >= 2 jobs of TimeLimit 1:00; all but the last stopped with exit 75
+    local name=$1 log="$WORK/$1.snakemake.log" ids id last n=0 limit state ran slurm_log summary=""
+    ids=$(slurm_ids "$log")
+    last=$(tail -n 1 <<<"$ids")
+    for id in $ids; do
+        n=$((n + 1))
+        read -r state limit ran <<<"$(squeue -h -t all -j "$id" -o '%T %l %M' 2>/dev/null || true)"
+        [ "$limit" = 1:00 ] || die "$name: job $id has time limit '$limit', not 1:00 (sbatch -t 1)"
+        summary="$summary $id:$state/$ran"
+        if [ "$id" = "$last" ]; then
+            [ "$state" = COMPLETED ] || die "$name: last job $id is '$state', not COMPLETED"
+            continue
+        fi
+        slurm_log=$(find "$2/.snakemake/slurm_logs" -name "$id.log" | head -n 1)
+        [ "$state" = FAILED ] && [ -n "$slurm_log" ] && grep -q 'exit status 75' "$slurm_log" \
+            || die "$name: job $id is '$state' after $ran: it should have stopped itself with exit status 75 \
+after 54 s of training$(grep -qs 'DUE TO TIME LIMIT' "${slurm_log:-/dev/null}" && echo '; SLURM killed it at its time limit first')"
+    done
+    [ $n -ge 2 ] || die "$name: $n SLURM job(s); a run longer than max_job_minutes=1 needs >= 2"
+    say "$name: $n SLURM jobs, time limit 1:00 each (state/run time):$summary; all but the last stopped with exit status 75"
+}
+
+start_chain() {  # start_chain NAME EPOCHS: a fresh copy with max_job_minutes=1, in the background
+    rm -rf "${WORK:?}/$1"
+    cp -a "$WORK/pristine" "$WORK/$1"
+    tiny_baseline "$WORK/$1" "$2"
+    start_snakemake "$1" "$WORK/$1" --config max_job_minutes=1
+}
+
+preempt_test() {
+    local a="$WORK/requeue" chain=chain pid_a pid_b ref_a ref_b epochs
+    measure_speed
+    copy_workflow "$WORK/pristine"
+    cp -a "$WORK/pristine" "$a"
+    write_overlay_profile
+    # requeue: a fixed length (5-40 s of training here); it only has to run for a few seconds
+    tiny_baseline "$a" "$REQUEUE_EPOCHS"
+    start_snakemake requeue "$a"
+    pid_a=$LAST_PID
+    # chain: 42 s of training at the speed measured alone, i.e. 65-85 s at the 0.5-0.65 times that
+    # speed that a job got here beside the other one, longer than the 54 s that one job of 1 minute
+    # trains: two jobs at 0.39-0.78 times that speed (slower: three; faster: see below)
+    epochs=$(epochs_for 42)
+    start_chain $chain "$epochs"
+    pid_b=$LAST_PID
+    start_reference requeue "$a"
+    ref_a=$LAST_PID
+    start_reference $chain "$WORK/$chain"
+    ref_b=$LAST_PID
+    requeue_running_job requeue "$a" "$pid_a"
+    wait_for requeue "$pid_a" snakemake
+    wait_for requeue "$ref_a" reference
+    check_requeue
+    same_as_reference requeue "$a"
+    wait_for $chain "$pid_b" snakemake
+    wait_for $chain "$ref_b" reference
+    if [ "$(slurm_ids "$WORK/$chain.snakemake.log" | wc -l)" -eq 1 ]; then
+        # Faster than measured (the machine's load changed): once more, twice as long.
+        say "$chain: done within one job of 1 minute ($epochs epochs): again with $((epochs * 2)) epochs"
+        chain=chain2
+        start_chain $chain $((epochs * 2))
+        pid_b=$LAST_PID
+        start_reference $chain "$WORK/$chain"
+        ref_b=$LAST_PID
+        wait_for $chain "$pid_b" snakemake
+        wait_for $chain "$ref_b" reference
+    fi
+    BG_PIDS=()
+    check_chain $chain "$WORK/$chain"
+    same_as_reference $chain "$WORK/$chain"
+}
+
 # ---------------------------------------------------------------- main
 trap on_exit EXIT
 trap 'exit 130' INT TERM
@@ -317,6 +609,8 @@ write_slurm_conf
 start_slurm
 if [ $SMOKE -eq 1 ]; then
     smoke_job
+elif [ $PREEMPT -eq 1 ]; then
+    preempt_test
 else
     copy_workflow
     run_workflow
