@@ -57,6 +57,7 @@ from .train import (
     resolve_device,
     restore_finished,
     run_key,
+    fresh_loop,
     save_checkpoint,
     summary_record,
     write_metrics,
@@ -126,14 +127,7 @@ def can_ensemble(specs) -> tuple[bool, str]:
 
 
 def _fresh_loop() -> dict:
-    return {
-        "epoch": 0, "step": 0, "rows": [], "losses": [], "status": None,
-        "initial_train_loss": None, "initial_train_error": None,
-        "escaped": False, "epochs_to_escape": None, "diverged": False, "diverged_epoch": None,
-        "steady_state_epoch": None, "seconds": 0.0, "staleness_at_row": (0, 0),
-        "settled_epoch": None, "settle_run": 0,
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed": [],
-    }
+    return fresh_loop()
 
 
 def _histogram(t: int, tau: int) -> list[int]:

@@ -335,14 +335,7 @@ class Run:
         self.generator = torch.Generator().manual_seed(spec["seed"])
         every = spec["checkpoint_every"]
         self.checkpoint_every = every if every is not None else max(1, spec["epochs"] // 20)
-        self.loop = {  # everything the epoch loop carries from one epoch to the next
-            "epoch": 0, "step": 0, "rows": [], "losses": [], "status": None,
-            "initial_train_loss": None, "initial_train_error": None,
-            "escaped": False, "epochs_to_escape": None, "diverged": False, "diverged_epoch": None,
-            "steady_state_epoch": None, "seconds": 0.0, "staleness_at_row": (0, 0),
-            "settled_epoch": None, "settle_run": 0,
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed": [],
-        }
+        self.loop = fresh_loop()
 
     # ------------------------------------------------------------ start or resume
 
@@ -641,6 +634,18 @@ class Run:
             "end_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "resumed": self.loop["resumed"],
         }
+
+
+def fresh_loop() -> dict:
+    """Everything the epoch loop carries from one epoch to the next, at the start of a run."""
+    return {
+        "epoch": 0, "step": 0, "rows": [], "losses": [], "status": None,
+        "initial_train_loss": None, "initial_train_error": None,
+        "escaped": False, "epochs_to_escape": None, "diverged": False, "diverged_epoch": None,
+        "steady_state_epoch": None, "seconds": 0.0, "staleness_at_row": (0, 0),
+        "settled_epoch": None, "settle_run": 0,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed": [],
+    }
 
 
 def summary_record(loop: dict, mean_staleness, buffer_bytes: int) -> dict:
