@@ -57,6 +57,8 @@ from .train import (
     resolve_device,
     restore_finished,
     run_key,
+    checkpoint_interval,
+    eval_batch_size,
     fresh_loop,
     save_checkpoint,
     summary_record,
@@ -203,9 +205,8 @@ class _Family:
         self.batch_size = spec["batch_size"]
         self.steps_per_epoch = self.data.steps_per_epoch(self.batch_size)
         self.full_batch = self.steps_per_epoch == 1
-        self.eval_batch = 0 if self.full_batch and spec["dataset"] == "digits" else max(self.batch_size, 1000)
-        every = spec["checkpoint_every"]
-        self.checkpoint_every = every if every is not None else max(1, spec["epochs"] // 20)
+        self.eval_batch = eval_batch_size(spec, self.full_batch)
+        self.checkpoint_every = checkpoint_interval(spec)
         self.template = build_model(spec["model"], **spec["model_args"]).to(self.device, self.dtype)
         self.names, self.shapes, self.offsets = [], [], []
         off = 0

@@ -322,10 +322,7 @@ class Run:
         self.batch_size = spec["batch_size"]
         self.steps_per_epoch = self.data.steps_per_epoch(self.batch_size)
         self.full_batch = self.steps_per_epoch == 1
-        if spec["dataset"] == "imagenet":
-            self.eval_batch = self.batch_size
-        else:  # evaluation batches: the whole set for digits full batch, else at least 1000 images
-            self.eval_batch = 0 if self.full_batch and spec["dataset"] == "digits" else max(self.batch_size, 1000)
+        self.eval_batch = eval_batch_size(spec, self.full_batch)
         self.loss_fn = build_loss(spec)
 
         torch.manual_seed(spec["seed"])
@@ -333,8 +330,7 @@ class Run:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(spec, self.model)
         self.generator = torch.Generator().manual_seed(spec["seed"])
-        every = spec["checkpoint_every"]
-        self.checkpoint_every = every if every is not None else max(1, spec["epochs"] // 20)
+        self.checkpoint_every = checkpoint_interval(spec)
         self.loop = fresh_loop()
 
     # ------------------------------------------------------------ start or resume
@@ -634,6 +630,20 @@ class Run:
             "end_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "resumed": self.loop["resumed"],
         }
+
+
+def eval_batch_size(spec: dict, full_batch: bool) -> int:
+    """Evaluation batches: the whole set for digits trained full batch (0), the training batch for
+    imagenet, else at least 1000 images."""
+    if spec["dataset"] == "imagenet":
+        return spec["batch_size"]
+    return 0 if full_batch and spec["dataset"] == "digits" else max(spec["batch_size"], 1000)
+
+
+def checkpoint_interval(spec: dict) -> int:
+    """Epochs between rolling checkpoints: checkpoint_every, or about every 5% of the epochs."""
+    every = spec["checkpoint_every"]
+    return every if every is not None else max(1, spec["epochs"] // 20)
 
 
 def fresh_loop() -> dict:
