@@ -39,6 +39,9 @@ COMMANDS = {
     "ensemble": ("delay_stability.ensemble", "train a list of specs as one batched ensemble (run folders as train)"),
     "generalization-collect": ("delay_stability.experiments.generalization",
                                "tables of the generalization experiment (figs. 1, 3, 13) from run folders"),
+    "table1-arm": ("delay_stability.experiments.table1", "train one arm of one network of Table 1 (all seeds)"),
+    "table1-scan": ("delay_stability.experiments.table1", "the small-batch learning-rate scan table of Table 1"),
+    "table1-collect": ("delay_stability.experiments.table1", "table1.csv and table1.md from the arm records"),
     "grid-collect": ("delay_stability.experiments.grid", "tidy tables of the run folders of a grid"),
     "audit": ("delay_stability.experiments.audit", "what produced every figure, and what is stale, missing or diverged"),
 }
