@@ -23,9 +23,10 @@ figures: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# A one-node SLURM cluster on this machine, then a quick target through workflow/profiles/slurm.
+# A one-node SLURM cluster on this machine, then a quick target through workflow/profiles/slurm, then
+# the preemption checks (a requeued job and a chain of 1-minute jobs; `make test` runs the requeue only).
 slurm-test: setup
-	bash tests/slurm/run.sh
+	bash tests/slurm/run.sh && bash tests/slurm/run.sh --preempt
 
 benchmarks: setup
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

@@ -30,15 +30,17 @@ def plot_table1(tables, scale=None, options=None):
             lrs.append(float(r["lr"]))
             papers.append(float(r["paper"]))
         ax.bar(xs, ys, width * 0.95, yerr=es, capsize=2, color=f"C{j}", label=arm)
-        for x, y, lr in zip(xs, ys, lrs):
-            ax.text(x, 1.0, f"η {lr:.2g}", rotation=90, ha="center", va="bottom", fontsize=6, color="white")
+        for x, y, lr in zip(xs, ys, lrs):  # the bar's η, inside a tall bar, above a short one
+            inside = y > 25
+            ax.text(x, 1.0 if inside else y + 2, f"η {lr:.2g}", rotation=90, ha="center", va="bottom", fontsize=6,
+                    color="white" if inside else "black")
         ok = np.isfinite(papers)
         if ok.any():
             ax.plot(np.array(xs)[ok], np.array(papers)[ok], "_", color="k", ms=12, mew=2,
                     label="paper" if j == 0 else None)
     ax.set_xticks(range(len(nets)), nets)
-    ax.set(ylabel="validation accuracy (%)", ylim=(0, 100))
-    ax.legend(fontsize=7, ncol=3, loc="lower right")
+    ax.set(ylabel="validation accuracy (%)", ylim=(0, 105))
+    ax.legend(fontsize=7, ncol=len(arms) + 1, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     sb = ("SB's η: the best of a scan at τ = 0" if o.get("scan") else "SB's η: each network's standard η")
     return caption(fig, f"Table 1: validation accuracy (mean ± std over {o.get('seeds', '?')} seeds). SB, LB: "
                         f"τ = 0 (LB: batch W·b, η ∝ {'√' if o.get('lr_scaling', 'sqrt') == 'sqrt' else ''}batch); "
