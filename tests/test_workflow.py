@@ -29,20 +29,17 @@ def stability(c):
     return c["quick"]["stability"]
 
 
-#: Broken configs as a new user writes them: (edit, what the message must name).
+#: Broken configs as a new user writes them: (edit, what the message must name), one per kind of
+#: check (spec keys and values, model arguments, schema, grids, scale, plots, an experiment's own
+#: check); tests/test_config.py mutates every key of the config in-process.
 BROKEN = [
     (lambda c: stability(c)["baseline"].update(optimizer={"delay": 2, "momentun": 0.9}), "optimizer.momentun"),
     (lambda c: stability(c)["baseline"].update(epochs="five thousand"), "epochs"),
-    (lambda c: stability(c)["baseline"].update(lr=0), "lr"),
     (lambda c: stability(c)["baseline"].update(lr=-1), "lr"),
     (lambda c: stability(c)["baseline"].update(model="resnet9000"), "model"),
-    (lambda c: stability(c)["baseline"].update(dataset="digitz"), "dataset"),
     (lambda c: c["quick"]["eos"]["train"].update(model_args={"hiden": [8]}), "model_args.hiden"),
-    (lambda c: c["quick"]["generalization"]["train"].update(batch_size=-3), "batch_size"),
     (lambda c: c["quick"]["table1"]["networks"][0]["train"].update(loss="hinge"), "loss"),
     (lambda c: stability(c).update(taus=[0, -1]), "taus"),
-    (lambda c: stability(c)["variants"]["shifted"].update(momenta=[1.0]), "momenta"),
-    (lambda c: stability(c).update(taus=[]), "taus"),
     (lambda c: c.update(scale="huge"), "scale"),
     (lambda c: stability(c)["plots"]["fig2"].update(variant="momentum", momentum=0.3), "plots.fig2"),
     (lambda c: c["quick"]["eos"]["fixed"].update(lrs=[0.05, 0.05]), "eos.fixed"),
