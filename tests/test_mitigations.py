@@ -315,3 +315,72 @@ def test_threshold_rule_caps_the_step_inside_the_edge():
         assert theory.mitigation_alpha("delay-adaptive-threshold", tau, {"tau_c": 0, "smoothness": 0.01}) \
             == pytest.approx(theory.eq6_alpha(tau))
         assert theory.mitigation_alpha("delay-adaptive-threshold", tau) == pytest.approx(theory.eq6_alpha(tau))
+
+
+# ------------------------------------------------------------------ the experiment and its workflow
+def test_config_check_names_a_bad_rule():
+    import yaml
+
+    from delay_stability.experiments import config as config_check
+    from workflow_util import REPO
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    config_check.check(copy.deepcopy(cfg), schema)  # the shipped config passes
+    bad = copy.deepcopy(cfg)
+    bad["quick"]["mitigations"]["rules"]["gap-aware"]["beta"] = 0.5
+    with pytest.raises(Exception, match="mitigations.rules"):
+        config_check.check(bad, schema)
+    bad = copy.deepcopy(cfg)
+    bad["quick"]["mitigations"]["rules"]["x"] = {"name": "asgd"}
+    with pytest.raises(Exception, match="mitigation"):
+        config_check.check(bad, schema)
+
+
+def test_edges_table_from_search_results(tmp_path):
+    from delay_stability.experiments import mitigations as mit
+    from delay_stability.experiments import mitigations_tables as tables
+    from delay_stability.files import write_json
+    from oracles import read_csv
+
+    rule = {"name": "staleness-aware", "hyperparameters": {}}
+    results = [{"label": "sa", "rule": rule, "exact": True, "tau": tau, "sharpness": 10.0,
+                "lr_max": 0.95 * mit.predicted_alpha(rule, tau, 10.0) / 10.0, "alpha_measured": 0.95 * mit.predicted_alpha(rule, tau, 10.0),
+                "alpha_theory": mit.predicted_alpha(rule, tau, 10.0), "censored": False, "probes": [{}, {}],
+                "budget_epochs": 10} for tau in (0, 4)]
+    write_json(tmp_path / "s.json", {"searches": results})
+    tables.collect([str(tmp_path / "s.json")], tmp_path / "edges.csv")
+    rows = read_csv(tmp_path / "edges.csv")
+    assert list(rows[0])[:7] == ["mitigation", "hyperparameters", "tau", "lr_max", "predicted", "ratio", "exact"]
+    assert [float(r["ratio"]) for r in rows] == pytest.approx([0.95, 0.95])
+    assert float(rows[1]["predicted"]) == pytest.approx(4 * theory.eq6_alpha(4) / 10.0)
+
+
+def test_a_tiny_mitigations_figure_builds_through_snakemake(tmp_path):
+    from oracles import read_csv
+    from workflow_util import copy_workflow, edit_config, snakemake, tiny_stability
+
+    workdir = copy_workflow(tmp_path / "wf")
+
+    def tiny(c):
+        tiny_stability(c, taus=(0, 2))
+        m = c["quick"]["mitigations"]
+        m["taus"] = [0, 2]
+        m["rules"] = {"plain": {"name": None}, "staleness-aware": {"name": "staleness-aware"},
+                      "weight-prediction": {"name": "weight-prediction", "beta": 0.5}}
+        m["search"] = {"alpha_min": 0.01, "alpha_max": 8.0, "rel_tol": 0.1, "base_epochs": 300, "epochs_per_tau": 300}
+        m["noise"] = {"batch_sizes": [0, 4], "taus": [2]}
+
+    edit_config(workdir, tiny)
+    res = snakemake(workdir, "--cores", "2", "figures/mitigations.pdf", "results/quick/mitigations/noise.csv",
+                    timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    mdir = workdir / "results" / "quick" / "mitigations"
+    rows = read_csv(mdir / "edges.csv")
+    assert [(r["mitigation"], r["tau"]) for r in rows] == [
+        (m, t) for m in ("plain", "staleness-aware", "weight-prediction") for t in ("0", "2")]
+    for r in rows:  # the quadratic-enough tiny minimum: the exact edges within the bisection's 10% and budget
+        assert r["exact"] == "True" and 0.8 < float(r["ratio"]) < 1.15, r
+    noise = read_csv(mdir / "noise.csv")
+    assert {r["batch_size"] for r in noise} == {"0", "4"} and all(float(r["c"]) >= 0 for r in noise)
+    assert (workdir / "figures" / "mitigations.png").stat().st_size > 0

@@ -40,6 +40,10 @@ COMMANDS = {
     "generalization-collect": ("delay_stability.experiments.generalization",
                                "tables of the generalization experiment (figs. 1, 3, 13) from run folders"),
     "grid-collect": ("delay_stability.experiments.grid", "tidy tables of the run folders of a grid"),
+    "mitigations-search": ("delay_stability.experiments.mitigations",
+                           "stability searches of one delay mitigation over tau"),
+    "mitigations-collect": ("delay_stability.experiments.mitigations_tables", "edges.csv of the delay mitigations"),
+    "mitigations-noise": ("delay_stability.experiments.mitigations", "DC-ASGD's noise parameter c at a minimum"),
     "audit": ("delay_stability.experiments.audit", "what produced every figure, and what is stale, missing or diverged"),
 }
 

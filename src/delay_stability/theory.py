@@ -747,7 +747,9 @@ def gap_aware_recurrence(alpha, tau, steps, hyperparameters=None, w0=1.0):
         u_{t+1} = u_t − α g_t / (1 + G_t).
 
     With ε = 0 the map is homogeneous of degree 1: scaling u_0 scales the whole trajectory, so
-    stability does not depend on the kick's size. Returns |u_t|, t = 0..steps (float64).
+    stability does not depend on the kick's size. Returns |u_t|, t = 0..steps (float64; inf from the
+    first non-finite value on). Past the linear edge the penalty adapts (v̂ tracks the growing gradients
+    over ~1/(1 − β) steps), so growth is slow and the numerical edge depends on the horizon.
     """
     _, hp = check_mitigation("gap-aware", hyperparameters)
     tau = check_tau(tau)
@@ -763,8 +765,8 @@ def gap_aware_recurrence(alpha, tau, steps, hyperparameters=None, w0=1.0):
         gap = 0.0 if tau == 0 else abs(u[t] - u[max(t - tau, 0)]) / (tau * alpha * (math.sqrt(vhat) + eps))
         u.append(u[t] - alpha * g / (1.0 + gap))
         out[t + 1] = abs(u[-1])
-        if not math.isfinite(out[t + 1]):
-            out[t + 2:] = math.inf
+        if not math.isfinite(out[t + 1]):  # overflow (inf, or nan from inf - inf): diverged
+            out[t + 1:] = math.inf
             break
     return out
 
@@ -774,7 +776,7 @@ def gap_aware_alpha(tau, hyperparameters=None, *, steps=None, growth=3.0, rel_to
     scalar recurrence (``gap_aware_recurrence``, ε = 0, u_0 = 1) does not grow ``growth``-fold within
     ``steps`` (default 400 + 200 τ) steps, by bisection on log α to ``rel_tol``. ``math.inf`` if even
     ``alpha_max`` stays. Not an exact edge: it depends on the horizon and the growth criterion, like
-    a measured one (the pipeline's searches use the same criterion)."""
+    a measured one (the pipeline's searches pass their own budget and growth)."""
     _, hp = check_mitigation("gap-aware", hyperparameters)
     hp = {**hp, "eps": 0.0}
     tau = check_tau(tau)
