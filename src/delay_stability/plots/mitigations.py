@@ -20,6 +20,9 @@ def plot_mitigations(tables, scale=None, options=None):
     labels = list(dict.fromkeys(t["mitigation"]))
     reference = options.get("reference", "plain")
     colors = dict(zip(labels, matplotlib.colormaps["tab10"](np.arange(len(labels)) % 10)))
+    # rules with the same edge coincide: distinct markers, from large to small, keep each visible
+    markers = dict(zip(labels, "osD^vPX*hp" * 2))
+    sizes = dict(zip(labels, np.linspace(9, 3, len(labels))))
     fig, (ax, ax_r) = new_figure(ncols=2, width=10.0, height=4.0)
     for label in labels:
         rows = t.where(mitigation=label)
@@ -32,12 +35,14 @@ def plot_mitigations(tables, scale=None, options=None):
         style = dict(color=colors[label], lw=2.2 if label == reference else 1.2)
         finite = np.isfinite(pred)
         ax.plot(tau[finite], 1 / pred[finite], "-" if exact.all() else ":", **style)
-        ax.plot(tau[~censored], 1 / meas[~censored], "o", color=colors[label], ms=4, label=label)
-        ax.plot(tau[censored], 1 / meas[censored], "o", mfc="none", mec=colors[label], ms=6)
+        mark = dict(marker=markers[label], ms=sizes[label], ls="none")
+        ax.plot(tau[~censored], 1 / meas[~censored], color=colors[label], label=label, **mark)
+        ax.plot(tau[censored], 1 / meas[censored], mfc="none", mec=colors[label], **mark)
         ratio = rows["ratio"][order]
-        ax_r.plot(tau[finite & ~censored], ratio[finite & ~censored], "o-", color=colors[label], ms=4, lw=1)
+        ax_r.plot(tau[finite & ~censored], ratio[finite & ~censored], color=colors[label], lw=1,
+                  **{**mark, "ls": "-"})
     ax.set(yscale="log", xlabel=r"delay $\tau$", ylabel=r"$1/(a\,\eta_{max})$  (base step $\eta$)")
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=6, ncol=3, loc="upper left")
     ax_r.axhspan(0.9, 1.1, color="0.9")
     ax_r.axhline(1.0, color="k", lw=0.8)
     ax_r.set(xlabel=r"delay $\tau$", ylabel=r"measured / predicted $\eta$ at the edge")
