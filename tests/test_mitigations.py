@@ -383,3 +383,24 @@ def test_a_tiny_mitigations_figure_builds_through_snakemake(tmp_path):
     noise = read_csv(mdir / "noise.csv")
     assert {r["batch_size"] for r in noise} == {"0", "4"} and all(float(r["c"]) >= 0 for r in noise)
     assert (workdir / "figures" / "mitigations.png").stat().st_size > 0
+
+
+def test_threshold_and_lr_commands_take_a_mitigation(capsys):
+    import json as _json
+
+    from delay_stability.cli import main
+
+    assert main(["threshold", "--tau", "16", "--mitigation", "staleness-aware", "--json"]) == 0
+    out = _json.loads(capsys.readouterr().out)
+    assert out["alpha_star"] == pytest.approx(16 * theory.eq6_alpha(16), rel=1e-12) and out["exact"] is True
+    assert main(["threshold", "--tau", "4", "--mitigation", "spike-compensation", "--hp", "beta=0.5"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("alpha* = ") and f"{theory.mitigation_alpha('spike-compensation', 4, {'beta': 0.5}):.12g}" in text
+    assert main(["lr", "--eta0", "0.1", "--tau", "8", "--mitigation", "dc-asgd-c", "--noise-c", "0.2", "--json"]) == 0
+    out = _json.loads(capsys.readouterr().out)
+    assert out["eta"] == pytest.approx(0.1 * theory.mitigation_alpha("dc-asgd-c", 8, c=0.2) / 2.0, rel=1e-12)
+    for argv, word in ((["--tau", "4", "--mitigation", "gap-aware", "--hp", "beta=0.5"], "beta"),
+                       (["--uniform", "1", "3", "--mitigation", "gap-aware"], "--tau"),
+                       (["--tau", "4", "--mitigation", "staleness-aware", "--hp", "x"], "KEY=VALUE")):
+        assert main(["threshold", *argv]) == 2
+        assert word in capsys.readouterr().err
