@@ -536,7 +536,8 @@ def eq8_lr(eta0, tau):
 # *base* step η the user sets, so that every edge compares directly with plain A-SGD's 2 sin(π/(4τ+2)).
 # The same root-locus machinery gives the edge. Gap-aware (rule 5) is homogeneous of degree one in the
 # distance to the minimum (no linearisation exists): its edge is found numerically on the scalar
-# recurrence (``gap_aware_alpha``).
+# recurrence (``gap_aware_alpha``). Each rule is written as its paper states the update; equation
+# numbers are not given (they were not checked against the papers' full texts).
 
 MITIGATIONS = ("staleness-aware", "delay-adaptive", "delay-adaptive-threshold", "dc-asgd-c", "dc-asgd-a",
                "spike-compensation", "weight-prediction", "gap-aware")
@@ -590,9 +591,9 @@ def step_scale(name, tau, hyperparameters=None, sharpness=1.0, lr=None):
     """The factor s(τ) with η_t = s·η for the rules that only rescale the step (1 and 2):
 
     - staleness-aware (Zhang, Gupta, Lian, Liu, IJCAI 2016, arXiv:1511.05950, the staleness-dependent
-      learning rate α/τ of their sec. 3): s = 1/max(1, τ);
+      learning rate α/τ): s = 1/max(1, τ);
     - delay-adaptive (Mishchenko, Bach, Even, Woodworth, NeurIPS 2022, arXiv:2206.07638, the
-      delay-adaptive stepsize of their sec. 4 and code): s = n/max(n, τ), n the number of workers
+      delay-adaptive stepsize): s = n/max(n, τ), n the number of workers
       (default τ + 1: the round-robin workers, where the rule never fires);
     - delay-adaptive-threshold (Koloskova, Stich, Jaggi, NeurIPS 2022, arXiv:2206.08307, their
       delay-adaptive rule): η_t = η if τ ≤ τ_C, else min(η, 1/(4 L τ)); with ``lr`` given,
@@ -618,7 +619,7 @@ def step_scale(name, tau, hyperparameters=None, sharpness=1.0, lr=None):
 
 def dc_polynomial(tau, c=0.0):
     """DC-ASGD linearised (Zheng et al., ICML 2017, arXiv:1609.08326, the delay-compensated gradient
-    g_s + λ g_s ⊙ g_s ⊙ (w_t − w_s) of their sec. 4; constant λ = DC-ASGD-c, adaptive λ_t = DC-ASGD-a).
+    g_s + λ g_s ⊙ g_s ⊙ (w_t − w_s); constant λ = DC-ASGD-c, adaptive λ_t = DC-ASGD-a).
 
     At a full-batch minimum g_s = a w_s, so the correction λ a² w_s² (w_t − w_s) is cubic in the
     distance: the linearisation is plain A-SGD (c = 0) whatever λ. With minibatch noise, E[g_s²] stays
@@ -739,7 +740,7 @@ def _edge(P, Q, method):
 
 def gap_aware_recurrence(alpha, tau, steps, hyperparameters=None, w0=1.0):
     """The scalar gap-aware recurrence on f(w) = a w²/2 (Barkai, Hakimi, Schuster, ICLR 2020,
-    arXiv:1909.10802, the Gap-aware penalty of their sec. 4), in units α = a·η, u = a·w:
+    arXiv:1909.10802, their Gap-aware penalty), in units α = a·η, u = a·w:
 
         g_t = u_{t−τ} (the stale gradient, u_s = u_0 for s < 0),
         v_t = β v_{t−1} + (1 − β) g_t²,  v̂_t = v_t/(1 − β^{t+1})  (Adam's bias correction),
