@@ -13,6 +13,7 @@ include: "workflow/rules/stability.smk"
 include: "workflow/rules/eos.smk"
 include: "workflow/rules/generalization.smk"
 include: "workflow/rules/table1.smk"
+include: "workflow/rules/mitigations.smk"
 include: "workflow/rules/train.smk"  # last: it builds the run folders the experiments registered
 
 

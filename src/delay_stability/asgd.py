@@ -28,6 +28,28 @@ Momentum (section 2.2.2 and appendix D), with dampening (drop the (1-m) with dam
 
 Weight decay is applied at the server on the current weights: g_landed + wd * w_t.
 
+Delay mitigations (``mitigation=NAME``, ``mitigation_args={...}``; plain variant only; None, the
+default, is plain delayed SGD, bit for bit): each rule changes how the landing gradient g_s,
+s = t - tau_t, enters the update; tau_t is the staleness of that update. Equations and papers in
+``theory`` section 6 (``MITIGATIONS``, ``MITIGATION_DEFAULTS``):
+
+* ``staleness-aware``:   w <- w - (eta / max(1, tau_t)) g_s                      (Zhang et al. 2016)
+* ``delay-adaptive``:    w <- w - eta n / max(n, tau_t) g_s, n = workers           (Mishchenko et al. 2022)
+* ``delay-adaptive-threshold``: eta_t = eta if tau_t <= tau_c else min(eta, 1/(4 L tau_t))
+                         (Koloskova et al. 2022; L = ``smoothness`` must be given)
+* ``dc-asgd-c`` / ``dc-asgd-a``: w <- w - eta (g_s + lambda g_s*g_s*(w_t - w_s)), w_s the weights the
+  landing worker read (the per-worker backup of Zheng et al. 2017, not MXNet's one-step w_t - w_{t-1});
+  lambda constant, or lambda_t = lambda0 / sqrt(MS_t + ms_eps), MS_t = m MS_{t-1} + (1-m) g_s^2.
+* ``spike-compensation``: v <- beta v + g_s, w <- w - eta (beta^tau_t v + (1-beta^tau_t)/(1-beta) g_s)
+  (Kosson et al. 2021).
+* ``weight-prediction``: v <- beta v + g_s, w <- w - eta v, and the next gradient is taken at the
+  prediction w_hat = w - eta (beta - beta^(tau+1))/(1-beta) v (DANA-style, tau = slots - 1). The
+  *parameters hold w_hat* (the point the user's loop differentiates); ``true_weights()`` gives w.
+* ``gap-aware``: g <- g_s / (1 + |w_t - w_s| / (tau_t eta (sqrt(v_hat) + eps))) elementwise, v_hat the
+  bias-corrected EMA (``ema``) of g_s^2 (Barkai et al. 2020; no penalty at tau_t = 0).
+
+Weight decay with a mitigation joins the landed gradient (g_s + wd w_t) before the rule.
+
 Memory: one flat buffer of slots x parameters for the in-flight gradients (plus one flat velocity,
 or one per slot for shifted momentum); the step copies the fresh gradient into its slot and applies
 the landing slot in place, with no allocation per step. BatchNorm running statistics are not
@@ -46,6 +68,10 @@ import torch
 
 from .spec import SCHEDULES  # one list of schedules, shared with the spec
 from .theory import VARIANTS  # one list of variants: plain, momentum, shifted
+from .theory import check_mitigation
+
+#: Mitigations that keep w_s, the weights each in-flight gradient was taken at (one row per slot).
+_NEEDS_BACKUP = ("dc-asgd-c", "dc-asgd-a", "gap-aware")
 
 
 def _as_probabilities(delay) -> list[float]:
@@ -85,6 +111,8 @@ class DelayedSGD(torch.optim.Optimizer):
         dampening: multiply the gradient by (1 - m) in the velocity update (the paper's form).
         weight_decay: L2 coefficient, applied at the server on the current weights.
         seed: seed of the schedule's random draws (random and distribution schedules).
+        mitigation: None (plain delayed SGD) or one of ``theory.MITIGATIONS`` (see the module doc).
+        mitigation_args: that rule's hyperparameters (defaults ``theory.MITIGATION_DEFAULTS``).
 
     All parameters must share one dtype and device (one flat buffer holds their slots).
     """
@@ -101,6 +129,8 @@ class DelayedSGD(torch.optim.Optimizer):
         dampening: bool = True,
         weight_decay: float = 0.0,
         seed: int = 0,
+        mitigation: str | None = None,
+        mitigation_args: dict | None = None,
     ):
         if isinstance(delay, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(delay, str):
             if schedule == "round_robin":
@@ -115,6 +145,16 @@ class DelayedSGD(torch.optim.Optimizer):
 
         self.schedule = schedule
         self.variant = variant
+        self.mitigation, self.mitigation_args = None, {}
+        if mitigation is not None:
+            self.mitigation, self.mitigation_args = check_mitigation(mitigation, mitigation_args)
+            if variant != "plain":
+                raise ValueError(f"mitigation {mitigation!r} replaces the update: it needs variant='plain', "
+                                 f"not {variant!r}")
+            if mitigation == "delay-adaptive-threshold" and self.mitigation_args["smoothness"] is None:
+                raise ValueError("mitigation 'delay-adaptive-threshold' needs smoothness L (e.g. the sharpness)")
+        elif mitigation_args:
+            raise ValueError("mitigation_args given without a mitigation")
         self.probs: list[float] | None = None
         self.num_slots = self._slots_for_schedule(delay, workers)
         self._cdf = None if self.probs is None else np.cumsum(self.probs).tolist()
@@ -126,6 +166,7 @@ class DelayedSGD(torch.optim.Optimizer):
             if variant == "plain" and group["momentum"] != 0:
                 raise ValueError("a parameter group sets momentum but variant='plain'")
         self._build_buffers()
+        self._build_mitigation_buffers()
 
         self._t = 0  # steps taken
         self._free = 0  # the slot that receives the next gradient
@@ -229,6 +270,8 @@ class DelayedSGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         t = self._t
+        if t == 0 and self._true is not None:  # weight prediction: w_0 is what the parameters hold now
+            self._gather(self._true)
         write = self._write_slot(t)
         self._store_gradient(write, fill_all=(t == 0))
         land, velocity_read, velocity_write = self._landing(t)
@@ -236,7 +279,10 @@ class DelayedSGD(torch.optim.Optimizer):
             velocity_read = velocity_write = 0
         staleness = t - self._stamps[land]
         self._record(staleness)
-        self._apply(land, velocity_read, velocity_write)
+        if self.mitigation is None:
+            self._apply(land, velocity_read, velocity_write)
+        else:
+            self._apply_mitigation(land, staleness)
         self._free = land
         self._t = t + 1
         return loss
@@ -259,11 +305,15 @@ class DelayedSGD(torch.optim.Optimizer):
         if targets:
             torch._foreach_copy_(targets, grads)
         self._stamps[slot] = self._t
+        if self._backup is not None:  # w_s: the weights this gradient was taken at
+            self._gather(self._backup[slot])
         if fill_all:  # every worker starts from w_0: all slots hold g(w_0)
             for s in range(self.num_slots):
                 if s != slot:
                     self._grads[s].copy_(self._grads[slot])
                     self._stamps[s] = self._t
+                    if self._backup is not None:
+                        self._backup[s].copy_(self._backup[slot])
 
     def _landing(self, t: int) -> tuple[int, int, int]:
         """(landing slot, velocity row read, velocity row written) for step t."""
@@ -307,6 +357,140 @@ class DelayedSGD(torch.optim.Optimizer):
                 torch._foreach_add_(velocity, params, alpha=-scale * wd)  # ... - eta(1-m) wd w
             torch._foreach_add_(params, velocity)  # w + v  (eq. 9 / eq. 10)
 
+    # ---------------------------------------------------------------- delay mitigations
+
+    def _build_mitigation_buffers(self) -> None:
+        """Flat buffers of a mitigation: w_s per slot (DC-ASGD, gap-aware), the rule's moments, the
+        true weights (weight prediction) and two scratch rows. None of them without a mitigation."""
+        self._backup = self._ms = self._mvel = self._true = self._scratch = None
+        self._mit_steps = 0
+        name = self.mitigation
+        if name is None:
+            return
+        numel = self._grads.shape[1]
+        kw = dict(dtype=self._grads.dtype, device=self._grads.device)
+        self._scratch = torch.zeros(2, numel, **kw)  # [0]: w_t, [1]: the update
+        if name in _NEEDS_BACKUP:
+            self._backup = torch.zeros(self.num_slots, numel, **kw)
+        if name in ("dc-asgd-a", "gap-aware"):
+            self._ms = torch.zeros(numel, **kw)  # MS_t (DC-ASGD-a) or v (gap-aware)
+        if name in ("spike-compensation", "weight-prediction"):
+            self._mvel = torch.zeros(numel, **kw)
+        if name == "weight-prediction":
+            self._true = torch.zeros(numel, **kw)
+            self._gather(self._true)
+
+    def _gather(self, row: torch.Tensor) -> torch.Tensor:
+        """Copy the parameters into the flat row (P,) and return it."""
+        off = 0
+        for p in self._params:
+            n = p.numel()
+            row[off : off + n].copy_(p.detach().reshape(-1))
+            off += n
+        return row
+
+    def _scatter_add(self, row: torch.Tensor, alphas) -> None:
+        """params += alpha_g * row[group slice], per parameter group."""
+        off = 0
+        for (i0, i1, e0, e1), alpha in zip(self._group_ranges, alphas):
+            for p in self._params[i0:i1]:
+                n = p.numel()
+                p.add_(row[off : off + n].view_as(p), alpha=alpha)
+                off += n
+
+    def _nominal_delay(self) -> float:
+        """tau of the weight prediction: slots - 1 (round robin: tau; random: the mean M - 1),
+        or the mean of the delay distribution."""
+        if self.probs is not None:
+            return float(np.dot(np.arange(len(self.probs)), self.probs))
+        return float(self.num_slots - 1)
+
+    def _step_scale(self, group, staleness: int) -> float:
+        """eta_t / eta of the step-size rules (staleness-aware, delay-adaptive, the threshold rule)."""
+        name, hp = self.mitigation, self.mitigation_args
+        if name == "staleness-aware":
+            return 1.0 / max(1, staleness)
+        if name == "delay-adaptive":
+            n = self.num_slots if hp["workers"] is None else int(hp["workers"])
+            return n / max(n, staleness)
+        if name == "delay-adaptive-threshold":
+            tau_c = self.num_slots if hp["tau_c"] is None else int(hp["tau_c"])
+            if staleness <= tau_c:
+                return 1.0
+            lr = group["lr"]
+            return min(lr, 1.0 / (4.0 * float(hp["smoothness"]) * staleness)) / lr
+        return 1.0
+
+    def _apply_mitigation(self, land: int, staleness: int) -> None:
+        """The update of the chosen rule (module doc; equations in ``theory`` section 6)."""
+        name, hp = self.mitigation, self.mitigation_args
+        g = self._grads[land]
+        w = self._gather(self._scratch[0]) if self._true is None else self._true
+        u = self._scratch[1]
+        u.copy_(g)
+        for group, (i0, i1, e0, e1) in zip(self.param_groups, self._group_ranges):
+            if group["weight_decay"] != 0:
+                u[e0:e1].add_(w[e0:e1], alpha=group["weight_decay"])  # g_s + wd w_t
+        self._mit_steps += 1
+        if name in ("dc-asgd-c", "dc-asgd-a"):
+            correction = g * g * (w - self._backup[land])  # g_s * g_s * (w_t - w_s)
+            if name == "dc-asgd-c":
+                u.add_(correction, alpha=float(hp["lambda0"]))
+            else:
+                m = float(hp["ms_decay"])
+                self._ms.mul_(m).addcmul_(g, g, value=1.0 - m)  # MS_t = m MS + (1-m) g_s^2
+                lam = float(hp["lambda0"]) / torch.sqrt(self._ms + float(hp["ms_eps"]))
+                u.add_(lam * correction)
+        elif name == "gap-aware":
+            beta = float(hp["ema"])
+            self._ms.mul_(beta).addcmul_(g, g, value=1.0 - beta)
+            if staleness > 0:
+                denom = torch.sqrt(self._ms / (1.0 - beta**self._mit_steps)) + float(hp["eps"])
+                gap = (w - self._backup[land]).abs_()
+                for group, (i0, i1, e0, e1) in zip(self.param_groups, self._group_ranges):
+                    gap[e0:e1].div_(denom[e0:e1] * (staleness * group["lr"]))
+                u.div_(gap.add_(1.0))  # g / (1 + G)
+        elif name in ("spike-compensation", "weight-prediction"):
+            beta = float(hp["beta"])
+            self._mvel.mul_(beta).add_(u)  # v <- beta v + g_s
+            if name == "spike-compensation":
+                a_sc = beta**staleness
+                b_sc = (1.0 - a_sc) / (1.0 - beta)
+                u.mul_(b_sc).add_(self._mvel, alpha=a_sc)  # beta^tau v + (1-beta^tau)/(1-beta) g_s
+            else:
+                u.copy_(self._mvel)
+        scales = [-group["lr"] * self._step_scale(group, staleness) for group in self.param_groups]
+        if self._true is None:
+            self._scatter_add(u, scales)
+            return
+        # weight prediction: w <- w - eta v on the true weights, the parameters <- w - eta k v
+        tau = self._nominal_delay()
+        beta = float(hp["beta"])
+        k = (beta - beta ** (tau + 1.0)) / (1.0 - beta)
+        for group, (i0, i1, e0, e1), alpha in zip(self.param_groups, self._group_ranges, scales):
+            self._true[e0:e1].add_(u[e0:e1], alpha=alpha)
+        predicted = self._scratch[0]
+        predicted.copy_(self._true)
+        for group, (i0, i1, e0, e1), alpha in zip(self.param_groups, self._group_ranges, scales):
+            predicted[e0:e1].add_(self._mvel[e0:e1], alpha=alpha * k)
+        off = 0
+        for p in self._params:
+            n = p.numel()
+            p.copy_(predicted[off : off + n].view_as(p))
+            off += n
+
+    def true_weights(self) -> list[torch.Tensor]:
+        """The server's weights w, one tensor per parameter (they differ from the parameters only
+        under weight prediction, whose parameters hold the predicted point w_hat)."""
+        if self._true is None:
+            return [p.detach().clone() for p in self._params]
+        out, off = [], 0
+        for p in self._params:
+            n = p.numel()
+            out.append(self._true[off : off + n].view_as(p).clone())
+            off += n
+        return out
+
     # ---------------------------------------------------------------- introspection
 
     @property
@@ -333,6 +517,9 @@ class DelayedSGD(torch.optim.Optimizer):
         total = self._grads.numel() * self._grads.element_size()
         if self._velocity is not None:
             total += self._velocity.numel() * self._velocity.element_size()
+        for extra in (self._backup, self._ms, self._mvel, self._true, self._scratch):
+            if extra is not None:
+                total += extra.numel() * extra.element_size()
         return total
 
     # ---------------------------------------------------------------- checkpoints
@@ -362,18 +549,29 @@ class DelayedSGD(torch.optim.Optimizer):
                 "rng": self._rng.getstate(),
                 "hist": list(self._hist),
                 "last_staleness": self.last_staleness,
+                **self._mitigation_state(),
             },
         }
+
+    def _mitigation_state(self) -> dict:
+        """The mitigation's part of the state dict (nothing without one: old checkpoints stay valid)."""
+        if self.mitigation is None:
+            return {}
+        buffers = {"backup": self._backup, "ms": self._ms, "mvel": self._mvel, "true": self._true}
+        return {"mitigation": self.mitigation, "mitigation_args": dict(self.mitigation_args),
+                "mitigation_steps": self._mit_steps,
+                "mitigation_buffers": {k: v for k, v in buffers.items() if v is not None}}
 
     def load_state_dict(self, state_dict):
         """Restore a state from ``state_dict()`` into this optimizer (same parameters and layout)."""
         delayed = state_dict.get("delayed")
         if delayed is None:
             raise ValueError("optimizer state: not a DelayedSGD state dict (no in-flight updates)")
-        for key in ("schedule", "variant", "num_slots", "probs"):
+        for key in ("schedule", "variant", "num_slots", "probs", "mitigation", "mitigation_args"):
             mine = getattr(self, key)
-            if delayed[key] != mine:
-                raise ValueError(f"optimizer state: {key} is {delayed[key]!r} in the state dict but {mine!r} here")
+            theirs = delayed.get(key, {} if key == "mitigation_args" else None)
+            if theirs != mine:
+                raise ValueError(f"optimizer state: {key} is {theirs!r} in the state dict but {mine!r} here")
         groups = state_dict["param_groups"]
         if [len(g["params"]) for g in groups] != [len(g["params"]) for g in self.param_groups]:
             raise ValueError("optimizer state: its parameter groups do not match these parameters")
@@ -390,6 +588,10 @@ class DelayedSGD(torch.optim.Optimizer):
         self._rng.setstate(_as_rng_state(delayed["rng"]))
         self._hist = list(delayed["hist"])
         self.last_staleness = delayed["last_staleness"]
+        if self.mitigation is not None:
+            for name, buffer in delayed["mitigation_buffers"].items():
+                getattr(self, "_" + name).copy_(buffer)
+            self._mit_steps = int(delayed["mitigation_steps"])
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the parameters' gradients (the in-flight updates are kept)."""

@@ -43,6 +43,10 @@ COMMANDS = {
     "table1-scan": ("delay_stability.experiments.table1", "the small-batch learning-rate scan table of Table 1"),
     "table1-collect": ("delay_stability.experiments.table1", "table1.csv and table1.md from the arm records"),
     "grid-collect": ("delay_stability.experiments.grid", "tidy tables of the run folders of a grid"),
+    "mitigations-search": ("delay_stability.experiments.mitigations",
+                           "stability searches of one delay mitigation over tau"),
+    "mitigations-collect": ("delay_stability.experiments.mitigations_tables", "edges.csv of the delay mitigations"),
+    "mitigations-noise": ("delay_stability.experiments.mitigations", "DC-ASGD's noise parameter c at a minimum"),
     "audit": ("delay_stability.experiments.audit", "what produced every figure, and what is stale, missing or diverged"),
 }
 

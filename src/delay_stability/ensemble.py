@@ -92,6 +92,8 @@ def _why_not(specs: list[dict]) -> str | None:
         if s["augment"]:
             return f"spec {i}: augment is not batched"
         o = s["optimizer"]
+        if o.get("mitigation"):
+            return f"spec {i}: delay mitigation {o['mitigation']['name']!r} is not batched (train it with train.run_training)"
         if o["schedule"] != "round_robin" or isinstance(o["delay"], dict):
             return f"spec {i}: only a constant delay (round robin) is batched, not schedule {o['schedule']!r}"
         for rule in ("steady_state", "escape", "settle"):

@@ -19,7 +19,7 @@ import math
 import os
 
 from .errors import UserError
-from .theory import VARIANTS
+from .theory import MITIGATIONS, VARIANTS, check_mitigation
 
 #: Delay schedules of ``asgd.DelayedSGD`` (round robin: constant delay; random: M workers picked
 #: uniformly, geometric staleness; distribution: the landing delay drawn from P(tau = k)).
@@ -274,6 +274,10 @@ def _lr_schedule(value):
 
 
 def _optimizer(value):
+    mitigation = None
+    if isinstance(value, dict) and "mitigation" in value:  # optional: absent from specs without one
+        value = dict(value)
+        mitigation = _mitigation(value.pop("mitigation"))
     s = _section(value, "optimizer", OPTIMIZER_DEFAULTS)
     s["delay"] = _delay(s["delay"])
     s["workers"] = _int("optimizer.workers", s["workers"], 1, allow_none=True)
@@ -293,7 +297,31 @@ def _optimizer(value):
         raise _bad("optimizer.variant", "momentum is non-zero: choose variant momentum or shifted")
     s["dampening"] = _bool("optimizer.dampening", s["dampening"])
     s["weight_decay"] = _float("optimizer.weight_decay", s["weight_decay"], minimum=0.0)
+    if mitigation is not None:
+        if s["variant"] != "plain":
+            raise _bad("optimizer.mitigation", f"a mitigation replaces the update: it needs variant plain, "
+                                               f"not {s['variant']!r}")
+        s["mitigation"] = mitigation
     return s
+
+
+def _mitigation(value):
+    """optimizer.mitigation: null (plain delayed SGD) or {name: <one of theory.MITIGATIONS>, <its
+    hyperparameters>} (defaults theory.MITIGATION_DEFAULTS, filled in)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or "name" not in value:
+        raise _bad("optimizer.mitigation", f"expected null or a mapping with a name "
+                                           f"(one of {', '.join(MITIGATIONS)}), got {value!r}")
+    args = {k: v for k, v in value.items() if k != "name"}
+    try:
+        name, hp = check_mitigation(value["name"], args)
+    except ValueError as exc:
+        raise _bad("optimizer.mitigation", str(exc)) from None
+    if name == "delay-adaptive-threshold" and hp["smoothness"] is None:
+        raise _bad("optimizer.mitigation.smoothness", "delay-adaptive-threshold needs smoothness L (e.g. the sharpness)")
+    cast = {k: (None if v is None else int(v) if k in ("workers", "tau_c") else float(v)) for k, v in hp.items()}
+    return {"name": name, **cast}
 
 
 def _delay(value):

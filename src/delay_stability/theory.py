@@ -524,3 +524,280 @@ def eq8_lr(eta0, tau):
     if isinstance(tau, (bool, np.bool_)) or not isinstance(tau, Real) or not tau >= 0:
         raise ValueError(f"tau must be a non-negative number, got {tau!r}")
     return math.pi * eta0 / (4.0 * (float(tau) + 0.5))
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. Delay mitigations: their linearised dynamics and stability edges (beyond the paper)
+# ------------------------------------------------------------------------------------------------
+#
+# Each published rule below changes the update w ← w − η g_s (g_s = g(w_{t−τ})) of plain delayed SGD.
+# Linearised at a minimum of sharpness a under a constant delay τ (round robin), rules 1-4 give a
+# characteristic equation P(z) + α Q(z) = 0 in the same form (*) as above, with α = a·η for the
+# *base* step η the user sets, so that every edge compares directly with plain A-SGD's 2 sin(π/(4τ+2)).
+# The same root-locus machinery gives the edge. Gap-aware (rule 5) is homogeneous of degree one in the
+# distance to the minimum (no linearisation exists): its edge is found numerically on the scalar
+# recurrence (``gap_aware_alpha``). Each rule is written as its paper states the update; equation
+# numbers are not given (they were not checked against the papers' full texts).
+
+MITIGATIONS = ("staleness-aware", "delay-adaptive", "delay-adaptive-threshold", "dc-asgd-c", "dc-asgd-a",
+               "spike-compensation", "weight-prediction", "gap-aware")
+
+#: Hyperparameters of each rule and their defaults (the papers' published values where they have one).
+#: ``workers``/``tau_c`` None: the number of in-flight workers (τ + 1 under round robin); ``smoothness``
+#: None: the sharpness a of the minimum. ``c`` (DC-ASGD only) is the theory's noise parameter
+#: c = λ·E[g²]/a of the linearisation, not an optimizer setting (0 at a full-batch minimum).
+MITIGATION_DEFAULTS = {
+    "staleness-aware": {},
+    "delay-adaptive": {"workers": None},
+    "delay-adaptive-threshold": {"tau_c": None, "smoothness": None},
+    "dc-asgd-c": {"lambda0": 0.04},
+    "dc-asgd-a": {"lambda0": 2.0, "ms_decay": 0.95, "ms_eps": 1e-7},
+    "spike-compensation": {"beta": 0.9},
+    "weight-prediction": {"beta": 0.9},
+    "gap-aware": {"ema": 0.999, "eps": 1e-8},
+}
+
+
+def check_mitigation(name, hyperparameters=None):
+    """(name, hyperparameters with defaults) of a mitigation rule; a clear ValueError for an unknown
+    name, an unknown hyperparameter or a value out of range."""
+    if name not in MITIGATIONS:
+        raise ValueError(f"mitigation must be one of {', '.join(MITIGATIONS)}; got {name!r}")
+    given = dict(hyperparameters or {})
+    unknown = sorted(set(given) - set(MITIGATION_DEFAULTS[name]))
+    if unknown:
+        allowed = ", ".join(MITIGATION_DEFAULTS[name]) or "none"
+        raise ValueError(f"mitigation {name!r} has no hyperparameter {unknown[0]!r} (it takes: {allowed})")
+    hp = {**MITIGATION_DEFAULTS[name], **given}
+    for key, value in hp.items():
+        if value is None:
+            continue
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real) or not math.isfinite(value):
+            raise ValueError(f"mitigation {name!r}: {key} must be a finite number, got {value!r}")
+        if key in ("beta", "ms_decay", "ema") and not 0.0 <= float(value) < 1.0:
+            raise ValueError(f"mitigation {name!r}: {key} must be in [0, 1), got {value!r}")
+        if key in ("workers",) and (float(value) < 1 or not float(value).is_integer()):
+            raise ValueError(f"mitigation {name!r}: {key} must be an integer >= 1, got {value!r}")
+        if key == "tau_c" and (float(value) < 0 or not float(value).is_integer()):
+            raise ValueError(f"mitigation {name!r}: tau_c must be an integer >= 0, got {value!r}")
+        if key in ("smoothness", "ms_eps") and not float(value) > 0:
+            raise ValueError(f"mitigation {name!r}: {key} must be > 0, got {value!r}")
+        if key in ("lambda0", "eps") and float(value) < 0:
+            raise ValueError(f"mitigation {name!r}: {key} must be >= 0, got {value!r}")
+    return name, hp
+
+
+def step_scale(name, tau, hyperparameters=None, sharpness=1.0, lr=None):
+    """The factor s(τ) with η_t = s·η for the rules that only rescale the step (1 and 2):
+
+    - staleness-aware (Zhang, Gupta, Lian, Liu, IJCAI 2016, arXiv:1511.05950, the staleness-dependent
+      learning rate α/τ): s = 1/max(1, τ);
+    - delay-adaptive (Mishchenko, Bach, Even, Woodworth, NeurIPS 2022, arXiv:2206.07638, the
+      delay-adaptive stepsize): s = n/max(n, τ), n the number of workers
+      (default τ + 1: the round-robin workers, where the rule never fires);
+    - delay-adaptive-threshold (Koloskova, Stich, Jaggi, NeurIPS 2022, arXiv:2206.08307, their
+      delay-adaptive rule): η_t = η if τ ≤ τ_C, else min(η, 1/(4 L τ)); with ``lr`` given,
+      s = η_t/η (L = ``smoothness``, default the sharpness a; τ_C default τ + 1 = n).
+    """
+    name, hp = check_mitigation(name, hyperparameters)
+    tau = check_tau(tau)
+    if name == "staleness-aware":
+        return 1.0 / max(1, tau)
+    if name == "delay-adaptive":
+        n = tau + 1 if hp["workers"] is None else int(hp["workers"])
+        return n / max(n, tau)
+    if name == "delay-adaptive-threshold":
+        tau_c = tau + 1 if hp["tau_c"] is None else int(hp["tau_c"])
+        if tau <= tau_c:
+            return 1.0
+        L = float(sharpness) if hp["smoothness"] is None else float(hp["smoothness"])
+        if lr is None:
+            raise ValueError("delay-adaptive-threshold: the step scale min(eta, 1/(4 L tau))/eta needs lr")
+        return min(float(lr), 1.0 / (4.0 * L * tau)) / float(lr)
+    raise ValueError(f"{name!r} does not only rescale the step")
+
+
+def dc_polynomial(tau, c=0.0):
+    """DC-ASGD linearised (Zheng et al., ICML 2017, arXiv:1609.08326, the delay-compensated gradient
+    g_s + λ g_s ⊙ g_s ⊙ (w_t − w_s); constant λ = DC-ASGD-c, adaptive λ_t = DC-ASGD-a).
+
+    At a full-batch minimum g_s = a w_s, so the correction λ a² w_s² (w_t − w_s) is cubic in the
+    distance: the linearisation is plain A-SGD (c = 0) whatever λ. With minibatch noise, E[g_s²] stays
+    positive at the minimum; replacing g_s ⊙ g_s by its mean (the noise model: independent of the
+    distance) gives the linear recurrence w_{t+1} = w_t − α w_{t−τ} − α c (w_t − w_{t−τ}) with
+    c = λ·E[g²]/a, i.e.
+
+        z^{τ+1} − z^τ + α (c z^τ + 1 − c) = 0.
+
+    c = 1 removes the delay exactly (z^τ (z − 1 + α) = 0: edge 2); c = 0 is eq. 4.
+    """
+    tau = check_tau(tau)
+    if isinstance(c, (bool, np.bool_)) or not isinstance(c, Real) or not math.isfinite(c):
+        raise ValueError(f"c must be a finite number, got {c!r}")
+    P, Q = _plain_polynomial(tau)
+    Q = Q.copy()
+    Q[-1] = 1.0 - float(c)
+    Q[1] += float(c)  # c z^τ (τ = 0: Q = 1 either way)
+    if tau == 0:
+        Q[:] = 0.0
+        Q[-1] = 1.0
+    return P, Q
+
+
+def momentum_lookahead_polynomial(tau, beta, form="spike-compensation"):
+    """Spike Compensation and the DANA-style weight prediction, linearised (both with plain momentum
+    v ← β v + g, no dampening, and w ← w − η·(update)).
+
+    - spike-compensation (Kosson et al., MLSys 2021, arXiv:2003.11666, their Spike Compensation with
+      a = β^τ, b = (1 − β^τ)/(1 − β)): v_{t+1} = β v_t + g_{t−τ}, w_{t+1} = w_t − η (a v_{t+1} + b g_{t−τ}).
+      Eliminating v: (z − 1) z^τ (z − β) + α [β^τ z + b (z − β)] = 0, i.e.
+          P = z^{τ+2} − (1+β) z^{τ+1} + β z^τ,   Q = ((1 − β^{τ+1})/(1 − β)) z − β (1 − β^τ)/(1 − β).
+    - weight-prediction (the DANA look-ahead of Hakimi et al. 2019, as in Kosson et al.'s Linear Weight
+      Prediction): the gradient is taken at ŵ_s = w_s − η k v_s, k = (β − β^{τ+1})/(1 − β), and
+      v_{t+1} = β v_t + g(ŵ_{t−τ}), w_{t+1} = w_t − η v_{t+1}. Eliminating v (η z V = −(z − 1) W):
+          (z − 1)(z − β) z^τ + α [(1 + k) z − k] = 0,
+      and 1 + k = (1 − β^{τ+1})/(1 − β), k = β(1 − β^τ)/(1 − β): *the same polynomial*. The two
+      rules have identical linear dynamics at every τ and β (they differ off the quadratic: one
+      extrapolates the update, the other the point where the gradient is taken).
+    At τ = 0 both are heavy ball without dampening: edge α* = 2(1 + β).
+    """
+    tau = check_tau(tau)
+    if isinstance(beta, (bool, np.bool_)) or not isinstance(beta, Real) or not 0.0 <= float(beta) < 1.0:
+        raise ValueError(f"beta must be in [0, 1), got {beta!r}")
+    b = float(beta)
+    P, Q = np.zeros(tau + 3), np.zeros(tau + 3)
+    P[:3] = 1.0, -(1.0 + b), b
+    if form == "spike-compensation":
+        a_sc, b_sc = b**tau, (1.0 - b**tau) / (1.0 - b)
+        Q[-2], Q[-1] = a_sc + b_sc, -b * b_sc
+    elif form == "weight-prediction":
+        k = (b - b ** (tau + 1)) / (1.0 - b)
+        Q[-2], Q[-1] = 1.0 + k, -k
+    else:
+        raise ValueError(f"form must be 'spike-compensation' or 'weight-prediction', got {form!r}")
+    return P, Q
+
+
+def mitigation_polynomial(name, tau, hyperparameters=None, c=0.0, lr=None, sharpness=1.0):
+    """P(z) + α Q(z) = 0 of a mitigation rule linearised at a minimum, constant delay τ, α = a·η with
+    η the base step (see ``step_scale``, ``dc_polynomial``, ``momentum_lookahead_polynomial``).
+
+    ``c``: the DC-ASGD noise parameter λ·E[g²]/a (0 at a full-batch minimum). Gap-aware has no
+    linearisation (ValueError: use ``gap_aware_alpha``).
+    """
+    name, hp = check_mitigation(name, hyperparameters)
+    tau = check_tau(tau)
+    if name in ("staleness-aware", "delay-adaptive", "delay-adaptive-threshold"):
+        P, Q = _plain_polynomial(tau)
+        return P, Q * step_scale(name, tau, hp, sharpness=sharpness, lr=lr)
+    if name in ("dc-asgd-c", "dc-asgd-a"):
+        return dc_polynomial(tau, c)
+    if name in ("spike-compensation", "weight-prediction"):
+        return momentum_lookahead_polynomial(tau, hp["beta"], form=name)
+    raise ValueError("gap-aware is homogeneous of degree 1 (no linearisation): use gap_aware_alpha")
+
+
+def mitigation_is_exact(name, c=0.0):
+    """True where the edge is an exact linearisation at a full-batch minimum: every rule but gap-aware
+    (found numerically on the scalar recurrence) and DC-ASGD with noise c ≠ 0 (a mean-field model)."""
+    check_mitigation(name)
+    if name == "gap-aware":
+        return False
+    if name in ("dc-asgd-c", "dc-asgd-a"):
+        return float(c) == 0.0
+    return True
+
+
+def mitigation_alpha(name, tau, hyperparameters=None, *, c=0.0, method="locus", sharpness=1.0):
+    """The edge α* = a·η of a mitigation rule at constant delay τ, in units of the base step η.
+
+    ``math.inf`` when no base step leaves the minimum (delay-adaptive-threshold past τ_C caps the step
+    at 1/(4 L τ), inside plain A-SGD's edge whenever L ≥ a). Gap-aware: ``gap_aware_alpha``.
+    Closed form (tested): staleness-aware, α* = max(1, τ)·2 sin(π/(4τ+2)) → π/2 as τ → ∞.
+    """
+    name, hp = check_mitigation(name, hyperparameters)
+    tau = check_tau(tau)
+    if name == "gap-aware":
+        return gap_aware_alpha(tau, hp)
+    if name == "delay-adaptive-threshold":
+        tau_c = tau + 1 if hp["tau_c"] is None else int(hp["tau_c"])
+        plain = _edge(*_plain_polynomial(tau), method)
+        if tau <= tau_c:
+            return plain
+        L = float(sharpness) if hp["smoothness"] is None else float(hp["smoothness"])
+        cap = float(sharpness) / (4.0 * L * tau)  # a·min(η, 1/(4Lτ)) ≤ cap for every η
+        return math.inf if cap < plain else plain
+    return _edge(*mitigation_polynomial(name, tau, hp, c=c), method)
+
+
+def _edge(P, Q, method):
+    if method == "locus":
+        return _edge_by_root_locus(P, Q)
+    if method == "companion":
+        return _edge_by_companion(P, Q)
+    raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+
+
+def gap_aware_recurrence(alpha, tau, steps, hyperparameters=None, w0=1.0):
+    """The scalar gap-aware recurrence on f(w) = a w²/2 (Barkai, Hakimi, Schuster, ICLR 2020,
+    arXiv:1909.10802, their Gap-aware penalty), in units α = a·η, u = a·w:
+
+        g_t = u_{t−τ} (the stale gradient, u_s = u_0 for s < 0),
+        v_t = β v_{t−1} + (1 − β) g_t²,  v̂_t = v_t/(1 − β^{t+1})  (Adam's bias correction),
+        G_t = |u_t − u_{t−τ}| / (τ·α·(√v̂_t + ε))   (G = 0 at τ = 0),
+        u_{t+1} = u_t − α g_t / (1 + G_t).
+
+    With ε = 0 the map is homogeneous of degree 1: scaling u_0 scales the whole trajectory, so
+    stability does not depend on the kick's size. Returns |u_t|, t = 0..steps (float64; inf from the
+    first non-finite value on). Past the linear edge the penalty adapts (v̂ tracks the growing gradients
+    over ~1/(1 − β) steps), so growth is slow and the numerical edge depends on the horizon.
+    """
+    _, hp = check_mitigation("gap-aware", hyperparameters)
+    tau = check_tau(tau)
+    beta, eps = hp["ema"], hp["eps"]
+    u = [float(w0)]
+    v = 0.0
+    out = np.empty(steps + 1)
+    out[0] = abs(u[0])
+    for t in range(steps):
+        g = u[max(t - tau, 0)]
+        v = beta * v + (1.0 - beta) * g * g
+        vhat = v / (1.0 - beta ** (t + 1))
+        gap = 0.0 if tau == 0 else abs(u[t] - u[max(t - tau, 0)]) / (tau * alpha * (math.sqrt(vhat) + eps))
+        u.append(u[t] - alpha * g / (1.0 + gap))
+        out[t + 1] = abs(u[-1])
+        if not math.isfinite(out[t + 1]):  # overflow (inf, or nan from inf - inf): diverged
+            out[t + 1:] = math.inf
+            break
+    return out
+
+
+def gap_aware_alpha(tau, hyperparameters=None, *, steps=None, growth=3.0, rel_tol=1e-3, alpha_max=64.0):
+    """Gap-aware's edge, found numerically (no linearisation exists): the largest α at which the
+    scalar recurrence (``gap_aware_recurrence``, ε = 0, u_0 = 1) does not grow ``growth``-fold within
+    ``steps`` (default 400 + 200 τ) steps, by bisection on log α to ``rel_tol``. ``math.inf`` if even
+    ``alpha_max`` stays. Not an exact edge: it depends on the horizon and the growth criterion, like
+    a measured one (the pipeline's searches pass their own budget and growth)."""
+    _, hp = check_mitigation("gap-aware", hyperparameters)
+    hp = {**hp, "eps": 0.0}
+    tau = check_tau(tau)
+    steps = 400 + 200 * tau if steps is None else int(steps)
+
+    def left(alpha):
+        return bool(np.max(gap_aware_recurrence(alpha, tau, steps, hp)) > growth)
+
+    if not left(alpha_max):
+        return math.inf
+    lo, hi = alpha_max, alpha_max
+    while left(lo):
+        lo /= 2.0
+        if lo < 1e-6:
+            raise RuntimeError("gap-aware: every alpha grows")
+    hi = 2.0 * lo
+    while hi / lo - 1.0 > rel_tol:
+        mid = math.sqrt(lo * hi)
+        if left(mid):
+            hi = mid
+        else:
+            lo = mid
+    return float(lo)

@@ -89,10 +89,18 @@ def build_optimizer(spec: dict, model: torch.nn.Module) -> DelayedSGD:
         return DelayedSGD(
             model.parameters(), lr=spec["lr"], delay=delay, workers=o["workers"], schedule=o["schedule"],
             momentum=o["momentum"], variant=o["variant"], dampening=o["dampening"],
-            weight_decay=o["weight_decay"], seed=spec["seed"],
+            weight_decay=o["weight_decay"], seed=spec["seed"], **_mitigation_kwargs(o),
         )
     except ValueError as exc:
         raise UserError(f"spec key 'optimizer': {exc}") from None
+
+
+def _mitigation_kwargs(optimizer: dict) -> dict:
+    """DelayedSGD's mitigation arguments from ``optimizer.mitigation`` (none when the spec has none)."""
+    m = optimizer.get("mitigation")
+    if not m:
+        return {}
+    return {"mitigation": m["name"], "mitigation_args": {k: v for k, v in m.items() if k != "name"}}
 
 
 def resolve_device(name) -> torch.device:

@@ -144,8 +144,29 @@ def training_specs(cfg: dict, scale: str):
             yield from table1.all_specs(exp["table1"], lambda spec: with_run_settings(spec, cfg))
         except UserError as exc:
             raise ConfigError(f"invalid configuration: {scale}.{exc}") from None
+    if "mitigations" in exp:
+        yield from _mitigation_specs(exp, scale, cfg)
     for key, spec in planned_training_blocks(exp):
         yield key, with_run_settings(spec, cfg)
+
+
+def _mitigation_specs(exp: dict, scale: str, cfg: dict):
+    """A continuation spec per rule of the mitigations block (its source experiment must exist)."""
+    from . import mitigations, stability
+
+    block = exp["mitigations"]
+    source = block["from"]
+    if source not in exp:
+        raise ConfigError(f"invalid configuration: {scale}.mitigations.from: no {source!r} block at this scale")
+    try:
+        rules = mitigations.rules(block)
+    except (UserError, ValueError) as exc:
+        raise ConfigError(f"invalid configuration: {scale}.mitigations.rules: {exc}") from None
+    baseline = with_run_settings(exp[source]["baseline"], cfg)
+    for label, rule in rules.items():
+        yield f"mitigations.rules.{label}", stability.probe_spec(
+            baseline, exp[source]["continuation"], lr=1.0, tau=1, variant="plain", momentum=0.0,
+            init_checkpoint="kicked.pt", epochs=1, mitigation=mitigations.optimizer_mitigation(rule, 1.0))
 
 
 #: The scale blocks of a config.

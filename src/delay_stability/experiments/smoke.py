@@ -304,6 +304,10 @@ def smoke_config(paper_block: dict, data_root, *, epochs: int = EPOCHS, batch_si
             _smoke_eos(block, spec, epochs)
         elif name == "generalization":
             _smoke_generalization(block, spec, epochs)
+        elif name == "mitigations":  # searches from the (smoke) stability minimum: a few delays, and
+            block["taus"] = _first(block["taus"])  # the first rule and the last two (plain, and the
+            labels = list(block["rules"])          # rules with per-slot weights or a predicted point)
+            block["rules"] = {k: block["rules"][k] for k in dict.fromkeys(labels[:1] + labels[-2:])}
         elif name == "table1":
             for net in block.get("networks", []):
                 net["train"] = spec(net["train"])

@@ -172,8 +172,9 @@ def settle_rule(kick: dict, escape: dict, tau: int):
 
 
 def probe_spec(base_spec: dict, continuation: dict, *, lr, tau, variant, momentum, init_checkpoint,
-               epochs, escape=None, settle=None) -> dict:
-    """The training spec of one continuation from the kicked minimum."""
+               epochs, escape=None, settle=None, mitigation=None) -> dict:
+    """The training spec of one continuation from the kicked minimum (``mitigation``: the spec's
+    ``optimizer.mitigation``, {name, hyperparameters}, or None for plain delayed SGD)."""
     spec = deep_merge(base_spec, continuation)
     spec = deep_merge(spec, {
         "lr": float(lr),
@@ -185,6 +186,8 @@ def probe_spec(base_spec: dict, continuation: dict, *, lr, tau, variant, momentu
         "stop": {"steady_state": None,
                  "escape": escape, "settle": settle},
     })
+    if mitigation:
+        spec["optimizer"]["mitigation"] = dict(mitigation)
     return spec
 
 
@@ -205,12 +208,14 @@ def run_probe(spec: dict, out_dir: Path) -> dict:
 
 
 def search_threshold(*, base_spec, continuation, kick, search, variant, momentum, tau, out_dir,
-                     log=print) -> dict:
+                     log=print, mitigation=None, alpha_theory=None) -> dict:
     """Largest stable learning rate for (variant, m, τ): downward scan, then bisection on log η.
 
     Learning rates are handled as α = a·η (a = sharpness at the minimum). The scan starts at
     ``alpha_max`` and divides by ``scan_factor`` until a probe stays; the bracket
     [α_stay, α_escape] is then bisected geometrically until α_escape/α_stay − 1 ≤ ``rel_tol``.
+    ``mitigation`` (experiments/mitigations.py): every probe uses that rule, and ``alpha_theory`` is
+    its predicted edge (default: ``theory.critical_alpha`` of the variant).
     """
     a = float(kick["sharpness"])
     out_dir = Path(out_dir)
@@ -222,7 +227,8 @@ def search_threshold(*, base_spec, continuation, kick, search, variant, momentum
     def probe(alpha):
         lr = alpha / a
         spec = probe_spec(base_spec, continuation, lr=lr, tau=tau, variant=variant, momentum=momentum,
-                          init_checkpoint=kick["checkpoint"], epochs=epochs, escape=escape, settle=settle)
+                          init_checkpoint=kick["checkpoint"], epochs=epochs, escape=escape, settle=settle,
+                          mitigation=mitigation)
         t0 = time.time()
         summary = run_probe(spec, out_dir / lr_tag(lr))
         escaped = bool(summary.get("escaped") or summary.get("diverged"))
@@ -263,7 +269,8 @@ def search_threshold(*, base_spec, continuation, kick, search, variant, momentum
                 alpha_hi = mid
             else:
                 alpha_lo = mid
-    alpha_theory = critical_alpha(int(tau), momentum=float(momentum), variant=variant)
+    if alpha_theory is None:
+        alpha_theory = critical_alpha(int(tau), momentum=float(momentum), variant=variant)
     result = {
         "variant": variant, "momentum": float(momentum), "tau": int(tau), "sharpness": a,
         "lr_max": alpha_lo / a, "lr_escape": (alpha_hi / a) if alpha_hi else None,
@@ -272,6 +279,8 @@ def search_threshold(*, base_spec, continuation, kick, search, variant, momentum
         "escape_rule": escape, "search": search,
         "probes": sorted(probes, key=lambda p: p["lr"]),
     }
+    if mitigation:
+        result["mitigation"] = dict(mitigation)
     return result
 
 

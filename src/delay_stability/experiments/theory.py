@@ -233,6 +233,8 @@ def _describe(description, mean):
 
 
 def cmd_threshold(args):
+    if args.mitigation is not None:
+        return _mitigation_threshold(args)
     delay, description, momentum, variant, alpha = _edge_from_args(args)
     mean = theory.mean_delay(delay)
     result = {"variant": variant, "momentum": momentum, "delay": description, "mean_delay": mean,
@@ -246,6 +248,8 @@ def cmd_threshold(args):
 
 
 def cmd_lr(args):
+    if args.mitigation is not None:
+        return _mitigation_lr(args)
     eta0 = _flagged("--eta0", theory.check_positive, args.eta0, "eta0")
     delay, description, momentum, variant, alpha = _edge_from_args(args)
     alpha0 = theory.critical_alpha(0, momentum, variant)
@@ -262,6 +266,78 @@ def cmd_lr(args):
     note = "" if variant == "plain" else "; derived for plain A-SGD"
     print(f"eta = {eta8:.12g}   eq. 8: pi * eta0 / (4 (E[tau] + 0.5)){note}")
     print(f"  {_describe(description, mean)}; variant {variant}, momentum {momentum:g}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Delay mitigations (theory section 6): `threshold --mitigation NAME`, `lr --mitigation NAME`
+# ------------------------------------------------------------------------------------------------
+
+
+def _add_mitigation_arguments(parser):
+    group = parser.add_argument_group("delay mitigation (constant --tau only)")
+    group.add_argument("--mitigation", choices=theory.MITIGATIONS, default=None,
+                       help="a published staleness mitigation; alpha* is in units of the base step eta")
+    group.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
+                       help="a hyperparameter of the mitigation (repeatable), e.g. --hp beta=0.9, "
+                            "--hp lambda0=0.04, --hp tau_c=0 --hp smoothness=1")
+    group.add_argument("--noise-c", dest="noise_c", type=float, default=0.0, metavar="C",
+                       help="dc-asgd-*: c = lambda E[g^2]/a of the noise model (0: a full-batch minimum)")
+
+
+def _mitigation_from_args(args):
+    """(τ, name, hyperparameters, c, α*) of `--mitigation` with its `--hp` flags."""
+    if args.tau is None:
+        raise UserError("--mitigation: the mitigation edges are for a constant delay: give --tau")
+    if args.momentum != 0.0 or args.variant not in (None, "plain"):
+        raise UserError("--mitigation replaces the update of plain A-SGD: drop --momentum/--variant "
+                        "(spike-compensation and weight-prediction take --hp beta=...)")
+    tau = _flagged("--tau", theory.check_tau, args.tau)
+    given = {}
+    for item in args.hp:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--hp {item!r}: expected KEY=VALUE, e.g. beta=0.9")
+        try:
+            given[key.strip()] = float(value)
+        except ValueError:
+            raise UserError(f"--hp {item!r}: {value!r} is not a number") from None
+    name, hp = _flagged("--hp", theory.check_mitigation, args.mitigation, given)
+    alpha = _flagged("--mitigation", lambda: theory.mitigation_alpha(name, tau, hp, c=args.noise_c))
+    return tau, name, hp, args.noise_c, alpha
+
+
+def _mitigation_threshold(args):
+    tau, name, hp, c, alpha = _mitigation_from_args(args)
+    exact = theory.mitigation_is_exact(name, c)
+    plain = theory.critical_alpha(tau)
+    inv = 0.0 if alpha == float("inf") else 1.0 / alpha
+    result = {"mitigation": name, "hyperparameters": hp, "tau": tau, "noise_c": c, "alpha_star": alpha,
+              "inv_alpha_star": inv, "exact": exact, "alpha_star_plain": plain}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"alpha* = a*eta at the stability edge = {alpha:.12g}   (1/alpha* = {inv:.12g})")
+    how = "exact linearisation" if exact else ("numerical, scalar recurrence" if name == "gap-aware"
+                                                else "noise model c = lambda E[g^2]/a")
+    print(f"  constant delay tau = {tau}; mitigation {name} {json.dumps(hp)}; in units of the base step eta "
+          f"({how}); plain A-SGD: {plain:.9g}")
+    return 0
+
+
+def _mitigation_lr(args):
+    eta0 = _flagged("--eta0", theory.check_positive, args.eta0, "eta0")
+    tau, name, hp, c, alpha = _mitigation_from_args(args)
+    # the same rule without delay (gap-aware at tau = 0 is plain SGD: 2)
+    alpha0 = 2.0 if name == "gap-aware" else theory.mitigation_alpha(name, 0, hp, c=c)
+    eta = eta0 * alpha / alpha0
+    result = {"eta0": eta0, "mitigation": name, "hyperparameters": hp, "tau": tau, "noise_c": c,
+              "alpha_star": alpha, "alpha_star_0": alpha0, "eta": eta}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"eta = {eta:.12g}   eta0 * alpha*(tau) / alpha*(0) = {eta0:g} * {alpha:.9g} / {alpha0:.9g}")
+    print(f"  constant delay tau = {tau}; mitigation {name} {json.dumps(hp)}")
     return 0
 
 
@@ -305,6 +381,7 @@ def register(subparsers):
                     "characteristic equation, and the paper's eq. 8, pi*eta0/(4(tau+0.5)).")
     p.add_argument("--eta0", type=float, required=True, help="learning rate that is stable without delay")
     _add_delay_arguments(p)
+    _add_mitigation_arguments(p)
     p.set_defaults(func=cmd_lr)
 
     p = subparsers.add_parser(
@@ -312,6 +389,7 @@ def register(subparsers):
         description="The smallest alpha = a*eta (a: sharpness, the top Hessian eigenvalue) at which the "
                     "largest root of the characteristic equation reaches the unit circle.")
     _add_delay_arguments(p)
+    _add_mitigation_arguments(p)
     p.set_defaults(func=cmd_threshold)
 
     p = subparsers.add_parser(
