@@ -39,6 +39,10 @@ COMMANDS = {
     "ensemble": ("delay_stability.ensemble", "train a list of specs as one batched ensemble (run folders as train)"),
     "generalization-collect": ("delay_stability.experiments.generalization",
                                "tables of the generalization experiment (figs. 1, 3, 13) from run folders"),
+    "imagenet-collect": ("delay_stability.experiments.imagenet",
+                         "tables of figures 5 and 9 (ImageNet under delay) from run folders"),
+    "spikes-collect": ("delay_stability.experiments.spikes",
+                       "spike counts of the training error (fig. 11) from run folders"),
     "grid-collect": ("delay_stability.experiments.grid", "tidy tables of the run folders of a grid"),
     "audit": ("delay_stability.experiments.audit", "what produced every figure, and what is stale, missing or diverged"),
 }
