@@ -375,6 +375,14 @@ def delay_probabilities(delay: dict) -> list[float]:
     return [float(p) for p in probs]
 
 
+def mean_delay(delay) -> float:
+    """E[tau] of a spec delay (checked as ``optimizer.delay``): tau itself, or sum_k k P(tau = k)."""
+    delay = _delay(delay)
+    if not isinstance(delay, dict):
+        return float(delay)
+    return float(sum(k * p for k, p in enumerate(delay_probabilities(delay))))
+
+
 def spec_differences(a, b, prefix="") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = []

@@ -45,7 +45,7 @@ import re
 
 from .. import files
 from ..errors import UserError
-from ..spec import deep_merge, delay_probabilities, validate_spec
+from ..spec import deep_merge, mean_delay, validate_spec
 from . import grid
 
 FIGURES = ("fig5", "fig9")
@@ -67,13 +67,6 @@ def slug(name: str) -> str:
     if not out:
         raise UserError(f"imagenet: a run name needs a letter or digit, got {name!r}")
     return out
-
-
-def mean_delay(delay) -> float:
-    """E[τ] of a delay: τ itself, or Σ k·P(τ = k) of a spec delay distribution."""
-    if isinstance(delay, dict):
-        return float(sum(k * p for k, p in enumerate(delay_probabilities(delay))))
-    return float(delay)
 
 
 def effective_lr(block: dict, base: dict) -> float:

@@ -167,7 +167,7 @@ def _cli_collect(args) -> int:
     for variant, rs in by.items():
         counts = [r["spikes"] for r in rs]
         print(f"{variant:<9} spikes per run {counts} (mean {sum(counts) / len(counts):.2f}); "
-              f"final train error {[round(100 * (r['final_train_error'] or 1), 2) for r in rs]}%")
+              f"final train error {[None if r['final_train_error'] is None else round(100 * r['final_train_error'], 2) for r in rs]}%")
     return 0
 
 
