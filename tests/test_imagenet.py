@@ -73,6 +73,12 @@ def test_named_arms_get_distinct_folders_and_a_bad_scaling_is_named():
     names = [r.name for _, r in im.runs(block, "fig5", block["train"])]
     assert names == ["s-sgd/seed0", "standard-momentum/seed0", "m-0/seed0", "shifted-momentum/seed0",
                      "1-sqrt-tau/seed0"]
+    # fig9's constant delay with shifted momentum, seed 0, is fig5's shifted-momentum run: one folder
+    plan = im.planned(block, block["train"], "R")
+    fig9 = {(name, spec["seed"]): folder for name, folder, spec in plan["fig9"]}
+    assert fig9[("constant", 0)] == os.path.join("R", "fig5", "shifted-momentum", "seed0")
+    assert fig9[("constant", 1)] == os.path.join("R", "fig9", "constant", "seed1")
+    assert fig9[("gaussian", 0)] == os.path.join("R", "fig9", "gaussian", "seed0")
     block["fig5"]["runs"][1]["lr_scaling"] = "cubic"
     with pytest.raises(Exception, match="lr_scaling"):
         im.runs(block, "fig5", block["train"])
@@ -196,17 +202,17 @@ def test_tables_name_the_arms_and_read_every_run(tmp_path):
     block["train"] = deep_merge(block["train"], {"epochs": 2, "dataset_args": {"train_size": 64},
                                                  "lr_schedule": {"milestones": [1], "warmup_epochs": 0}})
     block["fig5"]["runs"] = block["fig5"]["runs"][:2]
-    named = im.runs(block, "fig5", block["train"])
-    for _, run in named:
-        run_training(run.spec, run.folder(tmp_path))
-    pairs = json.loads(im.runs_json(named, tmp_path))
+    named = im.planned(block, block["train"], tmp_path)["fig5"]
+    for _, folder, spec in named:
+        run_training(spec, folder)
+    pairs = json.loads(im.runs_json(named))
     rows = im.write_tables(pairs, "fig5", str(tmp_path / "fig5.csv"), str(tmp_path / "fig5_curves.csv"))
     assert [r["variant"] for r in rows] == ["S-SGD", "standard momentum"]
     header = (tmp_path / "fig5.csv").read_text().splitlines()[0].split(",")
     assert header[:6] == ["variant", "seed", "lr", "final_val_error", "final_train_error", "status"]
-    for r, (_, run) in zip(rows, named):
-        summary = json.loads(Path(run.folder(tmp_path), "summary.json").read_text())
-        assert r["final_val_error"] == summary["final"]["val_error"] and r["lr"] == run.spec["lr"]
+    for r, (_, folder, spec) in zip(rows, named):
+        summary = json.loads(Path(folder, "summary.json").read_text())
+        assert r["final_val_error"] == summary["final"]["val_error"] and r["lr"] == spec["lr"]
     curves = im.files.read_csv(str(tmp_path / "fig5_curves.csv"), "curves")
     assert len(curves) == 2 * 3 and {c["variant"] for c in curves} == {"S-SGD", "standard momentum"}
 

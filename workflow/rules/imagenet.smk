@@ -9,13 +9,13 @@ IMAGENET = EXP.get("imagenet")
 IMAGENET_DIR = SCALE_DIR / "imagenet"
 IMAGENET_BASE = with_run_settings(IMAGENET["train"]) if IMAGENET else {}
 IMAGENET_FIGURES = imagenet_exp.figures_of(IMAGENET) if IMAGENET else []
-#: figure -> [(arm name, GridRun)]; run folders IMAGENET_DIR/<figure>/<arm slug>/seed{s}
-IMAGENET_RUNS = {f: imagenet_exp.runs(IMAGENET, f, IMAGENET_BASE) for f in IMAGENET_FIGURES}
+#: figure -> [(arm name, folder, spec)]; run folders IMAGENET_DIR/<figure>/<arm slug>/seed{s} (a fig9 run
+#: with the spec of a fig5 run reads fig5's folder)
+IMAGENET_RUNS = imagenet_exp.planned(IMAGENET, IMAGENET_BASE, IMAGENET_DIR) if IMAGENET else {}
 
 for _fig, _runs in IMAGENET_RUNS.items():
-    for _name, _run in _runs:
-        register_run(_run.folder(IMAGENET_DIR / _fig), _run.spec, f"imagenet.{_fig}",
-                     runtime_paper=5 * 24 * 60)
+    for _name, _folder, _spec in _runs:
+        register_run(_folder, _spec, f"imagenet.{_fig}", runtime_paper=5 * 24 * 60)
 
 ALL_TARGETS.extend(f for name in IMAGENET_FIGURES for f in figure(name))
 
@@ -23,12 +23,12 @@ ALL_TARGETS.extend(f for name in IMAGENET_FIGURES for f in figure(name))
 rule imagenet_tables:
     """<figure>.csv (one row per run: arm, seed, lr, final errors, status) and <figure>_curves.csv."""
     input:
-        lambda wc: [run_file(r.folder(IMAGENET_DIR / wc.figure), "summary.json") for _, r in IMAGENET_RUNS[wc.figure]],
+        lambda wc: [run_file(folder, "summary.json") for _, folder, _ in IMAGENET_RUNS[wc.figure]],
     output:
         table=str(IMAGENET_DIR / "{figure}.csv"),
         curves=str(IMAGENET_DIR / "{figure}_curves.csv"),
     params:
-        runs=lambda wc: imagenet_exp.runs_json(IMAGENET_RUNS[wc.figure], IMAGENET_DIR / wc.figure),
+        runs=lambda wc: imagenet_exp.runs_json(IMAGENET_RUNS[wc.figure]),
         code=src_hash("experiments.imagenet"),
     wildcard_constraints:
         figure=as_regex(IMAGENET_FIGURES),

@@ -130,6 +130,23 @@ def runs(block: dict, figure: str, base: dict) -> list[tuple[str, object]]:
     return out
 
 
+def planned(block: dict, base: dict, root) -> dict:
+    """figure -> [(arm name, run folder, spec)]: fig5's runs under root/fig5/, fig9's under
+    root/fig9/, except that a fig9 run with exactly the spec of a fig5 run reads that run's
+    folder (fig9's constant delay with shifted momentum is fig5's shifted-momentum arm: one
+    training, not two)."""
+    out, by_spec = {}, {}
+    for figure in figures_of(block):
+        rows = []
+        for name, run in runs(block, figure, base):
+            key = json.dumps(run.spec, sort_keys=True)
+            folder = by_spec.get(key) or run.folder(os.path.join(os.fspath(root), figure))
+            by_spec.setdefault(key, folder)
+            rows.append((name, folder, run.spec))
+        out[figure] = rows
+    return out
+
+
 def figures_of(block: dict) -> list[str]:
     return [f for f in FIGURES if arms(block or {}, f)]
 
@@ -142,9 +159,10 @@ def all_specs(block: dict, base: dict):
             yield f"imagenet.{figure} ({name}, {run.name})", run.spec
 
 
-def runs_json(named_runs, root) -> str:
-    """The ``--runs`` argument of imagenet-collect: [[arm name, run folder], ...]."""
-    return json.dumps([[name, run.folder(root)] for name, run in named_runs])
+def runs_json(planned_runs) -> str:
+    """The ``--runs`` argument of imagenet-collect: [[arm name, run folder], ...] of a figure's
+    ``planned`` rows."""
+    return json.dumps([[name, folder] for name, folder, _ in planned_runs])
 
 
 def plot_options(block: dict, figure: str, base: dict, scale: str) -> str:

@@ -29,7 +29,7 @@ def plot_fig11(tables, scale=None, options=None):
         heights = r["mean_height"][counts > 0]
         height = f", mean height {100 * np.mean(heights):.1f} pts" if len(heights) else ""
         ax.set(title=f"{NAMES.get(v, v)}\n{np.mean(counts):.2f} spikes per run{height}", xlabel="epoch",
-               yscale="log", ylim=(0.05, 100))
+               ylim=(0, 100))
         ax.title.set_fontsize(8)
         ax.legend(fontsize=6, loc="upper right")
     axes[0].set_ylabel("train error (%)")
