@@ -641,7 +641,7 @@ class Run:
             "device": str(self.device),
             "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             "threads": torch.get_num_threads(),
-            "performance": self.perf,
+            "performance": performance_settings(self.spec, self.device),
             "hostname": socket.gethostname(),
             "start_time": self.loop["started"],
             "end_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
