@@ -37,7 +37,8 @@ Model, model_args, loss, dtype, optimizer (delay, momentum, variant, weight deca
 augmentation, seeds and every stop threshold are the paper's. ``smoke_config`` applies
 ``smoke_spec`` to every training block of the ``paper:`` block and shrinks its grids (two taus,
 two learning rates, one seed, one curve tau with two factors, searches of a few probes, tiny
-epoch budgets, sharpness iterations capped); every key the config schema requires stays.
+epoch budgets, sharpness iterations capped; imagenet and fig11: delays and workers at most
+MAX_DELAY, one seed); every key the config schema requires stays.
 """
 
 from __future__ import annotations
