@@ -32,7 +32,6 @@ error. Deterministic on CPU for a given seed (and thread count).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import socket
@@ -449,9 +448,11 @@ class Run:
     # ------------------------------------------------------------ the loop
 
     def _logits(self, x):
-        """The forward pass: the model itself, or (performance settings, CUDA) its compiled form
-        under bf16 autocast, the logits returned in float32 (the loss and every weight, gradient and
+        """The forward pass: the model itself, or (performance settings, CUDA) on NHWC inputs, its
+        compiled form, under bf16 autocast, the logits returned in float32 (the loss and every weight, gradient and
         optimizer buffer stay float32: bf16 is the arithmetic of matmuls and convolutions only)."""
+        if self.perf["channels_last"] and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)  # a no-op for the ImageFolder's batches
         if not self.perf["bf16"]:
             return self.forward(x)
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
