@@ -14,6 +14,8 @@ include: "workflow/rules/eos.smk"
 include: "workflow/rules/generalization.smk"
 include: "workflow/rules/table1.smk"
 include: "workflow/rules/mitigations.smk"
+include: "workflow/rules/imagenet.smk"
+include: "workflow/rules/spikes.smk"
 include: "workflow/rules/train.smk"  # last: it builds the run folders the experiments registered
 
 

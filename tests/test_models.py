@@ -38,6 +38,15 @@ def resnet_cifar_count(n, nc):
     return total + linear(64, nc)
 
 
+def resnet_digits_count(w, n, nc):
+    total, cin = conv(1, w, 3, False) + bn(w), w
+    for width in (w, 2 * w):
+        for _ in range(n):
+            total += conv(cin, width, 3, False) + bn(width) + conv(width, width, 3, False) + bn(width)
+            cin = width
+    return total + linear(2 * w, nc)
+
+
 def wrn_count(n, k, nc):
     total, cin = conv(3, 16, 3, False), 16
     for width in (16 * k, 32 * k, 64 * k):
@@ -67,6 +76,7 @@ EXPECTED = {
         conv(3, 64, 5) + bn(64) + conv(64, 64, 5) + bn(64) + linear(4096, 384) + linear(384, 192) + linear(192, 100),
     ),
     "resnet50": ({}, (1, 3, 64, 64), 25_557_032),
+    "resnet_digits": (dict(width=8, blocks=2), (3, 1, 8, 8), resnet_digits_count(8, 2, 10)),
 }
 
 

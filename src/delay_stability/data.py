@@ -227,8 +227,61 @@ def _load_torchvision(name: str, args: dict, dtype, device, augment: bool) -> Te
 # ---------------------------------------------------------------- ImageNet (streamed)
 
 
+class SeededSampler(torch.utils.data.Sampler):
+    """Indices of one epoch, each paired with the seed of its sample's augmentation.
+
+    ``new_epoch(generator)`` draws the epoch's order (a permutation, or 0..N-1 without shuffle)
+    and one 63-bit seed from ``generator``; sample i of the epoch then gets seed + index. The
+    augmentation of every image is thus a function of the run's seed, its epoch and its index
+    only: the same with any number of DataLoader workers, persistent or not, and on resume."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.order = list(range(n))
+        self.seed = 0
+
+    def new_epoch(self, shuffle: bool, generator=None) -> None:
+        if shuffle:
+            self.order = torch.randperm(self.n, generator=generator).tolist()
+            self.seed = int(torch.randint(0, 2**62, (), generator=generator))
+        else:
+            self.order, self.seed = list(range(self.n)), 0
+
+    def __iter__(self):
+        return iter([(i, self.seed + i) for i in self.order])
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class SeededFolder(torch.utils.data.Dataset):
+    """An ImageFolder whose item ``(index, seed)`` is image ``index`` transformed with torch's CPU
+    random generator seeded by ``seed`` (forked: the caller's generator state is left alone)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, item):
+        index, seed = item
+        path, label = self.folder.samples[index]
+        image = self.folder.loader(path)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            x = self.folder.transform(image)
+        return x, label
+
+
 class FolderDataset:
-    """An ImageFolder tree read by DataLoader workers; never held in memory."""
+    """An ImageFolder tree read by DataLoader workers; never held in memory.
+
+    Reading keeps an accelerator busy: ``dataset_args.workers`` decoding processes that stay alive
+    across epochs (persistent workers, one DataLoader per split and batch size), pinned host memory
+    and non-blocking copies on CUDA, and ``prefetch`` batches queued per worker. Augmentation
+    (RandomResizedCrop + horizontal flip) is seeded per image (``SeededSampler``), so a run is
+    reproducible and resumes bit for bit whatever the number of workers."""
 
     def __init__(self, args: dict, dtype, device, augment: bool):
         from torchvision import datasets as tv
@@ -248,14 +301,22 @@ class FolderDataset:
         train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *norm])
         eval_tf = T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), *norm])
         self.name = "imagenet"
-        self._train = tv.ImageFolder(os.path.join(root, "train"), train_tf if augment else eval_tf)
-        self._train_plain = tv.ImageFolder(os.path.join(root, "train"), eval_tf)
-        self._val = tv.ImageFolder(os.path.join(root, "val"), eval_tf)
+        try:
+            self._train = tv.ImageFolder(os.path.join(root, "train"), train_tf if augment else eval_tf)
+            self._train_plain = tv.ImageFolder(os.path.join(root, "train"), eval_tf)
+            self._val = tv.ImageFolder(os.path.join(root, "val"), eval_tf)
+        except (FileNotFoundError, OSError) as exc:
+            raise UserError(f"dataset 'imagenet' in {root!r}: {exc}") from None
+        if self._val.classes != self._train.classes:
+            raise UserError(f"dataset 'imagenet' in {root!r}: val/ and train/ have different class folders")
         self.num_classes = len(self._train.classes)
         self.augment = augment
-        self.dtype, self.device, self.workers = dtype, device, args["workers"]
+        self.dtype, self.device, self.workers = dtype, torch.device(device), args["workers"]
+        self.prefetch = args["prefetch"]
+        self.channels_last = False  # set by the training engine (spec performance.channels_last on CUDA)
         self.input_shape = (3, size, size)
         self.train_x = self.train_y = self.val_x = self.val_y = None  # streamed, not resident
+        self._loaders = {}
 
     @property
     def num_train(self) -> int:
@@ -270,26 +331,35 @@ class FolderDataset:
             raise UserError("spec key 'batch_size': imagenet cannot be trained full batch (batch_size 0)")
         return -(-self.num_train // batch_size)
 
-    def _loader(self, dataset, batch_size, shuffle, generator):
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=self.workers,
-            pin_memory=torch.device(self.device).type == "cuda",
-            persistent_workers=False,
-        )
+    def loader(self, folder, batch_size: int):
+        """The (cached) DataLoader of ``folder`` in batches of ``batch_size``, and its sampler."""
+        key = (id(folder), batch_size)
+        if key not in self._loaders:
+            sampler = SeededSampler(len(folder))
+            workers = self.workers
+            loader = torch.utils.data.DataLoader(
+                SeededFolder(folder), batch_size=batch_size, sampler=sampler, num_workers=workers,
+                pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+                prefetch_factor=self.prefetch if workers > 0 else None,
+                generator=torch.Generator().manual_seed(0),  # the workers' base seed (unused: items are seeded)
+            )
+            self._loaders[key] = (loader, sampler)
+        return self._loaders[key]
+
+    def _batches(self, folder, batch_size, shuffle, generator):
+        loader, sampler = self.loader(folder, batch_size)
+        sampler.new_epoch(shuffle, generator)
+        memory = torch.channels_last if self.channels_last else torch.contiguous_format
         for x, y in loader:
-            yield x.to(self.device, self.dtype, non_blocking=True), y.to(self.device, non_blocking=True)
+            x = x.to(self.device, self.dtype, non_blocking=True, memory_format=memory)
+            yield x, y.to(self.device, non_blocking=True)
 
     def train_batches(self, batch_size: int, shuffle: bool = True, generator=None, augment=None):
         augment = self.augment if augment is None else augment
-        dataset = self._train if augment else self._train_plain
-        yield from self._loader(dataset, batch_size, shuffle, generator)
+        yield from self._batches(self._train if augment else self._train_plain, batch_size, shuffle, generator)
 
     def val_batches(self, batch_size: int = 256):
-        yield from self._loader(self._val, batch_size if batch_size > 0 else 256, False, None)
+        yield from self._batches(self._val, batch_size if batch_size > 0 else 256, False, None)
 
 
 # ---------------------------------------------------------------- entry point

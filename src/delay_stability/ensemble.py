@@ -91,6 +91,8 @@ def _why_not(specs: list[dict]) -> str | None:
             return f"spec {i}: imagenet is streamed from disk and is not batched"
         if s["augment"]:
             return f"spec {i}: augment is not batched"
+        if any(s["performance"].values()):
+            return f"spec {i}: performance settings (channels_last, bf16, compile) are not batched"
         o = s["optimizer"]
         if o.get("mitigation"):
             return f"spec {i}: delay mitigation {o['mitigation']['name']!r} is not batched (train it with train.run_training)"

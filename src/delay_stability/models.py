@@ -11,6 +11,7 @@ Paper scale (Giladi et al. 2020, section 3 and appendix E):
 Quick scale (8x8 scikit-learn digits):
     mlp         flatten -> [Linear -> activation] x len(hidden) -> Linear
     cnn_digits  two 3x3 convolutions (optional BatchNorm), 2x2 max-pool, two linear layers
+    resnet_digits  a small BatchNorm ResNet (CIFAR-style basic blocks, two stages), fig5/fig9 stand-in
 
 Every model takes images (N, C, H, W) and returns logits (N, num_classes).
 """
@@ -161,6 +162,35 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class DigitsResNet(nn.Module):
+    """A small ResNet for 1x8x8 digits: conv3-BN-ReLU (width), ``blocks`` basic blocks at 8x8,
+    ``blocks`` at 4x4 (2·width, stride 2, shortcut 'A'), global average pool, fc."""
+
+    def __init__(self, width=8, blocks=1, in_channels=1, num_classes=10):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        layers, cin = [], width
+        for w, stride in ((width, 1), (2 * width, 2)):
+            for i in range(blocks):
+                layers.append(_CifarBasicBlock(cin, w, stride if i == 0 else 1))
+                cin = w
+        self.blocks = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        x = self.blocks(F.relu(self.bn(self.conv(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def resnet_digits(width=8, blocks=1, in_channels=1, num_classes=10) -> nn.Module:
+    """The quick stand-in of ResNet-50 (figs. 5, 9): DigitsResNet (BatchNorm, residual blocks)."""
+    return DigitsResNet(width, blocks, in_channels, num_classes)
+
+
 def resnet44(num_classes=10) -> nn.Module:
     """ResNet-44 for CIFAR-10 (7 basic blocks per stage, 0.66M parameters)."""
     return CifarResNet(44, num_classes)
@@ -261,6 +291,7 @@ MODELS = {
     "wrn16_4": wrn16_4,
     "c3": c3,
     "resnet50": resnet50,
+    "resnet_digits": resnet_digits,
 }
 
 

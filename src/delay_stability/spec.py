@@ -41,6 +41,7 @@ MODEL_ARGS = {
     "wrn16_4": {"num_classes": 100},
     "c3": {"num_classes": 100},
     "resnet50": {"num_classes": 1000},
+    "resnet_digits": {"width": 8, "blocks": 1, "in_channels": 1, "num_classes": 10},
 }
 MODEL_NAMES = tuple(MODEL_ARGS)
 
@@ -50,7 +51,7 @@ DATASET_ARGS = {
     "mnist": {"root": "data", "download": False, "train_subset": None, "val_subset": None},
     "cifar10": {"root": "data", "download": False, "train_subset": None, "val_subset": None, "verify": True},
     "cifar100": {"root": "data", "download": False, "train_subset": None, "val_subset": None, "verify": True},
-    "imagenet": {"root": None, "workers": 8, "image_size": 224},
+    "imagenet": {"root": None, "workers": 8, "image_size": 224, "prefetch": 4},
 }
 DATASETS = tuple(DATASET_ARGS)
 DIGITS_SIZE = 1797
@@ -72,10 +73,12 @@ def dataset_args_with_defaults(name: str, args: dict | None) -> dict:
                 f"spec key 'dataset_args.{key}': not an argument of dataset {name!r} (choose {', '.join(out)})"
             )
         out[key] = value
-    for key in ("train_size", "train_subset", "val_subset", "workers", "image_size", "split_seed"):
+    for key in ("train_size", "train_subset", "val_subset", "workers", "image_size", "split_seed", "prefetch"):
         value = out.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise UserError(f"spec key 'dataset_args.{key}': expected a non-negative integer, got {value!r}")
+    if name == "imagenet" and out["prefetch"] < 1:
+        raise UserError(f"spec key 'dataset_args.prefetch': batches queued per worker, must be >= 1, got {out['prefetch']}")
     if name == "digits" and not 1 <= out["train_size"] < DIGITS_SIZE:
         raise UserError(f"spec key 'dataset_args.train_size': must be in 1..{DIGITS_SIZE - 1}, got {out['train_size']}")
     if out.get("root") is not None and not isinstance(out["root"], str):
@@ -113,7 +116,11 @@ SPEC_DEFAULTS = {
     "stop": {},
     "init_checkpoint": None,
     "perturb": 0.0,
+    "performance": {},
 }
+#: How the step is computed, not what it computes (up to rounding): channels_last memory format,
+#: bf16 autocast and torch.compile, all on CUDA only (a CPU run ignores them; see train.Run).
+PERFORMANCE_DEFAULTS = {"channels_last": False, "bf16": False, "compile": False}
 OPTIMIZER_DEFAULTS = {
     "delay": 0, "workers": None, "schedule": None, "momentum": 0.0, "variant": "plain",
     "dampening": True, "weight_decay": 0.0,
@@ -197,7 +204,8 @@ def validate_spec(spec: dict) -> dict:
     {kind: step, milestones, gamma}, both with warmup_epochs), optimizer (delay, workers, schedule,
     momentum, variant, dampening, weight_decay), augment, eval_every, checkpoint_every (null =
     about every 5% of the epochs), stop ({steady_state, divergence, escape}), init_checkpoint,
-    perturb. Raises UserError naming the offending key.
+    perturb, performance ({channels_last, bf16, compile}: CUDA only). Raises UserError naming the
+    offending key.
     """
     s = _section(spec, "", SPEC_DEFAULTS)
     s["model"] = _choice("model", s["model"], MODEL_NAMES)
@@ -223,6 +231,9 @@ def validate_spec(spec: dict) -> dict:
     if s["init_checkpoint"] is not None and not isinstance(s["init_checkpoint"], str):
         raise _bad("init_checkpoint", f"expected a path, got {s['init_checkpoint']!r}")
     s["perturb"] = _float("perturb", s["perturb"], minimum=0.0)
+    s["performance"] = _section(s["performance"], "performance", PERFORMANCE_DEFAULTS)
+    for key, value in s["performance"].items():
+        _bool(f"performance.{key}", value)
     return s
 
 
@@ -390,6 +401,14 @@ def delay_probabilities(delay: dict) -> list[float]:
     except ValueError as exc:
         raise _bad("optimizer.delay", str(exc)) from None
     return [float(p) for p in probs]
+
+
+def mean_delay(delay) -> float:
+    """E[tau] of a spec delay (checked as ``optimizer.delay``): tau itself, or sum_k k P(tau = k)."""
+    delay = _delay(delay)
+    if not isinstance(delay, dict):
+        return float(delay)
+    return float(sum(k * p for k, p in enumerate(delay_probabilities(delay))))
 
 
 def spec_differences(a, b, prefix="") -> list[str]:

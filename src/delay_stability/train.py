@@ -335,6 +335,11 @@ class Run:
 
         torch.manual_seed(spec["seed"])
         self.model = build_model(spec["model"], **spec["model_args"]).to(self.device, self.dtype)
+        self.perf = performance_settings(spec, self.device)
+        if self.perf["channels_last"]:
+            self.model.to(memory_format=torch.channels_last)
+            self.data.channels_last = True
+        self.forward = torch.compile(self.model) if self.perf["compile"] else self.model
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(spec, self.model)
         self.generator = torch.Generator().manual_seed(spec["seed"])
@@ -439,7 +444,7 @@ class Run:
         wrong = torch.zeros((), dtype=torch.int64, device=self.device)
         n = count = 0
         for x, y in batches:
-            out = self.model(x)
+            out = self._logits(x)
             loss = self.loss_fn(out, y).double()
             total += loss * len(y)
             wrong += (out.argmax(1) != y).sum()
@@ -449,6 +454,18 @@ class Run:
         return mean, int(wrong) / n
 
     # ------------------------------------------------------------ the loop
+
+    def _logits(self, x):
+        """The forward pass: the model itself, or (performance settings, CUDA) on NHWC inputs, its
+        compiled form, under bf16 autocast, the logits returned in float32 (the loss and every weight, gradient and
+        optimizer buffer stay float32: bf16 is the arithmetic of matmuls and convolutions only)."""
+        if self.perf["channels_last"] and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)  # a no-op for the ImageFolder's batches
+        if not self.perf["bf16"]:
+            return self.forward(x)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            out = self.forward(x)
+        return out.float()
 
     def _lr_factor(self, epoch: int) -> float:
         return lr_factor(self.spec["lr_schedule"], epoch, self.loop["step"], self.steps_per_epoch)
@@ -507,7 +524,7 @@ class Run:
             lr = self.spec["lr"] * self._lr_factor(epoch - 1)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            out = self.model(x)
+            out = self._logits(x)
             loss = self.loss_fn(out, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -633,11 +650,21 @@ class Run:
             "device": str(self.device),
             "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             "threads": torch.get_num_threads(),
+            "performance": performance_settings(self.spec, self.device),
             "hostname": socket.gethostname(),
             "start_time": self.loop["started"],
             "end_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "resumed": self.loop["resumed"],
         }
+
+
+def performance_settings(spec: dict, device: torch.device) -> dict:
+    """The spec's ``performance`` flags that apply on ``device``: channels_last (NHWC convolutions),
+    bf16 (autocast of the forward pass to bfloat16; fp32 master weights, gradients, optimizer state
+    and loss) and compile (``torch.compile`` of the model), on CUDA only; all off on the CPU, where
+    a run is then exactly the run without them."""
+    cuda = device.type == "cuda"
+    return {k: bool(v) and cuda for k, v in spec["performance"].items()}
 
 
 def eval_batch_size(spec: dict, full_batch: bool) -> int:

@@ -83,19 +83,10 @@ def with_run_settings(spec: dict, cfg: dict) -> dict:
 
 def planned_training_blocks(exp: dict):
     """(config key, spec) of the training blocks of experiments that no rule builds yet
-    (fig11, imagenet, momentum): checked all the same."""
-    for name in ("fig11", "imagenet", "momentum"):
+    (momentum): checked all the same."""
+    for name in ("momentum",):
         if name in exp:
             yield f"{name}.train", exp[name]["train"]
-    imagenet = exp.get("imagenet")
-    if imagenet:
-        tau = imagenet["tau"]
-        for i, run in enumerate(imagenet.get("fig5", {}).get("runs", [])):
-            optimizer = {"delay": run.get("tau", tau), "variant": run.get("variant", "plain"),
-                         "momentum": run.get("momentum", 0.0)}
-            yield f"imagenet.fig5.runs[{i}]", deep_merge(imagenet["train"], {"optimizer": optimizer})
-        for i, run in enumerate(imagenet.get("fig9", {}).get("delays", [])):
-            yield f"imagenet.fig9.delays[{i}]", deep_merge(imagenet["train"], {"optimizer": {"delay": run.get("delay", tau)}})
 
 
 def training_specs(cfg: dict, scale: str):
@@ -103,7 +94,7 @@ def training_specs(cfg: dict, scale: str):
     settings; built by the experiment modules as the rules build them. Specs that the runs
     complete themselves (a continuation's lr and start, the scaled edge-of-stability runs' lr) get
     stand-in values."""
-    from . import eos, generalization, stability, table1
+    from . import eos, generalization, imagenet, spikes, stability, table1
 
     exp = cfg[scale]
     for name in stability.EXPERIMENTS:
@@ -146,6 +137,13 @@ def training_specs(cfg: dict, scale: str):
             raise ConfigError(f"invalid configuration: {scale}.{exc}") from None
     if "mitigations" in exp:
         yield from _mitigation_specs(exp, scale, cfg)
+    for name, module in (("imagenet", imagenet), ("fig11", spikes)):
+        if name in exp:
+            block = exp[name]
+            try:
+                yield from module.all_specs(block, with_run_settings(block["train"], cfg))
+            except UserError as exc:
+                raise ConfigError(f"invalid configuration: {scale}.{name}: {exc}") from None
     for key, spec in planned_training_blocks(exp):
         yield key, with_run_settings(spec, cfg)
 

@@ -37,7 +37,8 @@ Model, model_args, loss, dtype, optimizer (delay, momentum, variant, weight deca
 augmentation, seeds and every stop threshold are the paper's. ``smoke_config`` applies
 ``smoke_spec`` to every training block of the ``paper:`` block and shrinks its grids (two taus,
 two learning rates, one seed, one curve tau with two factors, searches of a few probes, tiny
-epoch budgets, sharpness iterations capped); every key the config schema requires stays.
+epoch budgets, sharpness iterations capped; imagenet and fig11: delays and workers at most
+MAX_DELAY, one seed); every key the config schema requires stays.
 """
 
 from __future__ import annotations
@@ -320,7 +321,35 @@ def smoke_config(paper_block: dict, data_root, *, epochs: int = EPOCHS, batch_si
                     block[key] = _first(block[key])
         elif isinstance(block.get("train"), dict):  # fig11, imagenet and any later block with a spec
             block["train"] = spec(block["train"])
+            if name in ("imagenet", "fig11"):
+                _smoke_delays(block)
     return out
+
+
+#: Largest delay of a smoke run (ResNet-50 keeps delay + 1 gradient copies in flight).
+MAX_DELAY = 2
+
+
+def _smoke_delays(block: dict) -> None:
+    """imagenet, fig11: delays (and imagenet's workers) at most MAX_DELAY, one seed per figure."""
+    if isinstance(block.get("tau"), int):
+        block["tau"] = min(block["tau"], MAX_DELAY)
+    if isinstance(block.get("workers"), int):
+        block["workers"] = min(block["workers"], MAX_DELAY)
+    if isinstance(block.get("seeds"), list):
+        block["seeds"] = _first(block["seeds"], 1)
+    for fig in ("fig5", "fig9"):
+        sub = block.get(fig)
+        if not isinstance(sub, dict):
+            continue
+        if isinstance(sub.get("seeds"), list):
+            sub["seeds"] = _first(sub["seeds"], 1)
+        for run in sub.get("runs") or sub.get("delays") or []:
+            for key in ("tau", "delay"):
+                if isinstance(run.get(key), int):
+                    run[key] = min(run[key], MAX_DELAY)
+                elif isinstance(run.get(key), dict) and isinstance(run[key].get("mean"), (int, float)):
+                    run[key]["mean"] = min(run[key]["mean"], MAX_DELAY)
 
 
 def _smoke_stability(block: dict, spec, epochs: int, n_train: int) -> None:

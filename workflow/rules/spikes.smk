@@ -1,0 +1,61 @@
+# Spikes in the training error under delay (appendix D): figure 11.
+# A-SGD with momentum, without, and with shifted momentum (config block fig11), the same hyperparameters,
+# no LR decay, x seeds; BatchNorm networks: one job of the generic train rule per run
+# -> `spikes-collect` -> results/<scale>/spikes/{spikes,spikes_curves}.csv -> figures/fig11.
+# The spike count: delay_stability.experiments.spikes.count_spikes.
+from delay_stability.experiments import spikes as spikes_exp
+
+SPIKES = EXP.get("fig11")
+SPIKES_DIR = SCALE_DIR / "spikes"
+SPIKES_BASE = with_run_settings(SPIKES["train"]) if SPIKES else {}
+#: run folders SPIKES_DIR/variant{v}/seed{s}
+SPIKES_RUNS = spikes_exp.runs(SPIKES, SPIKES_BASE) if SPIKES else []
+
+for _run in SPIKES_RUNS:
+    register_run(_run.folder(SPIKES_DIR), _run.spec, "fig11", runtime_paper=3 * 24 * 60)
+
+if SPIKES:
+    ALL_TARGETS.extend(figure("fig11"))
+
+
+rule spikes_tables:
+    """spikes.csv (per run: spikes, mean height, final train error) and spikes_curves.csv."""
+    input:
+        [run_file(r.folder(SPIKES_DIR), "summary.json") for r in SPIKES_RUNS],
+    output:
+        table=str(SPIKES_DIR / "spikes.csv"),
+        curves=str(SPIKES_DIR / "spikes_curves.csv"),
+    params:
+        runs=" ".join(r.folder(SPIKES_DIR) for r in SPIKES_RUNS),
+        margin=spikes_exp.margin_of(SPIKES) if SPIKES else 0.05,
+        code=src_hash("experiments.spikes"),
+    localrule: True
+    conda:
+        "../../environment.yml"
+    log:
+        str(LOGS / "spikes" / "tables.log"),
+    shell:
+        "delay-stability spikes-collect --run {params.runs} --margin {params.margin} --out {output.table} "
+        "--curves {output.curves} > {log} 2>&1"
+
+
+rule spikes_figure:
+    """fig11: train error vs epochs per algorithm and seed, spikes marked and counted."""
+    input:
+        table=str(SPIKES_DIR / "spikes.csv"),
+        curves=str(SPIKES_DIR / "spikes_curves.csv"),
+    output:
+        pdf=str(FIGURES / "fig11.pdf"),
+        png=report(str(FIGURES / "fig11.png"), caption="../report/spikes.rst",
+                   category="Spikes under delay ({scale})".format(scale=SCALE)),
+    params:
+        opts=spikes_exp.plot_options(SPIKES, SPIKES_BASE, SCALE) if SPIKES else "{}",
+        code=src_hash("plots", "plots.spikes"),
+    localrule: True
+    conda:
+        "../../environment.yml"
+    log:
+        str(LOGS / "fig11.log"),
+    shell:
+        "delay-stability plot fig11 --table {input.table} --table {input.curves} --options {params.opts:q} "
+        "--out {output.pdf} > {log} 2>&1"
