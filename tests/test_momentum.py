@@ -1,0 +1,151 @@
+"""Asynchrony begets Momentum (Mitliagkas et al. 2016): the theory (Theorems 3, 6, 7) against the
+explicit expected recurrence, dense linear algebra, closed forms and Monte-Carlo averages of
+DelayedSGD with the random schedule; the edge of momentum under geometric staleness; and the
+momentum experiment's pieces and workflow on a tiny config."""
+
+import math
+
+import numpy as np
+import pytest
+
+from delay_stability import theory
+from oracles import dense_momentum_rate, expected_geometric_staleness_iterates
+
+
+def _quadratic(n=3, seed=0, low=0.5, high=2.0):
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    lam = np.linspace(low, high, n)
+    return basis @ np.diag(lam) @ basis.T, lam, rng.standard_normal(n), rng.standard_normal(n)
+
+
+# ---------------------------------------------------------------- Theorem 6: the expected recurrence
+
+
+@pytest.mark.parametrize("q,m", [(0.0, 0.0), (0.5, 0.0), (0.75, 0.5), (0.875, -0.45), (0.3, 0.9)])
+def test_theorem6_recurrence_equals_the_explicit_expectation_over_the_staleness_law(q, m):
+    H, _, w0, w_star = _quadratic()
+    alpha = 0.3
+    mine = theory.expected_momentum_iterates(H, w0, w_star, alpha, q, m, 40)
+    ref = expected_geometric_staleness_iterates(H, w0, w_star, alpha, q, m, 40)
+    np.testing.assert_allclose(mine, ref, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("q,m,alpha", [(0.0, 0.0, 0.5), (0.5, 0.3, 0.4), (0.8, -0.6, 1.1), (0.9, 0.7, 0.05),
+                                       (0.6, -0.3, 3.0)])
+def test_theorem7_rate_is_the_spectral_radius_of_the_dense_recurrence(q, m, alpha):
+    H, lam, _, _ = _quadratic(n=4, seed=1)
+    assert theory.momentum_rate(lam, alpha, q, m) == pytest.approx(dense_momentum_rate(H, alpha, q, m), rel=1e-9)
+
+
+def test_theorem7_rate_is_the_decay_of_the_expected_iterates():
+    H, lam, w0, w_star = _quadratic(n=3, seed=2)
+    q, m, alpha = 0.6, -0.2, 0.1
+    e = np.linalg.norm(theory.expected_momentum_iterates(H, w0, w_star, alpha, q, m, 300) - w_star, axis=1)
+    gamma = theory.momentum_rate(lam, alpha, q, m)
+    assert gamma < 0.99 and (e[300] / e[200]) ** (1 / 100) == pytest.approx(gamma, rel=2e-3)
+
+
+def test_theorem7_cubic_is_the_reversed_growth_polynomial_g():
+    lam, alpha, q, m = np.array([1.0, 3.0]), 0.2, 0.4, -0.3
+    cubics = theory.momentum_rate_cubics(lam, alpha, q, m)
+    for row, l in zip(cubics, lam):
+        z = 1 + q + m - alpha * (1 - q) * l
+        g = [q * m, -(q + m + q * m), z, -1.0]  # eq. 10, descending powers of t
+        t_star = min(np.roots(g), key=abs)
+        assert 1 / abs(t_star) == pytest.approx(np.abs(np.roots(row)).max(), rel=1e-10)
+
+
+def test_no_staleness_and_no_momentum_is_gradient_descent():
+    lam = theory.quadratic_spectrum(5, 40)
+    for alpha in (0.1, 0.3, 0.45):
+        assert theory.momentum_rate(lam, alpha, 0.0, 0.0) == pytest.approx(max(abs(1 - alpha * lam)), rel=1e-9)
+
+
+# ---------------------------------------------------------------- Monte Carlo: Theorem 3/5 on DelayedSGD
+
+
+@pytest.mark.parametrize("workers,m", [(4, 0.0), (4, -0.45), (8, 0.5)])
+def test_delayed_sgd_random_schedule_averages_to_theorem6(workers, m):
+    """Full-batch gradients on a quadratic, only the landing worker random: the mean of w_t over
+    1,000 schedule seeds is Theorem 6's E w_t with μ_S = 1 − 1/M and α = η(1 − m) (dampening), to
+    5 standard errors per coordinate."""
+    torch = pytest.importorskip("torch")
+    from delay_stability.asgd import DelayedSGD
+
+    H, _, w0, w_star = _quadratic(n=2, seed=3)
+    eta, steps, runs = 0.25, 25, 1000
+    Ht, ws = torch.tensor(H), torch.tensor(w_star)
+    paths = np.empty((runs, steps + 1, 2))
+    for seed in range(runs):
+        w = torch.tensor(w0, requires_grad=True)
+        opt = DelayedSGD([w], lr=eta, workers=workers, schedule="random", momentum=m,
+                         variant="momentum" if m else "plain", seed=seed)
+        paths[seed, 0] = w0
+        for t in range(steps):
+            with torch.no_grad():
+                w.grad = Ht @ (w - ws)
+            opt.step()
+            paths[seed, t + 1] = w.detach().numpy()
+    mean, se = paths.mean(axis=0), paths.std(axis=0, ddof=1) / math.sqrt(runs)
+    expected = theory.expected_momentum_iterates(H, w0, w_star, eta * (1 - m), theory.implicit_momentum(workers),
+                                                 m, steps)
+    assert np.all(np.abs(mean - expected) <= 5 * se + 1e-12)
+    # and the expectation is not the synchronous one: the check has power
+    sync = theory.expected_momentum_iterates(H, w0, w_star, eta * (1 - m), 0.0, m, steps)
+    assert np.abs(mean - sync).max() > 10 * se.max()
+
+
+# ---------------------------------------------------------------- figure 6: rate-optimal explicit momentum
+
+
+@pytest.mark.parametrize("Q", [5, 20])
+def test_without_staleness_the_optimum_is_heavy_ball(Q):
+    """μ_S = 0: Polyak's optimum μ = ((√Q − 1)/(√Q + 1))², α = 4/(√λmax + √λmin)², rate √μ."""
+    best = theory.optimal_momentum(theory.quadratic_spectrum(Q), 0.0)
+    mu = ((math.sqrt(Q) - 1) / (math.sqrt(Q) + 1)) ** 2
+    assert best["mu_l"] == pytest.approx(mu, abs=1e-3)
+    assert best["alpha"] == pytest.approx(4 / (math.sqrt(Q) + 1) ** 2, rel=1e-2)
+    assert best["rate"] == pytest.approx(math.sqrt(mu), abs=1e-4)
+
+
+def test_optimal_momentum_beats_a_fine_brute_force_grid_and_turns_negative():
+    lam = theory.quadratic_spectrum(5)
+    best = theory.optimal_momentum(lam, 0.6)
+    brute = min(theory.momentum_rate(lam, a, 0.6, mu) for mu in np.linspace(-0.6, 0.2, 81)
+                for a in np.geomspace(0.5, 2.0, 81))
+    assert best["rate"] <= brute + 1e-9
+    assert best["mu_l"] < 0
+    assert theory.momentum_rate(lam, best["alpha"], 0.6, best["mu_l"]) == pytest.approx(best["rate"], rel=1e-12)
+
+
+# ---------------------------------------------------------------- the edge of momentum under geometric staleness
+
+
+@pytest.mark.parametrize("q", [0.0, 0.5, 0.75])
+@pytest.mark.parametrize("m", [-0.9, -0.45, 0.0, 0.45, 0.9])
+def test_geometric_momentum_edge_agrees_with_companion_and_truncated_delay(q, m):
+    edge = theory.geometric_momentum_edge(q, m)
+    assert edge == pytest.approx(theory.geometric_momentum_edge(q, m, method="companion"), rel=1e-9)
+    assert edge == pytest.approx(theory.critical_alpha(theory.geometric_delay(q), m, "momentum"), rel=1e-8)
+    assert theory.spectral_radius(edge * 0.999, theory.geometric_delay(q), m, "momentum") < 1
+    assert theory.spectral_radius(edge * 1.001, theory.geometric_delay(q), m, "momentum") > 1
+
+
+def test_geometric_momentum_edge_closed_forms():
+    for q in (0.0, 0.5, 0.8):
+        assert theory.geometric_momentum_edge(q, 0.0) == pytest.approx(2 * (1 + q) / (1 - q), rel=1e-12)
+    for m in (-0.5, 0.0, 0.7):
+        assert theory.geometric_momentum_edge(0.0, m) == pytest.approx(2 * (1 + m) / (1 - m), rel=1e-12)
+
+
+def test_implicit_momentum_and_correction():
+    assert [theory.implicit_momentum(M) for M in (1, 2, 4)] == [0.0, 0.5, 0.75]
+    assert theory.corrected_momentum(0.675, 4) == pytest.approx(-0.075)
+    assert theory.corrected_momentum(0.0, 32) == -0.9
+    with pytest.raises(ValueError, match="workers"):
+        theory.implicit_momentum(0)
+    with pytest.raises(ValueError, match="mu_s"):
+        theory.geometric_momentum_edge(1.0, 0.0)
+    with pytest.raises(ValueError, match="momentum"):
+        theory.geometric_momentum_edge(0.5, -1.0)
