@@ -97,8 +97,8 @@ def test_threshold_geometric_is_momentum_edge(capsys):
 @pytest.mark.parametrize("argv,fragments", [
     (["threshold", "--tau", "-1"], ["--tau", "non-negative"]),
     (["threshold", "--tau", "2.5"], ["--tau", "invalid int"]),
-    (["threshold", "--tau", "4", "--momentum", "1"], ["--momentum", "[0, 1)"]),
-    (["threshold", "--tau", "4", "--momentum", "-0.5"], ["--momentum"]),
+    (["threshold", "--tau", "4", "--momentum", "1"], ["--momentum", "(-1, 1)"]),
+    (["threshold", "--tau", "4", "--momentum", "-1"], ["--momentum"]),
     (["threshold", "--probs", "0.5,0.6"], ["--probs", "sum to 1"]),
     (["threshold", "--probs", "0.5,x"], ["--probs"]),
     (["threshold", "--probs", "1.5,-0.5"], ["--probs", "non-negative"]),
