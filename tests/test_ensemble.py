@@ -251,3 +251,13 @@ def test_random_worker_checkpoint_resumes_as_a_single_run(tmp_path):
     run_training(ckpt["spec"], out)
     run_training(spec, str(tmp_path / "whole"))
     compare(out, str(tmp_path / "whole"), 1e-10)
+
+
+def test_settle_stops_a_member_as_its_single_run(tmp_path):
+    """The settle rule (train loss below a level for `window` epochs) is batched: the member that
+    reaches the level leaves at the same epoch as its single run, the others go on."""
+    specs = random_members(2, epochs=10, eval_every=3, stop={"settle": {"below": 1.2, "window": 1}})
+    specs[0] = dict(specs[0], lr=0.3)
+    outs, _ = check_against_single(tmp_path, specs, 1e-10)
+    statuses = [json.load(open(os.path.join(o, "summary.json")))["status"] for o in outs]
+    assert "settled" in statuses and statuses != ["settled"] * 4

@@ -67,6 +67,8 @@ EXPECTED = {
         conv(3, 64, 5) + bn(64) + conv(64, 64, 5) + bn(64) + linear(4096, 384) + linear(384, 192) + linear(192, 100),
     ),
     "resnet50": ({}, (1, 3, 64, 64), 25_557_032),
+    # Caffe's cifar10_quick: 145,578 weights (conv 32/32/64 @ 5x5, fc 1024-64, fc 64-10)
+    "cifar10_quick": ({}, (2, 3, 32, 32), conv(3, 32, 5) + conv(32, 32, 5) + conv(32, 64, 5) + linear(1024, 64) + linear(64, 10)),
 }
 
 

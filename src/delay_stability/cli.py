@@ -39,6 +39,10 @@ COMMANDS = {
     "ensemble": ("delay_stability.ensemble", "train a list of specs as one batched ensemble (run folders as train)"),
     "generalization-collect": ("delay_stability.experiments.generalization",
                                "tables of the generalization experiment (figs. 1, 3, 13) from run folders"),
+    "momentum-theory": ("delay_stability.experiments.momentum",
+                        "figures 6-7 of Asynchrony begets Momentum: rate-optimal explicit momentum (Theorem 7)"),
+    "momentum-collect": ("delay_stability.experiments.momentum",
+                         "tables of the momentum experiment (best momentum vs workers) from run folders"),
     "grid-collect": ("delay_stability.experiments.grid", "tidy tables of the run folders of a grid"),
     "audit": ("delay_stability.experiments.audit", "what produced every figure, and what is stale, missing or diverged"),
 }

@@ -19,12 +19,12 @@ geometric staleness of *Asynchrony begets Momentum*). What they may differ in: l
 member draws it from ``random.Random(seed)`` exactly as its DelayedSGD does), lr_schedule, momentum,
 variant (plain / momentum / shifted), dampening, weight_decay and the divergence loss_factor.
 
-What batches: the networks without BatchNorm or dropout -- mlp, fc3x1024, mnist_cnn and cnn_digits
+What batches: the networks without BatchNorm or dropout -- mlp, fc3x1024, mnist_cnn, cifar10_quick and cnn_digits
 with ``batchnorm: false`` -- on the in-memory datasets (digits, mnist, cifar10, cifar100) without
 augmentation. What falls back (``can_ensemble`` says why; run each spec with ``run_training``):
 BatchNorm models (vgg11, resnet44, wrn16_4, c3, resnet50, cnn_digits with batchnorm), imagenet
 streaming, augment, delay distributions, the stop rules other than
-divergence (steady_state, escape, settle), init_checkpoint and perturb.
+divergence and settle (steady_state, escape), init_checkpoint and perturb.
 
 Divergence: a member whose epoch train loss is NaN/inf or > loss_factor * L0 is recorded "diverged"
 at that epoch, its outputs are written and it leaves the batch (no more updates); the others go on.
@@ -68,7 +68,7 @@ from .train import (
 )
 
 #: Models that batch (no BatchNorm, no dropout); cnn_digits only with batchnorm false.
-BATCHED_MODELS = ("mlp", "cnn_digits", "mnist_cnn", "fc3x1024")
+BATCHED_MODELS = ("mlp", "cnn_digits", "mnist_cnn", "fc3x1024", "cifar10_quick")
 #: Spec keys every member must share.
 SHARED_KEYS = ("model", "model_args", "dataset", "dataset_args", "dtype", "device", "loss", "batch_size",
                "epochs", "eval_every", "checkpoint_every", "threads")
@@ -100,9 +100,9 @@ def _why_not(specs: list[dict]) -> str | None:
         if o["schedule"] != first["optimizer"]["schedule"]:
             return (f"spec {i} has schedule {o['schedule']!r} but spec 0 has {first['optimizer']['schedule']!r}; "
                     "members must share the schedule")
-        for rule in ("steady_state", "escape", "settle"):
+        for rule in ("steady_state", "escape"):
             if s["stop"][rule] is not None:
-                return f"spec {i}: stop rule {rule!r} is not batched (only divergence)"
+                return f"spec {i}: stop rule {rule!r} is not batched (only divergence and settle)"
         if s["init_checkpoint"]:
             return f"spec {i}: init_checkpoint is not batched"
         if s["perturb"]:
@@ -398,10 +398,17 @@ def _finish(fam: _Family, m: Member, members: int) -> dict:
 
 
 def _check_stop(m: Member, epoch: int, loss: float) -> None:
-    """Run._check_stop with only the divergence rule (the others are refused)."""
-    l0 = m.loop["initial_train_loss"]
+    """Run._check_stop with the divergence and settle rules (the others are refused): a member
+    that settled (train loss below ``settle.below`` for ``window`` epochs) leaves the batch."""
+    l0, loop = m.loop["initial_train_loss"], m.loop
     if not math.isfinite(loss) or loss > m.spec["stop"]["divergence"]["loss_factor"] * l0:
-        m.loop["diverged"], m.loop["diverged_epoch"], m.loop["status"] = True, epoch, "diverged"
+        loop["diverged"], loop["diverged_epoch"], loop["status"] = True, epoch, "diverged"
+        return
+    settle = m.spec["stop"]["settle"]
+    if settle is not None:
+        loop["settle_run"] = loop["settle_run"] + 1 if loss < settle["below"] else 0
+        if loop["settle_run"] >= settle["window"]:
+            loop["settled_epoch"], loop["status"] = epoch, "settled"
 
 
 class _Batch:

@@ -40,6 +40,7 @@ MODEL_ARGS = {
     "resnet44": {"num_classes": 10},
     "wrn16_4": {"num_classes": 100},
     "c3": {"num_classes": 100},
+    "cifar10_quick": {"num_classes": 10},
     "resnet50": {"num_classes": 1000},
 }
 MODEL_NAMES = tuple(MODEL_ARGS)

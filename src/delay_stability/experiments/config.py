@@ -83,8 +83,8 @@ def with_run_settings(spec: dict, cfg: dict) -> dict:
 
 def planned_training_blocks(exp: dict):
     """(config key, spec) of the training blocks of experiments that no rule builds yet
-    (table1, fig11, imagenet, momentum): checked all the same."""
-    for name in ("fig11", "imagenet", "momentum"):
+    (table1, fig11, imagenet): checked all the same."""
+    for name in ("fig11", "imagenet"):
         if name in exp:
             yield f"{name}.train", exp[name]["train"]
     for i, net in enumerate(exp.get("table1", {}).get("networks", [])):
@@ -105,7 +105,7 @@ def training_specs(cfg: dict, scale: str):
     settings; built by the experiment modules as the rules build them. Specs that the runs
     complete themselves (a continuation's lr and start, the scaled edge-of-stability runs' lr) get
     stand-in values."""
-    from . import eos, generalization, stability
+    from . import eos, generalization, momentum, stability
 
     exp = cfg[scale]
     for name in stability.EXPERIMENTS:
@@ -139,6 +139,12 @@ def training_specs(cfg: dict, scale: str):
         block = exp["generalization"]
         try:
             yield from generalization.all_specs(block, with_run_settings(block["train"], cfg))
+        except UserError as exc:
+            raise ConfigError(f"invalid configuration: {scale}.{exc}") from None
+    if "momentum" in exp:
+        block = exp["momentum"]
+        try:
+            yield from momentum.all_specs(block, with_run_settings(block["train"], cfg))
         except UserError as exc:
             raise ConfigError(f"invalid configuration: {scale}.{exc}") from None
     for key, spec in planned_training_blocks(exp):
