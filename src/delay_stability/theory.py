@@ -560,8 +560,8 @@ def eq8_lr(eta0, tau):
 # expected recurrence holds for t ≥ 1 with E w_0 = w_0, E w_1 = w_0 − α ∇f(w_0) and E w_{−1} = w_0.
 
 #: Grid sizes of optimal_momentum's global search before its local refinement.
-OPTIMAL_MU_POINTS = 133
-OPTIMAL_ALPHA_POINTS = 121
+OPTIMAL_MU_POINTS = 67
+OPTIMAL_ALPHA_POINTS = 61
 
 
 def check_implicit_momentum(mu_s):
@@ -667,11 +667,34 @@ def _rates_on_grid(lam, mu_s, mus, log_alphas):
     return _cubic_root_moduli(z, mu_s + mu + mu_s * mu, mu_s * mu).max(axis=-1)
 
 
+def _alpha_range(lam, mu_s):
+    """log α over which the rate is searched: 1e-3/λmax .. 8/((1 − μ_S) λmin) (beyond the expected edge)."""
+    return math.log(1e-3 / lam.max()), math.log(8.0 / ((1.0 - mu_s) * lam.min()))
+
+
+def _best_alpha(lam, mu_s, mu_l, points=OPTIMAL_ALPHA_POINTS):
+    """(min over α of γ, its log α) at fixed μ_L: a grid in log α, then bounded Brent (xatol 1e-10)
+    between the neighbours of the best grid point."""
+    from scipy.optimize import minimize_scalar
+
+    grid = np.linspace(*_alpha_range(lam, mu_s), points)
+    rates = _rates_on_grid(lam, mu_s, np.array([mu_l]), grid)[0]
+    j = int(np.argmin(rates))
+    a, b = grid[max(j - 1, 0)], grid[min(j + 1, grid.size - 1)]
+    res = minimize_scalar(lambda x: _rates_on_grid(lam, mu_s, np.array([mu_l]), np.array([x]))[0, 0],
+                          bounds=(a, b), method="bounded", options={"xatol": 1e-10})
+    if res.fun <= rates[j]:
+        return float(res.fun), float(res.x)
+    return float(rates[j]), float(grid[j])
+
+
 def optimal_momentum(eigenvalues, mu_s, tol=1e-3):
     """The explicit momentum μ_L ∈ (−1, 1) and step α > 0 that minimise the rate γ of Theorem 7.
 
-    A global search on a grid (μ_L step 0.015, log α over the expected-stability range 1e-3/λmax ..
-    4/((1 − μ_S) λmin)) then a Nelder–Mead refinement in (μ_L, log α) to ``tol`` (1e-3) in μ_L.
+    γ is a maximum of root moduli, with kinks where the extreme eigenvalues balance, so the search
+    is by profiles: ρ(μ_L) = min over α of γ (``_best_alpha``: a log-α grid over 1e-3/λmax ..
+    8/((1 − μ_S) λmin), then bounded Brent); ρ on a μ_L grid of step 0.03 over [−0.99, 0.99], then
+    bounded Brent in μ_L between the neighbours of the best grid point, to ``tol``/100.
     Returns ``{"mu_l", "alpha", "rate"}`` (figure 6 of the paper for Q = 5, 20).
     """
     lam = np.atleast_1d(np.asarray(eigenvalues, dtype=float))
@@ -679,26 +702,18 @@ def optimal_momentum(eigenvalues, mu_s, tol=1e-3):
     tol = check_positive(tol, "tol")
     if lam.ndim != 1 or lam.size == 0 or np.any(lam <= 0) or not np.all(np.isfinite(lam)):
         raise ValueError("eigenvalues must be a non-empty 1-D sequence of finite numbers > 0")
-    from scipy.optimize import minimize
+    from scipy.optimize import minimize_scalar
 
     mus = np.linspace(-0.99, 0.99, OPTIMAL_MU_POINTS)
-    lo, hi = math.log(1e-3 / lam.max()), math.log(8.0 / ((1.0 - mu_s) * lam.min()))
-    log_alphas = np.linspace(lo, hi, OPTIMAL_ALPHA_POINTS)
-    rates = _rates_on_grid(lam, mu_s, mus, log_alphas)
-    i, j = np.unravel_index(np.argmin(rates), rates.shape)
-
-    def objective(x):
-        mu, log_alpha = x
-        if not -1.0 < mu < 1.0:
-            return 2.0 + abs(mu)
-        return _rates_on_grid(lam, mu_s, np.array([mu]), np.array([log_alpha]))[0, 0]
-
-    start = np.array([mus[i], log_alphas[j]])
-    simplex = np.array([start, start + [mus[1] - mus[0], 0.0], start + [0.0, log_alphas[1] - log_alphas[0]]])
-    res = minimize(objective, start, method="Nelder-Mead",
-                   options={"xatol": tol / 10, "fatol": 1e-12, "initial_simplex": simplex, "maxiter": 4000})
-    mu, log_alpha = res.x if res.fun <= rates[i, j] else start
-    return {"mu_l": float(mu), "alpha": float(math.exp(log_alpha)), "rate": float(min(res.fun, rates[i, j]))}
+    coarse = [_best_alpha(lam, mu_s, mu)[0] for mu in mus]  # ρ is steep on one side of its minimum: exact per μ
+    i = int(np.argmin(coarse))
+    lo, hi = mus[max(i - 1, 0)], mus[min(i + 1, mus.size - 1)]
+    res = minimize_scalar(lambda mu: _best_alpha(lam, mu_s, mu)[0], bounds=(lo, hi), method="bounded",
+                          options={"xatol": tol / 100})
+    candidates = [float(res.x), float(mus[i])]
+    best = min(((_best_alpha(lam, mu_s, mu), mu) for mu in candidates), key=lambda c: c[0][0])
+    (rate, log_alpha), mu = best
+    return {"mu_l": float(mu), "alpha": float(math.exp(log_alpha)), "rate": float(rate)}
 
 
 def optimal_rate_at_momentum(eigenvalues, mu_s, mu_l):
@@ -706,18 +721,10 @@ def optimal_rate_at_momentum(eigenvalues, mu_s, mu_l):
     Returns ``{"alpha", "rate"}``."""
     lam = np.atleast_1d(np.asarray(eigenvalues, dtype=float))
     mu_s, mu_l = check_implicit_momentum(mu_s), check_momentum(mu_l)
-    from scipy.optimize import minimize_scalar
-
-    lo, hi = math.log(1e-3 / lam.max()), math.log(8.0 / ((1.0 - mu_s) * lam.min()))
-    grid = np.linspace(lo, hi, 4 * OPTIMAL_ALPHA_POINTS)
-    rates = _rates_on_grid(lam, mu_s, np.array([mu_l]), grid)[0]
-    j = int(np.argmin(rates))
-    a, b = grid[max(j - 1, 0)], grid[min(j + 1, grid.size - 1)]
-    res = minimize_scalar(lambda x: _rates_on_grid(lam, mu_s, np.array([mu_l]), np.array([x]))[0, 0],
-                          bounds=(a, b), method="bounded", options={"xatol": 1e-10})
-    if res.fun <= rates[j]:
-        return {"alpha": float(math.exp(res.x)), "rate": float(res.fun)}
-    return {"alpha": float(math.exp(grid[j])), "rate": float(rates[j])}
+    if lam.ndim != 1 or lam.size == 0 or np.any(lam <= 0) or not np.all(np.isfinite(lam)):
+        raise ValueError("eigenvalues must be a non-empty 1-D sequence of finite numbers > 0")
+    rate, log_alpha = _best_alpha(lam, mu_s, mu_l, 4 * OPTIMAL_ALPHA_POINTS)
+    return {"alpha": float(math.exp(log_alpha)), "rate": rate}
 
 
 def geometric_momentum_polynomial(mu_s, momentum):
