@@ -149,3 +149,127 @@ def test_implicit_momentum_and_correction():
         theory.geometric_momentum_edge(1.0, 0.0)
     with pytest.raises(ValueError, match="momentum"):
         theory.geometric_momentum_edge(0.5, -1.0)
+
+
+# ---------------------------------------------------------------- the experiment: grid, score, tables
+
+import json  # noqa: E402
+
+from delay_stability.errors import UserError  # noqa: E402
+from delay_stability.experiments import momentum as mom  # noqa: E402
+from oracles import read_csv  # noqa: E402
+from workflow_util import SNAKEMAKE, copy_workflow, edit_config, snakemake  # noqa: E402
+
+
+def block(**over):
+    b = {"train": {"model": "mlp", "model_args": {"hidden": [8]}, "dataset": "digits", "epochs": 3,
+                   "batch_size": 32, "lr": 0.1},
+         "workers": [1, 4], "momenta": [-0.45, 0.0, 0.9], "seeds": [0, 1],
+         "lr_grid": {"center": 0.8, "worker_exponent": 1.0, "factor": 1.5, "below": 1, "above": 1},
+         "target_loss": 1.0, "fixed_momentum": 0.9}
+    b.update(over)
+    return b
+
+
+def test_the_grid_is_random_workers_with_an_eta_window_per_m():
+    b = block()
+    runs = mom.runs(b, b["train"])
+    assert len(runs) == 2 * 3 * 3 * 2
+    assert mom.lr_window(b, 1) == [pytest.approx(0.8 / 1.5), 0.8, 1.2]
+    assert mom.lr_window(b, 4) == [pytest.approx(0.2 / 1.5, rel=1e-3), 0.2, 0.3]
+    r = runs[0]
+    o = r.spec["optimizer"]
+    assert o["schedule"] == "random" and o["workers"] == 1 and o["variant"] == "momentum"
+    assert r.spec["stop"]["settle"] == {"below": 1.0, "window": 1}
+    assert r.name == "workers1/momentum-0.45/lr0.5333/seed0"
+    ratios = [b2 / a for a, b2 in zip(mom.lr_window(b, 4), mom.lr_window(b, 4)[1:])]
+    assert all(x == pytest.approx(1.5, rel=1e-3) for x in ratios)
+
+
+def test_the_block_checks_name_the_key():
+    with pytest.raises(UserError, match="fixed_momentum"):
+        list(mom.all_specs(block(momenta=[0.0, 0.5]), block()["train"]))
+    with pytest.raises(UserError, match="workers"):
+        list(mom.all_specs(block(workers=[2, 4]), block()["train"]))
+
+
+def test_steps_to_target_interpolates_in_log_loss():
+    rows = [{"epoch": 0, "step": 0, "train_loss": 2.0}, {"epoch": 1, "step": 10, "train_loss": 1.0},
+            {"epoch": 2, "step": 20, "train_loss": 0.25}]
+    assert mom.steps_to_target(rows, 0.5) == pytest.approx(10 + 10 * 0.5)  # log 1 -> log 0.25, halfway
+    assert mom.steps_to_target(rows, 3.0) == 0.0
+    assert mom.steps_to_target(rows, 0.1) is None
+    assert mom.steps_to_target(rows[:1] + [{"epoch": 1, "step": 10, "train_loss": float("nan")}], 0.5) is None
+
+
+def test_tuning_scores_only_configurations_where_every_seed_reached():
+    rows = []
+    for M in (1, 4):
+        for mu in (-0.45, 0.0, 0.9):
+            for lr in (0.1, 0.2, 0.3):
+                for seed in (0, 1):
+                    # best: M=1 at mu=0.9, lr=0.3; M=4 at mu=-0.45, lr=0.2; (4, 0.0, 0.1) has one seed missing
+                    steps = 100 * M + 50 * abs(mu - (0.9 if M == 1 else -0.45)) + 30 * abs(lr - (0.3 if M == 1 else 0.2)) * 10 + seed
+                    reached = not (M == 4 and mu == 0.0 and lr == 0.1 and seed == 1)
+                    rows.append({"workers": M, "momentum": mu, "lr": lr, "seed": seed, "reached": reached,
+                                 "steps_to_target": steps if reached else None})
+    scores = mom.score_rows(rows)
+    cell = next(s for s in scores if (s["workers"], s["momentum"], s["lr"]) == (4, 0.0, 0.1))
+    assert cell["steps_to_target"] is None and cell["reached"] == 1
+    tuned = mom.tuned_rows(scores)
+    t = {(r["workers"], r["momentum"]): r for r in tuned}
+    assert t[(1, 0.9)]["best_lr"] == 0.3 and t[(1, 0.9)]["lr_at_edge"] is True
+    assert t[(4, -0.45)]["best_lr"] == 0.2 and t[(4, -0.45)]["lr_at_edge"] is False
+    best = {(r["workers"], r["negatives"]): r for r in mom.best_rows(tuned)}
+    assert best[(1, True)]["best_momentum"] == 0.9 and best[(1, True)]["penalty"] == 1.0
+    assert best[(4, True)]["best_momentum"] == -0.45 and best[(4, False)]["best_momentum"] == 0.0
+    assert best[(4, True)]["penalty"] == pytest.approx(400.5 / 100.5)
+    pen = {(r["workers"], r["strategy"]): r for r in mom.penalty_rows(tuned, 0.9)}
+    assert pen[(4, "fixed")]["momentum"] == 0.9
+    assert pen[(4, "corrected")]["momentum"] == 0.0  # 0.9 - 0.75 = 0.15: nearest grid value 0.0
+
+
+def test_theory_rows_reproduce_figure_6_crossings():
+    rows = mom.theory_rows([5.0], [0.1, 0.2], eigenvalues=40)
+    mu = {r["mu_s"]: r["optimal_mu_l"] for r in rows}
+    assert mu[0.1] > 0 > mu[0.2]  # the paper: the optimum turns negative near mu_s = 0.15 for Q = 5
+
+
+def test_cli_threshold_and_lr_accept_negative_momentum(run_cli):
+    code, out, _ = run_cli("threshold", "--geometric", 0.75, "--momentum", -0.45, "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["variant"] == "momentum" and result["momentum"] == -0.45
+    assert result["alpha_star"] == pytest.approx(theory.geometric_momentum_edge(0.75, -0.45), rel=1e-8)
+    code, out, _ = run_cli("lr", "--eta0", 0.1, "--tau", 4, "--momentum", -0.5, "--json")
+    assert code == 0
+    r = json.loads(out)
+    assert r["eta"] == pytest.approx(0.1 * theory.critical_alpha(4, -0.5, "momentum") / (2 * 0.5 / 1.5), rel=1e-9)
+
+
+@pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake is not installed")
+def test_a_tiny_momentum_grid_builds_through_snakemake(tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+
+    def tiny(c):
+        c["quick"]["momentum"] = dict(block(), train=dict(block()["train"], dataset_args={"train_size": 128},
+                                                          threads=1),
+                                      theory={"conditions": [5.0], "mu_s": [0.0, 0.5], "eigenvalues": 5,
+                                              "fig7": {"condition": 10.0, "steps": 10, "momenta": [0.0]}})
+
+    edit_config(workdir, tiny)
+    res = snakemake(workdir, "--cores", "2", "figures/momentum_vs_workers.pdf", "figures/momentum_penalty.pdf",
+                    "figures/momentum_theory.pdf", timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    mdir = workdir / "results" / "quick" / "momentum"
+    runs = read_csv(mdir / "runs.csv")
+    assert len(runs) == 36
+    for r in runs[:3]:
+        assert json.loads((workdir / r["run"] / "run.json").read_text())["ensemble"]["members"] == 18
+    best = read_csv(mdir / "best.csv")
+    assert [c for c in best[0]] == ["workers", "negatives", "best_momentum", "best_lr", "steps_to_target", "penalty"]
+    assert len(best) == 4 and {r["negatives"] for r in best} == {"True", "False"}
+    theory_rows = read_csv(workdir / "results" / "theory" / "momentum_theory.csv")
+    assert list(theory_rows[0]) == ["Q", "mu_s", "optimal_mu_l", "rate"] and len(theory_rows) == 2
+    for name in ("momentum_vs_workers", "momentum_penalty", "momentum_theory"):
+        assert (workdir / "figures" / f"{name}.png").stat().st_size > 0

@@ -76,6 +76,7 @@ rule momentum_tables:
         runs=" ".join(r.folder(MOM_DIR) for r in MOM_RUNS),
         target=MOM["target_loss"] if MOM else None,
         fixed=MOM.get("fixed_momentum", 0.9) if MOM else None,
+        out_dir=lambda wc, output: os.path.dirname(output[0]),
         code=src_hash("experiments.momentum"),
     localrule: True
     conda:
@@ -84,7 +85,7 @@ rule momentum_tables:
         str(MOM_LOGS / "tables.log"),
     shell:
         "delay-stability momentum-collect --run {params.runs} --target-loss {params.target} "
-        "--fixed-momentum {params.fixed} --out-dir {MOM_DIR} > {log} 2>&1"
+        "--fixed-momentum {params.fixed} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule momentum_figure:
