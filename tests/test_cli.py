@@ -179,7 +179,7 @@ def test_theory_table_bridge(tmp_path, capsys):
     (["fig6", "--tau-max", "-1"], ["--tau-max", "non-negative"]),
     (["fig6", "--b-max", "3"], ["--b-max", "does not apply to fig6"]),
     (["fig7", "--b-max", "0"], ["--b-max", ">= 1"]),
-    (["fig10", "--momenta", "0,1.5"], ["--momenta", "[0, 1)"]),
+    (["fig10", "--momenta", "0,1.5"], ["--momenta", "(-1, 1)"]),
     (["fig10", "--momenta", "a,b"], ["--momenta"]),
     (["bridge", "--qs", "1.0"], ["--qs"]),
     (["fig99"], ["invalid choice"]),

@@ -324,6 +324,6 @@ def register(subparsers):
     p.add_argument("--tau-max", dest="tau_max", type=int, help="largest constant delay (fig6, fig10, fig4a)")
     p.add_argument("--b-max", dest="b_max", type=int, help="largest b of unif{1, b} (fig7)")
     p.add_argument("--mu-max", dest="mu_max", type=int, help="largest Gaussian mean (fig8)")
-    p.add_argument("--momenta", help="comma-separated momenta in [0, 1) (fig10, fig4a)")
+    p.add_argument("--momenta", help="comma-separated momenta in (-1, 1) (fig10, fig4a)")
     p.add_argument("--qs", help="comma-separated geometric parameters q in [0, 1) (bridge)")
     p.set_defaults(func=cmd_theory_table)
