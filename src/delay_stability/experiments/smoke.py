@@ -317,8 +317,7 @@ def smoke_config(paper_block: dict, data_root, *, epochs: int = EPOCHS, batch_si
             block["seeds"] = _first(block.get("seeds") or [0], 1)
             if isinstance(block.get("lr_grid"), dict):
                 block["lr_grid"].update(below=1, above=1)
-            if isinstance(block.get("theory"), dict):
-                block["theory"].update(mu_s=[0.0, 0.5], eigenvalues=5)
+            # its theory options stay: results/theory/ is shared by every scale
         elif isinstance(block.get("train"), dict):  # fig11, imagenet and any later block with a spec
             block["train"] = spec(block["train"])
     return out
