@@ -235,6 +235,25 @@ def test_theory_rows_reproduce_figure_6_crossings():
     assert mu[0.1] > 0 > mu[0.2]  # the paper: the optimum turns negative near mu_s = 0.15 for Q = 5
 
 
+TINY_QUADRATIC = {"condition": 5.0, "eigenvalues": 6, "workers": [1, 3], "momenta": [-0.3, 0.0, 0.3],
+                  "alpha_factors": [0.25, 0.5], "steps": 12, "seeds": 200}
+
+
+def test_the_least_squares_stand_in_measures_what_theorem6_predicts():
+    """One worker: DelayedSGD is deterministic and equals Theorem 6's recurrence exactly; three random
+    workers: the mean over 200 schedule seeds is within 5 standard errors of the expected distance."""
+    rows, best = mom.quadratic_rows(TINY_QUADRATIC)
+    assert len(rows) == 2 * 3 * 2 and [b["workers"] for b in best] == [1, 3]
+    for r in rows:
+        if r["workers"] == 1:
+            assert r["measured_distance"] == pytest.approx(r["expected_distance"], rel=1e-10)
+        else:
+            assert abs(r["measured_distance"] - r["expected_distance"]) <= 5 * r["measured_se"] + 1e-12
+            assert r["measured_se"] > 0
+    lam = theory.quadratic_spectrum(5.0, 6)
+    assert best[1]["optimal_mu_l"] == pytest.approx(theory.optimal_momentum(lam, 2 / 3)["mu_l"], abs=1e-9)
+
+
 def test_cli_threshold_and_lr_accept_negative_momentum(run_cli):
     code, out, _ = run_cli("threshold", "--geometric", 0.75, "--momentum", -0.45, "--json")
     assert code == 0
@@ -255,7 +274,8 @@ def test_a_tiny_momentum_grid_builds_through_snakemake(tmp_path):
         c["quick"]["momentum"] = dict(block(), train=dict(block()["train"], dataset_args={"train_size": 128},
                                                           threads=1),
                                       theory={"conditions": [5.0], "mu_s": [0.0, 0.5], "eigenvalues": 5,
-                                              "fig7": {"condition": 10.0, "steps": 10, "momenta": [0.0]}})
+                                              "fig7": {"condition": 10.0, "steps": 10, "momenta": [0.0]}},
+                                      quadratic=TINY_QUADRATIC)
 
     edit_config(workdir, tiny)
     res = snakemake(workdir, "--cores", "2", "figures/momentum_vs_workers.pdf", "figures/momentum_penalty.pdf",
@@ -271,5 +291,6 @@ def test_a_tiny_momentum_grid_builds_through_snakemake(tmp_path):
     assert len(best) == 4 and {r["negatives"] for r in best} == {"True", "False"}
     theory_rows = read_csv(workdir / "results" / "theory" / "momentum_theory.csv")
     assert list(theory_rows[0]) == ["Q", "mu_s", "optimal_mu_l", "rate"] and len(theory_rows) == 2
+    assert len(read_csv(mdir / "quadratic_best.csv")) == 2
     for name in ("momentum_vs_workers", "momentum_penalty", "momentum_theory"):
         assert (workdir / "figures" / f"{name}.png").stat().st_size > 0

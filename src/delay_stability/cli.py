@@ -41,6 +41,8 @@ COMMANDS = {
                                "tables of the generalization experiment (figs. 1, 3, 13) from run folders"),
     "momentum-theory": ("delay_stability.experiments.momentum",
                         "figures 6-7 of Asynchrony begets Momentum: rate-optimal explicit momentum (Theorem 7)"),
+    "momentum-quadratic": ("delay_stability.experiments.momentum",
+                           "least-squares stand-in: measured vs predicted rate-optimal momentum (random workers)"),
     "momentum-collect": ("delay_stability.experiments.momentum",
                          "tables of the momentum experiment (best momentum vs workers) from run folders"),
     "grid-collect": ("delay_stability.experiments.grid", "tidy tables of the run folders of a grid"),

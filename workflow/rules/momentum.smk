@@ -40,6 +40,24 @@ rule momentum_theory:
         "> {log} 2>&1"
 
 
+rule momentum_quadratic:
+    """The least-squares stand-in: measured (DelayedSGD, random workers) vs predicted rate-optimal μ_L."""
+    output:
+        rows=str(MOM_DIR / "quadratic.csv"),
+        best=str(MOM_DIR / "quadratic_best.csv"),
+    params:
+        options=json.dumps((MOM or {}).get("quadratic") or {}, sort_keys=True),
+        code=src_hash("experiments.momentum"),
+    localrule: True
+    conda:
+        "../../environment.yml"
+    log:
+        str(MOM_LOGS / "quadratic.log"),
+    shell:
+        "delay-stability momentum-quadratic --out {output.rows} --best {output.best} --options {params.options:q} "
+        "> {log} 2>&1"
+
+
 rule momentum_ensemble:
     """The runs of one number of workers M as one batched ensemble; each member writes its own run folder."""
     output:
@@ -98,7 +116,7 @@ rule momentum_figure:
                    category="Asynchrony begets momentum ({scale})".format(scale=SCALE), labels={"figure": "{figure}"}),
     params:
         tables=lambda wc: " ".join(f"--table {p}" for p in mom_exp.figure_tables(wc.figure, MOM_DIR, THEORY_DIR).values()),
-        opts=lambda wc: mom_exp.plot_options(MOM, MOM_BASE, "theory" if wc.figure == "momentum_theory" else SCALE),
+        opts=lambda wc: mom_exp.plot_options(MOM, MOM_BASE, mom_exp.caption_scale(wc.figure, SCALE)),
         code=src_hash("plots", "plots.momentum"),
     wildcard_constraints:
         figure=as_regex(mom_exp.FIGURES),

@@ -3,7 +3,11 @@ momentum falls with the number of workers, even below zero.
 
     momentum_theory        figures 6-7 of the paper from Theorem 7 (``theory.optimal_momentum``):
                            results/theory/momentum_theory.csv (Q, mu_s, optimal_mu_l, rate) and
-                           results/theory/momentum_fig7.csv (Q, mu_s, strategy, mu_l, alpha, rate, distance)
+                           results/theory/momentum_fig7.csv (Q, mu_s, strategy, mu_l, alpha, rate, distance);
+                           with the least-squares stand-in (``quadratic_rows``): DelayedSGD with random
+                           workers on the quadratic, the grid μ_L of least measured distance after T steps
+                           beside Theorem 6's expected distance and Theorem 7's rate
+                           (results/<scale>/momentum/quadratic.csv, quadratic_best.csv)
     momentum_vs_workers    best explicit μ (fewest steps to a target training loss, η tuned per (M, μ))
                            vs M with the implicit-momentum prediction μ_L = μ* − (1 − 1/M)
     momentum_penalty       steps to target normalised to the best case vs M: tuned μ ≥ 0, tuned μ
@@ -122,6 +126,82 @@ def write_theory(out_theory, out_fig7, options: dict) -> None:
                     fig7_rows(f7["condition"], o["mu_s"], f7["steps"], f7["momenta"], o["eigenvalues"]))
 
 
+# ================================================================ the least-squares stand-in (measured vs predicted)
+
+QUADRATIC_COLUMNS = ("Q", "workers", "mu_s", "mu_l", "alpha", "steps", "seeds", "measured_distance",
+                     "measured_se", "expected_distance", "rate")
+QUADRATIC_BEST_COLUMNS = ("Q", "workers", "mu_s", "measured_mu_l", "expected_mu_l", "rate_mu_l", "optimal_mu_l")
+DEFAULT_QUADRATIC = {"condition": 5.0, "eigenvalues": 40, "workers": [1, 2, 4],
+                     "momenta": [-0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6],
+                     "alpha_factors": [0.03125, 0.0625, 0.125, 0.25, 0.5, 1.0], "steps": 25, "seeds": 24}
+
+
+def _mean_path_distance(lam, w0, alpha, workers, mu_l, steps, seeds):
+    """(‖mean over seeds of w_T‖, its standard error) of DelayedSGD(schedule="random", workers) with
+    server momentum μ_L on f(w) = ½ Σ λ_i w_i² (minimum 0) from w_0, full gradients, lr chosen so
+    that the stale gradient's step is α: η = α/(1 − μ_L) (dampening)."""
+    import torch
+
+    from ..asgd import DelayedSGD
+
+    lam_t = torch.tensor(lam, dtype=torch.float64)
+    finals = []
+    for seed in range(seeds if workers > 1 else 1):  # one worker: no randomness
+        w = torch.tensor(w0, dtype=torch.float64, requires_grad=True)
+        opt = DelayedSGD([w], lr=alpha / (1.0 - mu_l), workers=workers, schedule="random", momentum=mu_l,
+                         variant="momentum", seed=seed)
+        for _ in range(steps):
+            with torch.no_grad():
+                w.grad = lam_t * w
+            opt.step()
+        finals.append(w.detach().numpy().copy())
+    finals = np.array(finals)
+    mean = finals.mean(axis=0)
+    se = 0.0 if len(finals) == 1 else float(np.sqrt((finals.var(axis=0, ddof=1) / len(finals)).sum()))
+    return float(np.linalg.norm(mean)), se
+
+
+def quadratic_rows(options: dict | None = None) -> tuple[list[dict], list[dict]]:
+    """The least-squares stand-in of figures 6-7: on the quadratic with eigenvalues spread over [1, Q],
+    for each M, μ_L of ``momenta`` and α = (Theorem 7's best α at that μ_L) × ``alpha_factors``: the
+    distance of DelayedSGD's mean iterate to the optimum after ``steps`` steps over ``seeds`` schedule
+    seeds (measured), the exact expected distance (Theorem 6's recurrence) and the rate γ (Theorem 7).
+    Returns (rows, best rows): per M the grid μ_L that minimises each (over α), and Theorem 7's
+    continuous optimum."""
+    o = deep_merge(DEFAULT_QUADRATIC, options or {})
+    lam = theory.quadratic_spectrum(o["condition"], o["eigenvalues"])
+    w0 = np.ones(lam.size) / math.sqrt(lam.size)
+    rows, best = [], []
+    for M in o["workers"]:
+        mu_s = theory.implicit_momentum(int(M))
+        for mu_l in o["momenta"]:
+            base = theory.optimal_rate_at_momentum(lam, mu_s, float(mu_l))["alpha"]
+            for f in o["alpha_factors"]:
+                alpha = base * float(f)
+                measured, se = _mean_path_distance(lam, w0, alpha, int(M), float(mu_l), int(o["steps"]), int(o["seeds"]))
+                expected = theory.expected_momentum_iterates(np.diag(lam), w0, np.zeros_like(w0), alpha, mu_s,
+                                                             float(mu_l), int(o["steps"]))[-1]
+                rows.append({"Q": float(o["condition"]), "workers": int(M), "mu_s": mu_s, "mu_l": float(mu_l),
+                             "alpha": alpha, "steps": int(o["steps"]), "seeds": int(o["seeds"]) if M > 1 else 1,
+                             "measured_distance": measured, "measured_se": se,
+                             "expected_distance": float(np.linalg.norm(expected)),
+                             "rate": theory.momentum_rate(lam, alpha, mu_s, float(mu_l))})
+        mine = [r for r in rows if r["workers"] == int(M)]
+        best.append({"Q": float(o["condition"]), "workers": int(M), "mu_s": mu_s,
+                     "measured_mu_l": min(mine, key=lambda r: r["measured_distance"])["mu_l"],
+                     "expected_mu_l": min(mine, key=lambda r: r["expected_distance"])["mu_l"],
+                     "rate_mu_l": min(mine, key=lambda r: r["rate"])["mu_l"],
+                     "optimal_mu_l": theory.optimal_momentum(lam, mu_s)["mu_l"]})
+    return rows, best
+
+
+def write_quadratic(out_rows, out_best, options: dict | None = None) -> list[dict]:
+    rows, best = quadratic_rows(options)
+    files.write_csv(out_rows, list(QUADRATIC_COLUMNS), rows)
+    files.write_csv(out_best, list(QUADRATIC_BEST_COLUMNS), best)
+    return best
+
+
 # ================================================================ the network grid
 
 
@@ -190,6 +270,13 @@ def ensemble_groups(runs_: list) -> dict:
 
 def specs_json(group: list) -> str:
     return json.dumps([r.spec for r in group], sort_keys=True)
+
+
+def caption_scale(figure: str, scale: str) -> str:
+    """What the caption says produced the figure: momentum_theory is exact but for its right panel."""
+    if figure == "momentum_theory":
+        return "exact from Theorem 7 (left, middle); right: Monte Carlo of DelayedSGD on a quadratic, any scale"
+    return scale
 
 
 def plot_options(block: dict, base: dict, scale: str) -> str:
@@ -371,7 +458,8 @@ def figure_tables(figure: str, results_dir, theory_dir) -> dict:
     """The tables a figure reads (name -> path)."""
     if figure == "momentum_theory":
         return {"theory": os.path.join(os.fspath(theory_dir), "momentum_theory.csv"),
-                "fig7": os.path.join(os.fspath(theory_dir), "momentum_fig7.csv")}
+                "fig7": os.path.join(os.fspath(theory_dir), "momentum_fig7.csv"),
+                "quadratic": os.path.join(os.fspath(results_dir), "quadratic_best.csv")}
     names = ("best", "paper") if figure == "momentum_vs_workers" else ("penalty", "paper")
     return {n: os.path.join(os.fspath(results_dir), f"{n}.csv") for n in names}
 
@@ -390,6 +478,16 @@ def _cli_theory(args) -> int:
     return 0
 
 
+def _cli_quadratic(args) -> int:
+    options = json.loads(args.options) if args.options else {}
+    if not isinstance(options, dict):
+        raise UserError("--options: expected a JSON object")
+    for r in write_quadratic(args.out, args.best, options):
+        print(f"M={r['workers']} mu_s={r['mu_s']:.3f}: best mu_l measured {r['measured_mu_l']:+.2f}, expected "
+              f"{r['expected_mu_l']:+.2f}, by rate {r['rate_mu_l']:+.2f}; Theorem 7 optimum {r['optimal_mu_l']:+.3f}")
+    return 0
+
+
 def _cli_collect(args) -> int:
     best = write_tables(args.run, args.target_loss, args.fixed_momentum, args.out_dir)
     for r in best:
@@ -400,7 +498,7 @@ def _cli_collect(args) -> int:
 
 
 def register(subparsers) -> None:
-    """Add ``momentum-theory`` and ``momentum-collect``."""
+    """Add ``momentum-theory``, ``momentum-quadratic`` and ``momentum-collect``."""
     p = subparsers.add_parser(
         "momentum-theory",
         description="Figures 6-7 of Asynchrony begets Momentum from Theorem 7: the rate-optimal explicit "
@@ -410,6 +508,17 @@ def register(subparsers) -> None:
     p.add_argument("--options", default=None, metavar="JSON",
                    help="conditions, mu_s, eigenvalues, fig7 {condition, steps, momenta} (defaults: the paper's)")
     p.set_defaults(func=_cli_theory)
+
+    p = subparsers.add_parser(
+        "momentum-quadratic",
+        description="The least-squares stand-in: DelayedSGD with random workers on a quadratic of condition "
+                    "number Q, the grid momentum that minimises the measured distance after T steps, beside "
+                    "Theorem 6's expected distance and Theorem 7's rate.")
+    p.add_argument("--out", required=True, metavar="CSV", help="one row per (M, mu_l, alpha)")
+    p.add_argument("--best", required=True, metavar="CSV", help="one row per M: measured vs predicted best mu_l")
+    p.add_argument("--options", default=None, metavar="JSON",
+                   help="condition, eigenvalues, workers, momenta, alpha_factors, steps, seeds")
+    p.set_defaults(func=_cli_quadratic)
 
     p = subparsers.add_parser(
         "momentum-collect",
