@@ -275,7 +275,7 @@ def test_a_tiny_momentum_grid_builds_through_snakemake(tmp_path):
                                                           threads=1),
                                       theory={"conditions": [5.0], "mu_s": [0.0, 0.5], "eigenvalues": 5,
                                               "fig7": {"condition": 10.0, "steps": 10, "momenta": [0.0]}},
-                                      quadratic=TINY_QUADRATIC)
+                                      quadratic=dict(TINY_QUADRATIC, seeds=4, steps=4))
 
     edit_config(workdir, tiny)
     res = snakemake(workdir, "--cores", "2", "figures/momentum_vs_workers.pdf", "figures/momentum_penalty.pdf",
