@@ -16,6 +16,7 @@ include: "workflow/rules/table1.smk"
 include: "workflow/rules/mitigations.smk"
 include: "workflow/rules/imagenet.smk"
 include: "workflow/rules/spikes.smk"
+include: "workflow/rules/momentum.smk"
 include: "workflow/rules/train.smk"  # last: it builds the run folders the experiments registered
 
 

@@ -125,3 +125,33 @@ def eq25_stochastic(alpha, probs, m):  # eq. 25 with Σ_k p_k x_{t−k} for x_{t
     K = len(probs) - 1
     return lambda x, t: ((1 + m) * x[t] - m * x[t - 1]
                          - alpha * (1 - m) * float(np.dot(probs, x[t - K : t + 1][::-1])))
+
+
+# ---------------------------------------------------------------- asynchrony begets momentum
+def expected_geometric_staleness_iterates(H, w0, w_star, alpha, q, m, steps):
+    """E w_t of w_{t+1} = w_t + m (w_t − w_{t−1}) − α H (w_{t−τ_t} − w*) with the staleness law of
+    M random workers that all start from w_0 (Theorem 2's form, summed term by term): P(τ_t = l) =
+    (1−q) q^l for l < t and P(τ_t = t) = q^t (the tail: a worker that has not landed since step 0
+    still holds g(w_0)). No momentum recurrence is used: the sum over the whole history is explicit."""
+    H = np.atleast_2d(np.asarray(H, float))
+    hist = [np.asarray(w0, float)]
+    prev = hist[0]
+    for t in range(steps):
+        stale = sum((1 - q) * q ** l * (H @ (hist[t - l] - w_star)) for l in range(t))
+        stale = stale + q ** t * (H @ (hist[0] - w_star))
+        nxt = hist[t] + m * (hist[t] - prev) - alpha * stale
+        prev = hist[t]
+        hist.append(nxt)
+    return np.array(hist)
+
+
+def dense_momentum_rate(H, alpha, q, m):
+    """Spectral radius of the 3n × 3n companion matrix of Theorem 6's recurrence in the error
+    e_t = E w_t − w*: e_{t+1} = ((1+q+m) I − α(1−q) H) e_t − (q+m+qm) e_{t−1} + qm e_{t−2}."""
+    H = np.atleast_2d(np.asarray(H, float))
+    n = H.shape[0]
+    eye = np.eye(n)
+    top = np.hstack([(1 + q + m) * eye - alpha * (1 - q) * H, -(q + m + q * m) * eye, q * m * eye])
+    mid = np.hstack([eye, 0 * eye, 0 * eye])
+    low = np.hstack([0 * eye, eye, 0 * eye])
+    return float(np.abs(np.linalg.eigvals(np.vstack([top, mid, low]))).max())

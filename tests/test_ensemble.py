@@ -213,3 +213,51 @@ def test_sigkill_and_resume_matches_an_uninterrupted_ensemble(tmp_path):
         assert torch.equal(a["optimizer"]["delayed"]["grads"], b["optimizer"]["delayed"]["grads"])
         resumed = json.load(open(os.path.join(k, "run.json")))["resumed"]
         assert len(resumed) == 1 and resumed[0]["epoch"] >= 3
+
+
+def random_members(workers, **overrides):
+    """Four members with M random workers (geometric staleness), negative momentum among them."""
+    b = base(**overrides)
+    o = {"schedule": "random", "workers": workers}
+    return [
+        dict(b, lr=0.05, seed=1, optimizer=dict(o)),
+        dict(b, lr=0.1, seed=2, optimizer=dict(o, variant="momentum", momentum=-0.45)),
+        dict(b, lr=0.2, seed=3, optimizer=dict(o, variant="shifted", momentum=0.5, weight_decay=1e-3)),
+        dict(b, lr=0.03, seed=4, optimizer=dict(o, variant="momentum", momentum=0.9)),
+    ]
+
+
+@pytest.mark.parametrize("batch_size", [32, 0], ids=["minibatch", "fullbatch"])
+def test_random_worker_members_equal_their_single_runs(tmp_path, batch_size):
+    """Each member draws its landing worker from random.Random(seed) as its DelayedSGD does."""
+    outs, _ = check_against_single(tmp_path, random_members(4, batch_size=batch_size), 1e-10)
+    for i in range(4):
+        mine, single = (load_checkpoint(os.path.join(d, "final.pt"))["optimizer"]["delayed"]
+                        for d in (outs[i], str(tmp_path / f"s{i}")))
+        assert mine["hist"] == single["hist"] and mine["stamps"] == single["stamps"] and mine["rng"] == single["rng"]
+    if batch_size:
+        assert len(mine["hist"]) > 4  # staleness beyond M - 1 occurs: not round robin
+
+
+def test_random_worker_checkpoint_resumes_as_a_single_run(tmp_path):
+    spec = random_members(3, epochs=6, checkpoint_every=2)[2]
+    out = str(tmp_path / "m")
+    run_ensemble([dict(spec, epochs=4)], [out])
+    ckpt = load_checkpoint(os.path.join(out, "final.pt"))
+    ckpt["spec"] = dict(ckpt["spec"], epochs=6)
+    ckpt["loop"]["status"] = None
+    torch.save(ckpt, os.path.join(out, "checkpoint.pt"))
+    os.remove(os.path.join(out, "final.pt"))
+    run_training(ckpt["spec"], out)
+    run_training(spec, str(tmp_path / "whole"))
+    compare(out, str(tmp_path / "whole"), 1e-10)
+
+
+def test_settle_stops_a_member_as_its_single_run(tmp_path):
+    """The settle rule (train loss below a level for `window` epochs) is batched: the member that
+    reaches the level leaves at the same epoch as its single run, the others go on."""
+    specs = random_members(2, epochs=10, eval_every=3, stop={"settle": {"below": 1.2, "window": 1}})
+    specs[0] = dict(specs[0], lr=0.3)
+    outs, _ = check_against_single(tmp_path, specs, 1e-10)
+    statuses = [json.load(open(os.path.join(o, "summary.json")))["status"] for o in outs]
+    assert "settled" in statuses and statuses != ["settled"] * 4

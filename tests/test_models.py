@@ -77,6 +77,8 @@ EXPECTED = {
     ),
     "resnet50": ({}, (1, 3, 64, 64), 25_557_032),
     "resnet_digits": (dict(width=8, blocks=2), (3, 1, 8, 8), resnet_digits_count(8, 2, 10)),
+    # Caffe's cifar10_quick: 145,578 weights (conv 32/32/64 @ 5x5, fc 1024-64, fc 64-10)
+    "cifar10_quick": ({}, (2, 3, 32, 32), conv(3, 32, 5) + conv(32, 32, 5) + conv(32, 64, 5) + linear(1024, 64) + linear(64, 10)),
 }
 
 

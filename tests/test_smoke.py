@@ -243,7 +243,8 @@ def test_smoke_config_is_pure_validates_and_shrinks_every_grid(tmp_path):
     assert gen["fig3"]["seeds"] == [0] and len(gen["fig3"]["taus"]) == 2 and gen["fig13"]["epochs"] == [1, 2]
     assert [n["name"] for n in out["table1"]["networks"]] == [n["name"] for n in PAPER["table1"]["networks"]]
     assert all(smoke.BATCH_SIZE <= n["large_batch"] <= 2 * smoke.BATCH_SIZE for n in out["table1"]["networks"])
-    assert out["momentum"]["workers"] == [1, 2] and len(out["momentum"]["momenta"]) == 2
+    assert out["momentum"]["workers"] == [1, 2] and len(out["momentum"]["momenta"]) == 3  # + fixed_momentum
+    assert PAPER["momentum"]["fixed_momentum"] in out["momentum"]["momenta"] and out["momentum"]["seeds"] == [0]
     assert out["imagenet"]["fig5"] == PAPER["imagenet"]["fig5"] and out["fig11"]["variants"] == PAPER["fig11"]["variants"]
 
 

@@ -256,7 +256,7 @@ def test_recommended_lr_and_eq8():
     (lambda: critical_alpha(True), "tau"),
     (lambda: critical_alpha("3"), "delay"),
     (lambda: critical_alpha(3, 1.0, "momentum"), "momentum"),
-    (lambda: critical_alpha(3, -0.1, "momentum"), "momentum"),
+    (lambda: critical_alpha(3, -1.0, "momentum"), "momentum"),
     (lambda: critical_alpha(3, 0.5), "plain"),
     (lambda: critical_alpha(3, 0.5, "nesterov"), "variant"),
     (lambda: critical_alpha([0.5, 0.6]), "sum to 1"),

@@ -13,16 +13,18 @@ is per member and bit-for-bit with an uninterrupted ensemble.
 
 What the members share (else a UserError saying to use ``train.run_training``): model, model_args,
 dataset, dataset_args, dtype, device, loss, batch_size, epochs, eval_every, checkpoint_every,
-threads, and the delay tau (constant, round robin). What they may differ in: lr, seed (initialisation
-and minibatch order), lr_schedule, momentum, variant (plain / momentum / shifted), dampening,
-weight_decay and the divergence loss_factor.
+threads, and the delay: a constant tau (round robin) or M random workers (``schedule: random``, the
+geometric staleness of *Asynchrony begets Momentum*). What they may differ in: lr, seed
+(initialisation, minibatch order and, with random workers, the landing worker of every step: each
+member draws it from ``random.Random(seed)`` exactly as its DelayedSGD does), lr_schedule, momentum,
+variant (plain / momentum / shifted), dampening, weight_decay and the divergence loss_factor.
 
-What batches: the networks without BatchNorm or dropout -- mlp, fc3x1024, mnist_cnn and cnn_digits
+What batches: the networks without BatchNorm or dropout -- mlp, fc3x1024, mnist_cnn, cifar10_quick and cnn_digits
 with ``batchnorm: false`` -- on the in-memory datasets (digits, mnist, cifar10, cifar100) without
 augmentation. What falls back (``can_ensemble`` says why; run each spec with ``run_training``):
 BatchNorm models (vgg11, resnet44, wrn16_4, c3, resnet50, cnn_digits with batchnorm), imagenet
-streaming, augment, delay distributions and the random schedule, the stop rules other than
-divergence (steady_state, escape, settle), init_checkpoint and perturb.
+streaming, augment, delay distributions, the stop rules other than
+divergence and settle (steady_state, escape), init_checkpoint and perturb.
 
 Divergence: a member whose epoch train loss is NaN/inf or > loss_factor * L0 is recorded "diverged"
 at that epoch, its outputs are written and it leaves the batch (no more updates); the others go on.
@@ -66,7 +68,7 @@ from .train import (
 )
 
 #: Models that batch (no BatchNorm, no dropout); cnn_digits only with batchnorm false.
-BATCHED_MODELS = ("mlp", "cnn_digits", "mnist_cnn", "fc3x1024")
+BATCHED_MODELS = ("mlp", "cnn_digits", "mnist_cnn", "fc3x1024", "cifar10_quick")
 #: Spec keys every member must share.
 SHARED_KEYS = ("model", "model_args", "dataset", "dataset_args", "dtype", "device", "loss", "batch_size",
                "epochs", "eval_every", "checkpoint_every", "threads")
@@ -96,11 +98,15 @@ def _why_not(specs: list[dict]) -> str | None:
         o = s["optimizer"]
         if o.get("mitigation"):
             return f"spec {i}: delay mitigation {o['mitigation']['name']!r} is not batched (train it with train.run_training)"
-        if o["schedule"] != "round_robin" or isinstance(o["delay"], dict):
-            return f"spec {i}: only a constant delay (round robin) is batched, not schedule {o['schedule']!r}"
-        for rule in ("steady_state", "escape", "settle"):
+        if o["schedule"] not in ("round_robin", "random") or isinstance(o["delay"], dict):
+            return (f"spec {i}: only a constant delay (round robin) or random workers are batched, "
+                    f"not schedule {o['schedule']!r}")
+        if o["schedule"] != first["optimizer"]["schedule"]:
+            return (f"spec {i} has schedule {o['schedule']!r} but spec 0 has {first['optimizer']['schedule']!r}; "
+                    "members must share the schedule")
+        for rule in ("steady_state", "escape"):
             if s["stop"][rule] is not None:
-                return f"spec {i}: stop rule {rule!r} is not batched (only divergence)"
+                return f"spec {i}: stop rule {rule!r} is not batched (only divergence and settle)"
         if s["init_checkpoint"]:
             return f"spec {i}: init_checkpoint is not batched"
         if s["perturb"]:
@@ -154,6 +160,12 @@ class Member:
         self.slots = self.tau + 1
         o = spec["optimizer"]
         self.variant, self.m, self.dampening, self.wd = o["variant"], o["momentum"], o["dampening"], o["weight_decay"]
+        self.random = o["schedule"] == "random"  # DelayedSGD's random workers: its own bookkeeping
+        self.rng = random.Random(spec["seed"])
+        self.stamps = [0] * self.slots  # step at whose weights each slot's gradient was taken
+        self.free = 0  # the slot that receives the next gradient
+        self.hist: list[int] = []
+        self.last_staleness = None
         self.generator = torch.Generator().manual_seed(spec["seed"])
         self.loop = _fresh_loop()
         self.rng_torch = None  # the global torch RNG as the single run leaves it after building its model
@@ -164,9 +176,28 @@ class Member:
 
     # ---- the single run's summaries
 
+    def histogram(self) -> list[int]:
+        return list(self.hist) if self.random else _histogram(self.loop["step"], self.tau)
+
     def staleness(self) -> tuple[int, int]:
-        hist = _histogram(self.loop["step"], self.tau)
+        hist = self.histogram()
         return sum(k * c for k, c in enumerate(hist)), sum(hist)
+
+    def random_step(self, t: int) -> int:
+        """DelayedSGD.step's bookkeeping for random workers at step t: the free slot takes g(w_t)
+        (all slots at t = 0), the landing slot is drawn uniformly; returns (write, land)."""
+        write = self.free
+        self.stamps[write] = t
+        if t == 0:
+            self.stamps = [0] * self.slots
+        land = self.rng.randrange(self.slots)
+        staleness = t - self.stamps[land]
+        if staleness >= len(self.hist):
+            self.hist.extend([0] * (staleness + 1 - len(self.hist)))
+        self.hist[staleness] += 1
+        self.last_staleness = staleness
+        self.free = land
+        return write, land
 
     def mean_staleness(self) -> float:
         total, count = self.staleness()
@@ -180,6 +211,18 @@ class Member:
         """This member's DelayedSGD.state_dict() (round robin, t steps taken)."""
         t, K = self.loop["step"], self.slots
         stamps = [0 if t - 1 < s else s + K * ((t - 1 - s) // K) for s in range(K)]
+        if self.random:
+            return {
+                "state": {},
+                "param_groups": [{"lr": self.lr_now, "momentum": self.m, "dampening": self.dampening,
+                                  "weight_decay": self.wd, "params": list(range(n_params))}],
+                "delayed": {
+                    "schedule": "random", "variant": self.variant, "num_slots": K, "probs": None,
+                    "grads": self.ring.clone(), "velocity": None if self.vel is None else self.vel.clone(),
+                    "stamps": list(self.stamps), "t": t, "free": self.free, "rng": self.rng.getstate(),
+                    "hist": list(self.hist), "last_staleness": self.last_staleness,
+                },
+            }
         return {
             "state": {},
             "param_groups": [{"lr": self.lr_now, "momentum": self.m, "dampening": self.dampening,
@@ -359,10 +402,17 @@ def _finish(fam: _Family, m: Member, members: int) -> dict:
 
 
 def _check_stop(m: Member, epoch: int, loss: float) -> None:
-    """Run._check_stop with only the divergence rule (the others are refused)."""
-    l0 = m.loop["initial_train_loss"]
+    """Run._check_stop with the divergence and settle rules (the others are refused): a member
+    that settled (train loss below ``settle.below`` for ``window`` epochs) leaves the batch."""
+    l0, loop = m.loop["initial_train_loss"], m.loop
     if not math.isfinite(loss) or loss > m.spec["stop"]["divergence"]["loss_factor"] * l0:
-        m.loop["diverged"], m.loop["diverged_epoch"], m.loop["status"] = True, epoch, "diverged"
+        loop["diverged"], loop["diverged_epoch"], loop["status"] = True, epoch, "diverged"
+        return
+    settle = m.spec["stop"]["settle"]
+    if settle is not None:
+        loop["settle_run"] = loop["settle_run"] + 1 if loss < settle["below"] else 0
+        if loop["settle_run"] >= settle["window"]:
+            loop["settled_epoch"], loop["status"] = epoch, "settled"
 
 
 class _Batch:
@@ -371,6 +421,7 @@ class _Batch:
     def __init__(self, fam: _Family, members: list[Member]):
         self.fam, self.members = fam, members
         self.K = members[0].slots
+        self.random = members[0].random
         self.w = torch.stack([m.w for m in members])
         self.ring = torch.stack([m.ring for m in members], dim=1).contiguous()
         variants = {m.variant for m in members}
@@ -414,17 +465,28 @@ class _Batch:
 
     @torch.no_grad()
     def step(self, t: int, x, target, x_dim) -> tuple[torch.Tensor, torch.Tensor]:
-        """One DelayedSGD round-robin step for every member; returns (losses (R,), outputs)."""
+        """One DelayedSGD step (round robin or random workers) for every member; returns (losses (R,), outputs)."""
         fam = self.fam
         with torch.enable_grad():
             grads, (losses, outs) = fam._grad_fns[x_dim](fam.views(self.w), x, target)
         R, K = self.w.shape[0], self.K
-        write = t % K
-        torch.cat([grads[n].reshape(R, -1) for n in fam.names], dim=1, out=self.ring[write])
-        if t == 0:  # every worker starts from w_0: all slots hold g(w_0)
-            self.ring.copy_(self.ring[write].expand_as(self.ring))
-        land = (t + 1) % K
-        g = self.ring[land]
+        flat = torch.cat([grads[n].reshape(R, -1) for n in fam.names], dim=1)
+        if self.random:  # each member's own landing worker (DelayedSGD's draws), gathered per member
+            slots = [m.random_step(t) for m in self.members]
+            write = torch.tensor([w for w, _ in slots], device=fam.device)
+            land = torch.tensor([l for _, l in slots], device=fam.device)
+            rows = torch.arange(R, device=fam.device)
+            self.ring[write, rows] = flat
+            if t == 0:  # every worker starts from w_0: all slots hold g(w_0)
+                self.ring.copy_(flat.unsqueeze(0).expand_as(self.ring))
+            g = self.ring[land, rows]
+        else:
+            write = t % K
+            self.ring[write].copy_(flat)
+            if t == 0:  # every worker starts from w_0: all slots hold g(w_0)
+                self.ring.copy_(self.ring[write].expand_as(self.ring))
+            land = (t + 1) % K
+            g = self.ring[land]
         for variant, idx, _ in self.groups:
             sub = (lambda a: a) if idx is None else (lambda a: a.index_select(0, idx))
             w, gg = sub(self.w), sub(g)
@@ -434,6 +496,21 @@ class _Batch:
                 w = w.addcmul(gg, sub(self.neg_lr))  # w - eta*g
             else:
                 row = 0 if variant == "momentum" else land
+                if self.random and variant == "shifted":  # row = each member's landing slot
+                    every = torch.arange(R, device=fam.device)
+                    vel_rows = self.vel[land, every]
+                    v = sub(vel_rows) * sub(self.m_vec)
+                    v.addcmul_(gg, sub(self.neg_scale))
+                    if self.any_wd:
+                        v.addcmul_(w, sub(self.neg_scale_wd))
+                    mine = every if idx is None else idx
+                    self.vel[land.index_select(0, mine), mine] = v
+                    w = w + v
+                    if idx is None:
+                        self.w.copy_(w)
+                    else:
+                        self.w.index_copy_(0, idx, w)
+                    continue
                 v = sub(self.vel[row]) * sub(self.m_vec)
                 v.addcmul_(gg, sub(self.neg_scale))  # m v - eta(1-m) g
                 if self.any_wd:
@@ -658,8 +735,14 @@ def _restore(fam: _Family, m: Member, ckpt: dict) -> None:
     m.w0 = torch.cat([t.to(fam.device, fam.dtype).reshape(-1) for t in ckpt["init_params"]])
     opt = ckpt["optimizer"]
     delayed = opt["delayed"]
-    if delayed["schedule"] != "round_robin" or delayed["num_slots"] != m.slots or delayed["variant"] != m.variant:
+    schedule = "random" if m.random else "round_robin"
+    if delayed["schedule"] != schedule or delayed["num_slots"] != m.slots or delayed["variant"] != m.variant:
         raise UserError(f"{m.out_dir}: its checkpoint does not fit this spec's optimizer")
+    if m.random:
+        m.stamps, m.free = list(delayed["stamps"]), int(delayed["free"])
+        version, internal, gauss = delayed["rng"]
+        m.rng.setstate((version, tuple(internal), gauss))
+        m.hist, m.last_staleness = list(delayed["hist"]), delayed["last_staleness"]
     m.ring = delayed["grads"].to(fam.device, fam.dtype).clone()
     m.vel = None if delayed["velocity"] is None else delayed["velocity"].to(fam.device, fam.dtype).clone()
     m.lr_now = opt["param_groups"][0]["lr"]

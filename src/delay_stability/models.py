@@ -89,6 +89,27 @@ def mnist_cnn(num_classes=10) -> nn.Module:
     )
 
 
+def cifar10_quick(num_classes=10) -> nn.Module:
+    """Caffe's cifar10_quick (the CIFAR network of *Asynchrony begets Momentum*, sec. IV), for
+    3x32x32 inputs: conv 32@5x5 (pad 2) -> max-pool 3/2 -> ReLU -> conv 32@5x5 -> ReLU -> avg-pool 3/2
+    -> conv 64@5x5 -> ReLU -> avg-pool 3/2 -> fc 64 -> fc 10 (no ReLU between the two fc layers, as
+    in Caffe's prototxt). Caffe rounds pooled sizes up (ceil mode): 32 -> 16 -> 8 -> 4."""
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 5, padding=2),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 5, padding=2),
+        nn.ReLU(),
+        nn.AvgPool2d(3, 2, ceil_mode=True),
+        nn.Conv2d(32, 64, 5, padding=2),
+        nn.ReLU(),
+        nn.AvgPool2d(3, 2, ceil_mode=True),
+        nn.Flatten(),
+        nn.Linear(64 * 4 * 4, 64),
+        nn.Linear(64, num_classes),
+    )
+
+
 def fc3x1024(in_features=784, width=1024, num_classes=10) -> nn.Module:
     """Three hidden layers of 1024 ReLU units (section 3.1, shifted-momentum stability)."""
     return mlp(hidden=(width,) * 3, activation="relu", in_features=in_features, num_classes=num_classes)
@@ -290,6 +311,7 @@ MODELS = {
     "resnet44": resnet44,
     "wrn16_4": wrn16_4,
     "c3": c3,
+    "cifar10_quick": cifar10_quick,
     "resnet50": resnet50,
     "resnet_digits": resnet_digits,
 }

@@ -40,6 +40,7 @@ MODEL_ARGS = {
     "resnet44": {"num_classes": 10},
     "wrn16_4": {"num_classes": 100},
     "c3": {"num_classes": 100},
+    "cifar10_quick": {"num_classes": 10},
     "resnet50": {"num_classes": 1000},
     "resnet_digits": {"width": 8, "blocks": 1, "in_channels": 1, "num_classes": 10},
 }

@@ -127,12 +127,16 @@ def _check_delay(delay):
 
 
 def check_momentum(momentum):
-    """Momentum m: a real number in [0, 1)."""
+    """Momentum m: a real number in (−1, 1) (negative momentum: *Asynchrony begets Momentum*, sec. VI).
+
+    For every variant the roots of P at α = 0 (0, 1, m, or the (τ+1)-th roots of m) stay inside or
+    on the unit circle for |m| < 1, so the edge is defined as for m ≥ 0.
+    """
     if isinstance(momentum, (bool, np.bool_)) or not isinstance(momentum, Real):
-        raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
+        raise ValueError(f"momentum must be a number in (-1, 1), got {momentum!r}")
     m = float(momentum)
-    if not (0.0 <= m < 1.0):
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    if not (-1.0 < m < 1.0):
+        raise ValueError(f"momentum must be in (-1, 1), got {momentum!r}")
     return m
 
 
@@ -801,3 +805,230 @@ def gap_aware_alpha(tau, hyperparameters=None, *, steps=None, growth=3.0, rel_to
         else:
             lo = mid
     return float(lo)
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. Asynchrony begets momentum (Mitliagkas, Zhang, Hadjis, Ré, Allerton 2016)
+# ------------------------------------------------------------------------------------------------
+#
+# Polyak momentum μ_L with stale gradients, w_{t+1} = w_t + μ_L (w_t − w_{t−1}) − α ∇f(w_{t−τ_t})
+# (their eq. 16), and geometric staleness P(τ = l) = (1 − μ_S) μ_S^l (Theorem 3; M workers with
+# exponential work times give μ_S = 1 − 1/M, Theorem 5). The expected iterates obey (Theorem 6,
+# eq. 9 / appendix eq. 19)
+#
+#     E w_{t+1} = (1 + μ_S + μ_L) E w_t − (μ_S + μ_L + μ_S μ_L) E w_{t−1} + μ_S μ_L E w_{t−2}
+#                 − α (1 − μ_S) E ∇f(w_t),
+#
+# and on f = ½‖Aw − b‖² each eigendirection λ_i of AᵀA decays like γ_i^t, γ_i = 1/|t_i*| with t_i*
+# the smallest root of g_i(t) = μ_S μ_L t³ − (μ_S + μ_L + μ_S μ_L) t² + z_i t − 1,
+# z_i = 1 + μ_S + μ_L − α (1 − μ_S) λ_i (Theorem 7, eq. 10–12). With x = 1/t the roots are those of
+#
+#     x³ − z_i x² + (μ_S + μ_L + μ_S μ_L) x − μ_S μ_L = 0,                                 (†)
+#
+# so γ = max_i max |x| over the roots of (†). (†) is (x − 1)(x − μ_L)(x − μ_S) + α(1 − μ_S) λ x² = 0:
+# with α = a η (1 − μ_L) it is the characteristic equation of server momentum μ_L with dampening
+# under geometric delay (eq. 19 with momentum, ``characteristic_polynomial(geometric_delay(μ_S),
+# μ_L, "momentum")`` without the truncation), whose edge ``geometric_momentum_edge`` gives.
+#
+# Step conventions: ``alpha`` here is the step that multiplies the stale gradient (the paper's α).
+# ``DelayedSGD`` with dampening multiplies it by (1 − m): α = η (1 − μ_L); without, α = η.
+#
+# Initial history (what ``DelayedSGD(schedule="random")`` does: every worker starts from w_0): the
+# expected recurrence holds for t ≥ 1 with E w_0 = w_0, E w_1 = w_0 − α ∇f(w_0) and E w_{−1} = w_0.
+
+#: Grid sizes of optimal_momentum's global search before its local refinement.
+OPTIMAL_MU_POINTS = 67
+OPTIMAL_ALPHA_POINTS = 61
+
+
+def check_implicit_momentum(mu_s):
+    """Implicit momentum μ_S = 1 − 1/M of geometric staleness: a real number in [0, 1)."""
+    if isinstance(mu_s, (bool, np.bool_)) or not isinstance(mu_s, Real) or not (0.0 <= float(mu_s) < 1.0):
+        raise ValueError(f"implicit momentum mu_s must be in [0, 1), got {mu_s!r}")
+    return float(mu_s)
+
+
+def implicit_momentum(workers):
+    """μ_S = 1 − 1/M: the momentum M asynchronous workers add (Theorem 5)."""
+    if isinstance(workers, (bool, np.bool_)) or not isinstance(workers, Integral) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    return 1.0 - 1.0 / int(workers)
+
+
+def corrected_momentum(mu_star, workers, lower=-0.9, upper=0.9):
+    """The implicit-momentum correction: explicit μ_L = μ* − (1 − 1/M), clipped to [lower, upper].
+
+    μ* is the best momentum without asynchrony (M = 1); the total momentum μ_L + μ_S then stays μ*
+    to first order (Theorem 5: the two act additively, sec. III).
+    """
+    mu_star = check_momentum(mu_star)
+    return float(min(max(mu_star - implicit_momentum(workers), lower), upper))
+
+
+def expected_momentum_coefficients(mu_s, mu_l):
+    """(c1, c2, c3) of Theorem 6 in recurrence form (appendix eq. 19):
+    E w_{t+1} = c1 E w_t − c2 E w_{t−1} + c3 E w_{t−2} − α(1 − μ_S) E∇f(w_t), with
+    c1 = 1 + μ_S + μ_L, c2 = μ_S + μ_L + μ_S μ_L, c3 = μ_S μ_L."""
+    mu_s, mu_l = check_implicit_momentum(mu_s), check_momentum(mu_l)
+    return 1.0 + mu_s + mu_l, mu_s + mu_l + mu_s * mu_l, mu_s * mu_l
+
+
+def expected_momentum_iterates(hessian, w0, w_star, alpha, mu_s, mu_l, steps):
+    """E w_t, t = 0..steps, on f(w) = ½ (w − w*)ᵀ H (w − w*) by Theorem 6's recurrence (eq. 19).
+
+    Starts as every worker does from w_0 (E w_{−1} = w_0, E w_1 = w_0 − α H (w_0 − w*)).
+    Returns an array (steps + 1, n).
+    """
+    H = np.atleast_2d(np.asarray(hessian, dtype=float))
+    w0, w_star = np.asarray(w0, dtype=float), np.asarray(w_star, dtype=float)
+    alpha = check_positive(alpha, "alpha")
+    c1, c2, c3 = expected_momentum_coefficients(mu_s, mu_l)
+    steps = check_tau(steps, "steps")
+    out = np.empty((steps + 1, w0.size))
+    out[0] = w0
+    if steps >= 1:
+        out[1] = w0 - alpha * H @ (w0 - w_star)
+    for t in range(1, steps):
+        before = out[t - 2] if t >= 2 else w0
+        grad = H @ (out[t] - w_star)
+        out[t + 1] = c1 * out[t] - c2 * out[t - 1] + c3 * before - alpha * (1.0 - float(mu_s)) * grad
+    return out
+
+
+def momentum_rate_cubics(eigenvalues, alpha, mu_s, mu_l):
+    """The cubics (†) x³ − z_i x² + (μ_S + μ_L + μ_S μ_L) x − μ_S μ_L, one row per eigenvalue λ_i
+    (descending powers); z_i = 1 + μ_S + μ_L − α(1 − μ_S) λ_i (Theorem 7, eq. 10–11 with x = 1/t)."""
+    lam = np.atleast_1d(np.asarray(eigenvalues, dtype=float))
+    if lam.ndim != 1 or lam.size == 0 or not np.all(np.isfinite(lam)) or np.any(lam < 0):
+        raise ValueError("eigenvalues must be a non-empty 1-D sequence of finite numbers >= 0")
+    alpha = check_positive(alpha, "alpha")
+    c1, c2, c3 = expected_momentum_coefficients(mu_s, mu_l)
+    z = c1 - alpha * (1.0 - float(mu_s)) * lam
+    return np.column_stack([np.ones_like(z), -z, np.full_like(z, c2), np.full_like(z, -c3)])
+
+
+def _cubic_root_moduli(z, c2, c3):
+    """max |x| over the roots of x³ − z x² + c2 x − c3, for arrays z, c2, c3 of one shape
+    (eigenvalues of the companion matrices, batched)."""
+    z, c2, c3 = np.broadcast_arrays(np.asarray(z, float), np.asarray(c2, float), np.asarray(c3, float))
+    comp = np.zeros(z.shape + (3, 3))
+    comp[..., 0, 0], comp[..., 0, 1], comp[..., 0, 2] = z, -c2, c3
+    comp[..., 1, 0] = comp[..., 2, 1] = 1.0
+    return np.abs(np.linalg.eigvals(comp)).max(axis=-1)
+
+
+def momentum_rate(eigenvalues, alpha, mu_s, mu_l):
+    """γ = max_i 1/|t_i*| (Theorem 7, eq. 12): ‖E w_t − w*‖ = O(γ^t) on a quadratic whose Hessian
+    AᵀA has the given eigenvalues, with step α, implicit momentum μ_S and explicit momentum μ_L.
+    γ < 1 iff the expected iterates converge."""
+    cubics = momentum_rate_cubics(eigenvalues, alpha, mu_s, mu_l)
+    return float(_cubic_root_moduli(-cubics[:, 1], cubics[:, 2], -cubics[:, 3]).max())
+
+
+def quadratic_spectrum(condition, size=40):
+    """The spectrum of the paper's figure-6 quadratics: ``size`` eigenvalues spread evenly over [1, Q]."""
+    q = check_positive(condition, "condition number Q")
+    if q < 1:
+        raise ValueError(f"condition number Q must be >= 1, got {condition!r}")
+    size = check_tau(size, "size")
+    if size < 1:
+        raise ValueError("size must be >= 1")
+    return np.linspace(1.0, q, size)
+
+
+def _rates_on_grid(lam, mu_s, mus, log_alphas):
+    """γ on the grid mus × exp(log_alphas): array (len(mus), len(log_alphas))."""
+    mu = mus[:, None, None]
+    alpha = np.exp(log_alphas)[None, :, None]
+    z = 1.0 + mu_s + mu - alpha * (1.0 - mu_s) * lam[None, None, :]
+    return _cubic_root_moduli(z, mu_s + mu + mu_s * mu, mu_s * mu).max(axis=-1)
+
+
+def _alpha_range(lam, mu_s):
+    """log α over which the rate is searched: 1e-3/λmax .. 8/((1 − μ_S) λmin) (beyond the expected edge)."""
+    return math.log(1e-3 / lam.max()), math.log(8.0 / ((1.0 - mu_s) * lam.min()))
+
+
+def _best_alpha(lam, mu_s, mu_l, points=OPTIMAL_ALPHA_POINTS):
+    """(min over α of γ, its log α) at fixed μ_L: a grid in log α, then bounded Brent (xatol 1e-10)
+    between the neighbours of the best grid point."""
+    from scipy.optimize import minimize_scalar
+
+    grid = np.linspace(*_alpha_range(lam, mu_s), points)
+    rates = _rates_on_grid(lam, mu_s, np.array([mu_l]), grid)[0]
+    j = int(np.argmin(rates))
+    a, b = grid[max(j - 1, 0)], grid[min(j + 1, grid.size - 1)]
+    res = minimize_scalar(lambda x: _rates_on_grid(lam, mu_s, np.array([mu_l]), np.array([x]))[0, 0],
+                          bounds=(a, b), method="bounded", options={"xatol": 1e-10})
+    if res.fun <= rates[j]:
+        return float(res.fun), float(res.x)
+    return float(rates[j]), float(grid[j])
+
+
+def optimal_momentum(eigenvalues, mu_s, tol=1e-3):
+    """The explicit momentum μ_L ∈ (−1, 1) and step α > 0 that minimise the rate γ of Theorem 7.
+
+    γ is a maximum of root moduli, with kinks where the extreme eigenvalues balance, so the search
+    is by profiles: ρ(μ_L) = min over α of γ (``_best_alpha``: a log-α grid over 1e-3/λmax ..
+    8/((1 − μ_S) λmin), then bounded Brent); ρ on a μ_L grid of step 0.03 over [−0.99, 0.99], then
+    bounded Brent in μ_L between the neighbours of the best grid point, to ``tol``/100.
+    Returns ``{"mu_l", "alpha", "rate"}`` (figure 6 of the paper for Q = 5, 20).
+    """
+    lam = np.atleast_1d(np.asarray(eigenvalues, dtype=float))
+    mu_s = check_implicit_momentum(mu_s)
+    tol = check_positive(tol, "tol")
+    if lam.ndim != 1 or lam.size == 0 or np.any(lam <= 0) or not np.all(np.isfinite(lam)):
+        raise ValueError("eigenvalues must be a non-empty 1-D sequence of finite numbers > 0")
+    from scipy.optimize import minimize_scalar
+
+    mus = np.linspace(-0.99, 0.99, OPTIMAL_MU_POINTS)
+    coarse = [_best_alpha(lam, mu_s, mu)[0] for mu in mus]  # ρ is steep on one side of its minimum: exact per μ
+    i = int(np.argmin(coarse))
+    lo, hi = mus[max(i - 1, 0)], mus[min(i + 1, mus.size - 1)]
+    res = minimize_scalar(lambda mu: _best_alpha(lam, mu_s, mu)[0], bounds=(lo, hi), method="bounded",
+                          options={"xatol": tol / 100})
+    candidates = [float(res.x), float(mus[i])]
+    best = min(((_best_alpha(lam, mu_s, mu), mu) for mu in candidates), key=lambda c: c[0][0])
+    (rate, log_alpha), mu = best
+    return {"mu_l": float(mu), "alpha": float(math.exp(log_alpha)), "rate": float(rate)}
+
+
+def optimal_rate_at_momentum(eigenvalues, mu_s, mu_l):
+    """min over α > 0 of γ at fixed explicit momentum μ_L (figure 7's "tuned α" curves).
+    Returns ``{"alpha", "rate"}``."""
+    lam = np.atleast_1d(np.asarray(eigenvalues, dtype=float))
+    mu_s, mu_l = check_implicit_momentum(mu_s), check_momentum(mu_l)
+    if lam.ndim != 1 or lam.size == 0 or np.any(lam <= 0) or not np.all(np.isfinite(lam)):
+        raise ValueError("eigenvalues must be a non-empty 1-D sequence of finite numbers > 0")
+    rate, log_alpha = _best_alpha(lam, mu_s, mu_l, 4 * OPTIMAL_ALPHA_POINTS)
+    return {"alpha": float(math.exp(log_alpha)), "rate": rate}
+
+
+def geometric_momentum_polynomial(mu_s, momentum):
+    """(P, Q) of server momentum m with dampening under geometric staleness P(τ = k) = (1−q) q^k,
+    q = μ_S (eq. 19 with momentum, exact: no truncation of the delay law):
+
+        (z − 1)(z − m)(z − q) + α (1 − m)(1 − q) z² = 0,   α = a η,
+
+    the cubic (†) of Theorem 7 with α_paper λ = α (1 − m). P is monic of degree 3, Q = (1−m)(1−q) z².
+    """
+    q, m = check_implicit_momentum(mu_s), check_momentum(momentum)
+    P = np.poly([1.0, m, q]).astype(float)
+    Q = np.array([0.0, (1.0 - m) * (1.0 - q), 0.0, 0.0])
+    return P, Q
+
+
+def geometric_momentum_edge(mu_s, momentum, *, method="locus"):
+    """The stability edge α* = a η of server momentum m ∈ (−1, 1) (with dampening) under geometric
+    staleness with implicit momentum μ_S (M workers: μ_S = 1 − 1/M): the smallest α > 0 at which a
+    root of ``geometric_momentum_polynomial`` reaches the unit circle.
+
+    Closed forms: m = 0 gives 2(1 + q)/(1 − q) (the geometric-delay bridge); q = 0 gives
+    2(1 + m)/(1 − m); a real crossing at z = −1 is at α = 2(1 + m)(1 + q)/((1 − m)(1 − q)).
+    """
+    P, Q = geometric_momentum_polynomial(mu_s, momentum)
+    if method == "locus":
+        return _edge_by_root_locus(P, Q)
+    if method == "companion":
+        return _edge_by_companion(P, Q)
+    raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")

@@ -81,20 +81,12 @@ def with_run_settings(spec: dict, cfg: dict) -> dict:
     return spec
 
 
-def planned_training_blocks(exp: dict):
-    """(config key, spec) of the training blocks of experiments that no rule builds yet
-    (momentum): checked all the same."""
-    for name in ("momentum",):
-        if name in exp:
-            yield f"{name}.train", exp[name]["train"]
-
-
 def training_specs(cfg: dict, scale: str):
     """(config key, spec) of every training run the config implies at ``scale``, with the run-wide
     settings; built by the experiment modules as the rules build them. Specs that the runs
     complete themselves (a continuation's lr and start, the scaled edge-of-stability runs' lr) get
     stand-in values."""
-    from . import eos, generalization, imagenet, spikes, stability, table1
+    from . import eos, generalization, imagenet, momentum, spikes, stability, table1
 
     exp = cfg[scale]
     for name in stability.EXPERIMENTS:
@@ -144,8 +136,12 @@ def training_specs(cfg: dict, scale: str):
                 yield from module.all_specs(block, with_run_settings(block["train"], cfg))
             except UserError as exc:
                 raise ConfigError(f"invalid configuration: {scale}.{name}: {exc}") from None
-    for key, spec in planned_training_blocks(exp):
-        yield key, with_run_settings(spec, cfg)
+    if "momentum" in exp:
+        block = exp["momentum"]
+        try:
+            yield from momentum.all_specs(block, with_run_settings(block["train"], cfg))
+        except UserError as exc:
+            raise ConfigError(f"invalid configuration: {scale}.{exc}") from None
 
 
 def _mitigation_specs(exp: dict, scale: str, cfg: dict):

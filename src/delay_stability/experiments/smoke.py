@@ -316,9 +316,13 @@ def smoke_config(paper_block: dict, data_root, *, epochs: int = EPOCHS, batch_si
                     net["large_batch"] = min(net["large_batch"], 2 * batch_size)
         elif name == "momentum":
             block["train"] = spec(block["train"])
-            for key in ("workers", "momenta"):
-                if key in block:
-                    block[key] = _first(block[key])
+            block["workers"] = _first(block["workers"])
+            fixed = block.get("fixed_momentum", 0.9)
+            block["momenta"] = sorted({*_first(block["momenta"]), fixed})
+            block["seeds"] = _first(block.get("seeds") or [0], 1)
+            if isinstance(block.get("lr_grid"), dict):
+                block["lr_grid"].update(below=1, above=1)
+            # its theory options stay: results/theory/ is shared by every scale
         elif isinstance(block.get("train"), dict):  # fig11, imagenet and any later block with a spec
             block["train"] = spec(block["train"])
             if name in ("imagenet", "fig11"):

@@ -179,10 +179,10 @@ def _add_delay_arguments(parser):
     delay.add_argument("--probs", metavar="P0,P1,...",
                        help="P(tau=k) for k = 0, 1, ..., K (must sum to 1)")
     parser.add_argument("--momentum", type=float, default=0.0, metavar="M",
-                        help="momentum m in [0, 1) (default 0)")
+                        help="momentum m in (-1, 1), negative allowed (default 0)")
     parser.add_argument("--variant", choices=theory.VARIANTS, default=None,
                         help="plain (eq. 4/19), momentum (server momentum with dampening, eq. 26) or "
-                             "shifted (eq. 11); default: momentum if --momentum > 0, else plain")
+                             "shifted (eq. 11); default: momentum if --momentum != 0, else plain")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -214,7 +214,7 @@ def _edge_from_args(args):
     """Validated (delay, description, momentum, variant, α*) from the shared flags."""
     delay, description = _delay_from_args(args)
     momentum = _flagged("--momentum", theory.check_momentum, args.momentum)
-    variant = args.variant or ("momentum" if momentum > 0 else "plain")
+    variant = args.variant or ("momentum" if momentum != 0 else "plain")
     alpha = _flagged("--variant", theory.critical_alpha, delay, momentum, variant)
     return delay, description, momentum, variant, alpha
 
@@ -402,6 +402,6 @@ def register(subparsers):
     p.add_argument("--tau-max", dest="tau_max", type=int, help="largest constant delay (fig6, fig10, fig4a)")
     p.add_argument("--b-max", dest="b_max", type=int, help="largest b of unif{1, b} (fig7)")
     p.add_argument("--mu-max", dest="mu_max", type=int, help="largest Gaussian mean (fig8)")
-    p.add_argument("--momenta", help="comma-separated momenta in [0, 1) (fig10, fig4a)")
+    p.add_argument("--momenta", help="comma-separated momenta in (-1, 1) (fig10, fig4a)")
     p.add_argument("--qs", help="comma-separated geometric parameters q in [0, 1) (bridge)")
     p.set_defaults(func=cmd_theory_table)

@@ -1,0 +1,531 @@
+"""Asynchrony begets Momentum (Mitliagkas, Zhang, Hadjis, Ré, Allerton 2016): the best explicit
+momentum falls with the number of workers, even below zero.
+
+    momentum_theory        figures 6-7 of the paper from Theorem 7 (``theory.optimal_momentum``):
+                           results/theory/momentum_theory.csv (Q, mu_s, optimal_mu_l, rate) and
+                           results/theory/momentum_fig7.csv (Q, mu_s, strategy, mu_l, alpha, rate, distance);
+                           with the least-squares stand-in (``quadratic_rows``): DelayedSGD with random
+                           workers on the quadratic, the grid μ_L of least measured distance after T steps
+                           beside Theorem 6's expected distance and Theorem 7's rate
+                           (results/<scale>/momentum/quadratic.csv, quadratic_best.csv)
+    momentum_vs_workers    best explicit μ (fewest steps to a target training loss, η tuned per (M, μ))
+                           vs M with the implicit-momentum prediction μ_L = μ* − (1 − 1/M)
+    momentum_penalty       steps to target normalised to the best case vs M: tuned μ ≥ 0, tuned μ
+                           with negatives, fixed μ = 0.9, and the implicit-momentum correction
+
+The network grid: M random workers (``schedule: random``: geometric staleness, Theorem 5; not round
+robin) for every M of ``workers``, explicit server momentum μ of ``momenta`` (with dampening, the
+project's convention: the dampening factor (1 − μ) is a rescaling of η, absorbed by tuning η per
+(M, μ)), a learning-rate window per M (``lr_grid``: η = center · M^(−worker_exponent) · factor^k,
+k = −below..above, neighbours a factor ``factor`` apart) and ``seeds``. The runs of one M train as
+one ensemble job (``delay-stability ensemble``), each stopping at the target (the settle rule).
+
+Steps to target. A run's training loss is the mean over the minibatches of an epoch (metrics.csv,
+every epoch); a run reaches the target loss L* at the first epoch whose mean is below L*, and its
+steps to target are interpolated in log loss between that epoch's end and the previous row's (the
+row of epoch 0 is the loss at w_0). A configuration (M, μ, η) is scored by the mean over seeds of
+the steps to target, and only when every seed reached it (else it has no score). Tuning: per
+(M, μ) the η of least score; per (M, allowed μ) the μ of least tuned score. The penalty is a score
+divided by the best score of the whole table (the best case, as the paper normalises).
+
+Tables under results/<scale>/momentum/ (``delay-stability momentum-collect``):
+
+    runs.csv     one row per run: workers, momentum, lr, seed, status, reached, steps_to_target,
+                 final_train_loss, epochs_run, run
+    scores.csv   one row per (workers, momentum, lr): seeds, reached, steps_to_target (mean), steps_std
+    tuned.csv    one row per (workers, momentum): best_lr, steps_to_target, steps_std, lr_at_edge
+    best.csv     one row per (workers, negatives): best_momentum, best_lr, steps_to_target, penalty
+    penalty.csv  one row per (workers, strategy): momentum, lr, steps_to_target, penalty, where strategy
+                 is tuned_nonnegative, tuned_all, fixed (μ = fixed_momentum) or corrected (the grid μ
+                 nearest to μ*(M=1) − (1 − 1/M), clipped to the grid)
+    paper.csv    the paper's values (figures 3, 4, 8), read off its figures (for the plots)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+from .. import files, theory
+from ..errors import UserError
+from ..spec import deep_merge
+from . import grid
+
+FIGURES = ("momentum_vs_workers", "momentum_penalty", "momentum_theory")
+AXES = ("workers", "momentum", "lr", "seed")
+THEORY_COLUMNS = ("Q", "mu_s", "optimal_mu_l", "rate")
+FIG7_COLUMNS = ("Q", "mu_s", "strategy", "mu_l", "alpha", "rate", "steps", "distance")
+RUN_COLUMNS = ("workers", "momentum", "lr", "seed", "status", "reached", "steps_to_target", "final_train_loss",
+               "epochs_run", "run")
+SCORE_COLUMNS = ("workers", "momentum", "lr", "seeds", "reached", "steps_to_target", "steps_std")
+TUNED_COLUMNS = ("workers", "momentum", "best_lr", "steps_to_target", "steps_std", "lr_at_edge")
+BEST_COLUMNS = ("workers", "negatives", "best_momentum", "best_lr", "steps_to_target", "penalty")
+PENALTY_COLUMNS = ("workers", "strategy", "momentum", "lr", "steps_to_target", "penalty")
+PAPER_COLUMNS = ("source", "workers", "quantity", "value")
+STRATEGIES = ("tuned_all", "tuned_nonnegative", "fixed", "corrected")
+
+#: The paper's numbers, read off its figures (they sit on its grid values).
+PAPER = (
+    [("fig3_imagenet", m, "best_momentum", v) for m, v in zip((1, 2, 4, 8, 16, 32), (0.6, 0.6, 0.6, 0.6, 0.3, 0.0))]
+    + [("fig3_cifar", m, "best_momentum", v) for m, v in zip((1, 2, 4, 8), (0.7, 0.6, 0.2, 0.1))]
+    + [("fig8_cifar_cpu", m, "best_momentum", v) for m, v in zip((1, 2, 4, 8, 16), (0.675, 0.45, 0.225, 0.0, -0.675))]
+    + [("fig4_cifar_cpu", m, "penalty_fixed", v) for m, v in zip((1, 2, 4, 8, 16), (2, 2, 2, 3, 16))]
+    + [("fig4_cifar_cpu", m, "penalty_tuned_nonnegative", v) for m, v in zip((1, 2, 4, 8, 16), (1, 1, 2, 2, 6))]
+    + [("fig8_cifar_cpu", m, "penalty_tuned_all", v) for m, v in zip((1, 2, 4, 8, 16), (1, 1, 2, 2, 3))]
+)
+
+DEFAULT_THEORY = {"conditions": [5.0, 20.0], "mu_s": [round(0.1 * i, 1) for i in range(10)], "eigenvalues": 40,
+                  "fig7": {"condition": 10.0, "steps": 10, "momenta": [0.0, 0.5]}}
+
+
+# ================================================================ the theory tables (figures 6, 7)
+
+
+def theory_rows(conditions, mu_s_values, eigenvalues=40) -> list[dict]:
+    """Figure 6: for each Q and μ_S, the rate-optimal explicit momentum over μ_L ∈ (−1, 1) and α > 0
+    (Theorem 7) on the quadratic with ``eigenvalues`` eigenvalues of AᵀA spread evenly over [1, Q]."""
+    rows = []
+    for Q in conditions:
+        lam = theory.quadratic_spectrum(Q, eigenvalues)
+        for mu_s in mu_s_values:
+            best = theory.optimal_momentum(lam, float(mu_s))
+            rows.append({"Q": float(Q), "mu_s": float(mu_s), "optimal_mu_l": best["mu_l"], "rate": best["rate"]})
+    return rows
+
+
+def fig7_rows(condition, mu_s_values, steps=10, momenta=(0.0, 0.5), eigenvalues=40) -> list[dict]:
+    """Figure 7: the distance to the optimum after ``steps`` steps, γ^steps (Theorem 7), with α and μ_L
+    tuned ("tuned") and with α tuned at each fixed μ_L of ``momenta`` ("fixed")."""
+    lam = theory.quadratic_spectrum(condition, eigenvalues)
+    rows = []
+    for mu_s in mu_s_values:
+        best = theory.optimal_momentum(lam, float(mu_s))
+        rows.append({"Q": float(condition), "mu_s": float(mu_s), "strategy": "tuned", "mu_l": best["mu_l"],
+                     "alpha": best["alpha"], "rate": best["rate"], "steps": steps, "distance": best["rate"] ** steps})
+        for mu_l in momenta:
+            r = theory.optimal_rate_at_momentum(lam, float(mu_s), float(mu_l))
+            rows.append({"Q": float(condition), "mu_s": float(mu_s), "strategy": f"fixed_{mu_l:g}", "mu_l": mu_l,
+                         "alpha": r["alpha"], "rate": r["rate"], "steps": steps, "distance": r["rate"] ** steps})
+    return rows
+
+
+def theory_options(block: dict | None) -> dict:
+    """The block's ``theory`` options with their defaults."""
+    opts = deep_merge(DEFAULT_THEORY, (block or {}).get("theory") or {})
+    return opts
+
+
+def write_theory(out_theory, out_fig7, options: dict) -> None:
+    o = deep_merge(DEFAULT_THEORY, options or {})
+    files.write_csv(out_theory, list(THEORY_COLUMNS), theory_rows(o["conditions"], o["mu_s"], o["eigenvalues"]))
+    f7 = o["fig7"]
+    files.write_csv(out_fig7, list(FIG7_COLUMNS),
+                    fig7_rows(f7["condition"], o["mu_s"], f7["steps"], f7["momenta"], o["eigenvalues"]))
+
+
+# ================================================================ the least-squares stand-in (measured vs predicted)
+
+QUADRATIC_COLUMNS = ("Q", "workers", "mu_s", "mu_l", "alpha", "steps", "seeds", "measured_distance",
+                     "measured_se", "expected_distance", "rate")
+QUADRATIC_BEST_COLUMNS = ("Q", "workers", "mu_s", "measured_mu_l", "expected_mu_l", "rate_mu_l", "optimal_mu_l")
+DEFAULT_QUADRATIC = {"condition": 5.0, "eigenvalues": 40, "workers": [1, 2, 4],
+                     "momenta": [-0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6],
+                     "alpha_factors": [0.03125, 0.0625, 0.125, 0.25, 0.5, 1.0], "steps": 25, "seeds": 24}
+
+
+def _mean_path_distance(lam, w0, alpha, workers, mu_l, steps, seeds):
+    """(‖mean over seeds of w_T‖, its standard error) of DelayedSGD(schedule="random", workers) with
+    server momentum μ_L on f(w) = ½ Σ λ_i w_i² (minimum 0) from w_0, full gradients, lr chosen so
+    that the stale gradient's step is α: η = α/(1 − μ_L) (dampening)."""
+    import torch
+
+    from ..asgd import DelayedSGD
+
+    lam_t = torch.tensor(lam, dtype=torch.float64)
+    finals = []
+    for seed in range(seeds if workers > 1 else 1):  # one worker: no randomness
+        w = torch.tensor(w0, dtype=torch.float64, requires_grad=True)
+        opt = DelayedSGD([w], lr=alpha / (1.0 - mu_l), workers=workers, schedule="random", momentum=mu_l,
+                         variant="momentum", seed=seed)
+        for _ in range(steps):
+            with torch.no_grad():
+                w.grad = lam_t * w
+            opt.step()
+        finals.append(w.detach().numpy().copy())
+    finals = np.array(finals)
+    mean = finals.mean(axis=0)
+    se = 0.0 if len(finals) == 1 else float(np.sqrt((finals.var(axis=0, ddof=1) / len(finals)).sum()))
+    return float(np.linalg.norm(mean)), se
+
+
+def quadratic_rows(options: dict | None = None) -> tuple[list[dict], list[dict]]:
+    """The least-squares stand-in of figures 6-7: on the quadratic with eigenvalues spread over [1, Q],
+    for each M, μ_L of ``momenta`` and α = (Theorem 7's best α at that μ_L) × ``alpha_factors``: the
+    distance of DelayedSGD's mean iterate to the optimum after ``steps`` steps over ``seeds`` schedule
+    seeds (measured), the exact expected distance (Theorem 6's recurrence) and the rate γ (Theorem 7).
+    Returns (rows, best rows): per M the grid μ_L that minimises each (over α), and Theorem 7's
+    continuous optimum."""
+    o = deep_merge(DEFAULT_QUADRATIC, options or {})
+    lam = theory.quadratic_spectrum(o["condition"], o["eigenvalues"])
+    w0 = np.ones(lam.size) / math.sqrt(lam.size)
+    rows, best = [], []
+    for M in o["workers"]:
+        mu_s = theory.implicit_momentum(int(M))
+        for mu_l in o["momenta"]:
+            base = theory.optimal_rate_at_momentum(lam, mu_s, float(mu_l))["alpha"]
+            for f in o["alpha_factors"]:
+                alpha = base * float(f)
+                measured, se = _mean_path_distance(lam, w0, alpha, int(M), float(mu_l), int(o["steps"]), int(o["seeds"]))
+                expected = theory.expected_momentum_iterates(np.diag(lam), w0, np.zeros_like(w0), alpha, mu_s,
+                                                             float(mu_l), int(o["steps"]))[-1]
+                rows.append({"Q": float(o["condition"]), "workers": int(M), "mu_s": mu_s, "mu_l": float(mu_l),
+                             "alpha": alpha, "steps": int(o["steps"]), "seeds": int(o["seeds"]) if M > 1 else 1,
+                             "measured_distance": measured, "measured_se": se,
+                             "expected_distance": float(np.linalg.norm(expected)),
+                             "rate": theory.momentum_rate(lam, alpha, mu_s, float(mu_l))})
+        mine = [r for r in rows if r["workers"] == int(M)]
+        best.append({"Q": float(o["condition"]), "workers": int(M), "mu_s": mu_s,
+                     "measured_mu_l": min(mine, key=lambda r: r["measured_distance"])["mu_l"],
+                     "expected_mu_l": min(mine, key=lambda r: r["expected_distance"])["mu_l"],
+                     "rate_mu_l": min(mine, key=lambda r: r["rate"])["mu_l"],
+                     "optimal_mu_l": theory.optimal_momentum(lam, mu_s)["mu_l"]})
+    return rows, best
+
+
+def write_quadratic(out_rows, out_best, options: dict | None = None) -> list[dict]:
+    rows, best = quadratic_rows(options)
+    files.write_csv(out_rows, list(QUADRATIC_COLUMNS), rows)
+    files.write_csv(out_best, list(QUADRATIC_BEST_COLUMNS), best)
+    return best
+
+
+# ================================================================ the network grid
+
+
+def lr_window(block: dict, workers: int) -> list[float]:
+    """η = center · M^(−worker_exponent) · factor^k for k = −below..above, rounded to 4 significant digits."""
+    g = block["lr_grid"]
+    center = float(g["center"]) * float(workers) ** (-float(g.get("worker_exponent", 0.0)))
+    factor = float(g.get("factor", 1.5))
+    ks = range(-int(g.get("below", 3)), int(g.get("above", 2)) + 1)
+    return [float(f"{center * factor ** k:.4g}") for k in ks]
+
+
+def base_spec(block: dict, base: dict) -> dict:
+    """The block's train spec with random workers, server momentum and the stop at the target."""
+    target = float(block["target_loss"])
+    return deep_merge(base, {"optimizer": {"schedule": "random", "variant": "momentum"},
+                             "stop": {"settle": {"below": target, "window": 1}}})
+
+
+def runs(block: dict, base: dict) -> list:
+    """The GridRuns, named workers{M}/momentum{μ}/lr{η}/seed{s}."""
+    points = [{"workers": int(M), "momentum": float(mu), "lr": lr, "seed": int(s)}
+              for M in block["workers"] for mu in block["momenta"] for lr in lr_window(block, M)
+              for s in block.get("seeds") or [0]]
+    try:
+        return grid.expand_named(base_spec(block, base), points)
+    except UserError as exc:
+        raise UserError(f"momentum: {exc}") from None
+
+
+def check_block(block: dict) -> None:
+    """UserError naming the key when the grid cannot answer its question."""
+    g = block["lr_grid"]
+    if float(g.get("factor", 1.5)) <= 1.0:
+        raise UserError("momentum.lr_grid.factor: must be > 1")
+    if int(g.get("below", 3)) + int(g.get("above", 2)) < 2:
+        raise UserError("momentum.lr_grid: needs at least 3 learning rates (below + above >= 2)")
+    if block.get("fixed_momentum", 0.9) not in block["momenta"]:
+        raise UserError(f"momentum.fixed_momentum: {block.get('fixed_momentum', 0.9)} is not in momentum.momenta")
+    if 1 not in block["workers"]:
+        raise UserError("momentum.workers: must include 1 (the synchronous reference of the correction)")
+
+
+def all_specs(block: dict, base: dict):
+    """(key, spec) of the block's train spec, then of every run (for the config check)."""
+    yield "momentum.train", base
+    check_block(block)
+    for run in runs(block, base):
+        yield f"momentum ({run.name})", run.spec
+
+
+def groups(runs_: list) -> dict:
+    """M -> the GridRuns of that number of workers (one ensemble job each)."""
+    out = {}
+    for run in runs_:
+        out.setdefault(run.axes["workers"], []).append(run)
+    return out
+
+
+def ensemble_groups(runs_: list) -> dict:
+    """M -> GridRuns of the groups that train as one ensemble; the others train one by one."""
+    from ..ensemble import can_ensemble  # torch: only when the workflow plans the jobs
+
+    return {M: g for M, g in groups(runs_).items() if can_ensemble([r.spec for r in g])[0]}
+
+
+def specs_json(group: list) -> str:
+    return json.dumps([r.spec for r in group], sort_keys=True)
+
+
+def caption_scale(figure: str, scale: str) -> str:
+    """What the caption says produced the figure: momentum_theory is exact but for its right panel."""
+    if figure == "momentum_theory":
+        return "exact from Theorem 7 (left, middle); right: Monte Carlo of DelayedSGD on a quadratic, any scale"
+    return scale
+
+
+def plot_options(block: dict, base: dict, scale: str) -> str:
+    spec = base_spec(block, base)
+    opts = {"model": spec["model"], "dataset": spec["dataset"], "epochs": spec["epochs"],
+            "batch_size": spec["batch_size"], "target_loss": float(block["target_loss"]),
+            "seeds": len(block.get("seeds") or [0]), "lr_factor": float(block["lr_grid"].get("factor", 1.5)),
+            "lrs_per_worker": len(lr_window(block, 1)), "fixed_momentum": float(block.get("fixed_momentum", 0.9)),
+            "scale": scale}
+    return json.dumps(opts, sort_keys=True)
+
+
+# ================================================================ steps to target and the tables
+
+
+def steps_to_target(rows: list[dict], target: float):
+    """Interpolated steps to the target loss from metrics rows (epoch, step, train_loss): the first
+    row with train_loss < target, interpolated in log loss from the row before. None if none."""
+    prev = None
+    for r in rows:
+        loss = r["train_loss"]
+        if loss is not None and math.isfinite(loss) and loss < target:
+            if prev is None or not prev["train_loss"] > target:
+                return float(r["step"])
+            lo, hi = math.log(loss), math.log(prev["train_loss"])
+            frac = (hi - math.log(target)) / (hi - lo)
+            return float(prev["step"] + frac * (r["step"] - prev["step"]))
+        if loss is None or not math.isfinite(loss):
+            return None
+        prev = r
+    return None
+
+
+def _float(x):
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v
+
+
+def run_rows(folders, target: float) -> list[dict]:
+    """One row per run folder (RUN_COLUMNS)."""
+    rows = []
+    for folder in folders:
+        rec = files.read_json(os.path.join(folder, "run.json"), "run.json")
+        spec = rec.get("spec") if isinstance(rec, dict) else None
+        if not isinstance(spec, dict):
+            raise UserError(f"run.json {folder}: no spec")
+        s = files.read_json(os.path.join(folder, "summary.json"), "summary.json")
+        metrics = [{"epoch": int(m["epoch"]), "step": int(m["step"]), "train_loss": _float(m["train_loss"])}
+                   for m in files.read_csv(os.path.join(folder, "metrics.csv"), "metrics.csv")]
+        steps = steps_to_target(metrics, target)
+        o = spec["optimizer"]
+        rows.append({"workers": int(o["workers"]), "momentum": float(o["momentum"]), "lr": float(spec["lr"]),
+                     "seed": int(spec["seed"]), "status": s["status"], "reached": steps is not None,
+                     "steps_to_target": steps, "final_train_loss": (s.get("final") or {}).get("train_loss"),
+                     "epochs_run": s.get("epochs_run"), "run": str(folder)})
+    return sorted(rows, key=lambda r: (r["workers"], r["momentum"], r["lr"], r["seed"]))
+
+
+def score_rows(rows: list[dict]) -> list[dict]:
+    """Per (workers, momentum, lr): the mean steps to target over seeds, only if every seed reached it."""
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["workers"], r["momentum"], r["lr"]), []).append(r)
+    out = []
+    for (M, mu, lr), rs in sorted(cells.items()):
+        steps = [r["steps_to_target"] for r in rs if r["reached"]]
+        every = len(steps) == len(rs)
+        mean = float(np.mean(steps)) if every else None
+        std = float(np.std(steps, ddof=1)) if every and len(steps) > 1 else (0.0 if every else None)
+        out.append({"workers": M, "momentum": mu, "lr": lr, "seeds": len(rs), "reached": len(steps),
+                    "steps_to_target": mean, "steps_std": std})
+    return out
+
+
+def tuned_rows(scores: list[dict]) -> list[dict]:
+    """Per (workers, momentum): the η of least score, and whether it is an end of that M's window."""
+    cells = {}
+    for r in scores:
+        cells.setdefault((r["workers"], r["momentum"]), []).append(r)
+    out = []
+    for (M, mu), rs in sorted(cells.items()):
+        lrs = sorted(r["lr"] for r in rs)
+        ok = [r for r in rs if r["steps_to_target"] is not None]
+        if not ok:
+            out.append({"workers": M, "momentum": mu, "best_lr": None, "steps_to_target": None, "steps_std": None,
+                        "lr_at_edge": None})
+            continue
+        b = min(ok, key=lambda r: (r["steps_to_target"], r["lr"]))
+        out.append({"workers": M, "momentum": mu, "best_lr": b["lr"], "steps_to_target": b["steps_to_target"],
+                    "steps_std": b["steps_std"], "lr_at_edge": b["lr"] in (lrs[0], lrs[-1])})
+    return out
+
+
+def _best(tuned: list[dict], M, allow) -> dict | None:
+    ok = [r for r in tuned if r["workers"] == M and allow(r["momentum"]) and r["steps_to_target"] is not None]
+    return min(ok, key=lambda r: (r["steps_to_target"], -r["momentum"])) if ok else None
+
+
+def best_rows(tuned: list[dict]) -> list[dict]:
+    """best.csv: per (workers, negatives) the μ of least tuned steps; penalty = steps / the best case."""
+    workers = sorted({r["workers"] for r in tuned})
+    out = []
+    for M in workers:
+        for negatives in (False, True):
+            b = _best(tuned, M, (lambda mu: True) if negatives else (lambda mu: mu >= 0))
+            out.append({"workers": M, "negatives": negatives,
+                        "best_momentum": b["momentum"] if b else None, "best_lr": b["best_lr"] if b else None,
+                        "steps_to_target": b["steps_to_target"] if b else None})
+    _normalise(out)
+    return out
+
+
+def _normalise(rows):
+    steps = [r["steps_to_target"] for r in rows if r["steps_to_target"] is not None]
+    ref = min(steps) if steps else None
+    for r in rows:
+        r["penalty"] = r["steps_to_target"] / ref if ref and r["steps_to_target"] is not None else None
+
+
+def penalty_rows(tuned: list[dict], fixed_momentum=0.9, reference=None) -> list[dict]:
+    """penalty.csv: per M the four strategies (STRATEGIES), normalised to the best case of best.csv."""
+    workers = sorted({r["workers"] for r in tuned})
+    momenta = sorted({r["momentum"] for r in tuned})
+    sync = _best(tuned, 1, lambda mu: True) if 1 in workers else None
+    out = []
+    for M in workers:
+        picks = {
+            "tuned_all": _best(tuned, M, lambda mu: True),
+            "tuned_nonnegative": _best(tuned, M, lambda mu: mu >= 0),
+            "fixed": next((r for r in tuned if r["workers"] == M and r["momentum"] == fixed_momentum), None),
+            "corrected": None,
+        }
+        if sync is not None:
+            want = theory.corrected_momentum(sync["momentum"], M, momenta[0], momenta[-1])
+            mu = min(momenta, key=lambda m: (abs(m - want), m))
+            picks["corrected"] = next((r for r in tuned if r["workers"] == M and r["momentum"] == mu), None)
+        for strategy in STRATEGIES:
+            p = picks[strategy]
+            out.append({"workers": M, "strategy": strategy, "momentum": p["momentum"] if p else None,
+                        "lr": p["best_lr"] if p else None, "steps_to_target": p["steps_to_target"] if p else None})
+    if reference is None:
+        steps = [r["steps_to_target"] for r in out if r["steps_to_target"] is not None]
+        reference = min(steps) if steps else None
+    for r in out:
+        r["penalty"] = r["steps_to_target"] / reference if reference and r["steps_to_target"] is not None else None
+    return out
+
+
+def paper_rows() -> list[dict]:
+    return [{"source": s, "workers": m, "quantity": q, "value": v} for s, m, q, v in PAPER]
+
+
+def write_tables(folders, target: float, fixed_momentum: float, out_dir) -> list[dict]:
+    """Write runs, scores, tuned, best, penalty and paper.csv under ``out_dir``; returns best rows."""
+    if not folders:
+        raise UserError("momentum-collect: no --run folders given")
+    rows = run_rows(folders, target)
+    scores = score_rows(rows)
+    tuned = tuned_rows(scores)
+    best = best_rows(tuned)
+    ref = min((r["steps_to_target"] for r in best if r["steps_to_target"] is not None), default=None)
+    penalty = penalty_rows(tuned, fixed_momentum, ref)
+    d = os.fspath(out_dir)
+    os.makedirs(d, exist_ok=True)
+    for name, cols, table in (("runs", RUN_COLUMNS, rows), ("scores", SCORE_COLUMNS, scores),
+                              ("tuned", TUNED_COLUMNS, tuned), ("best", BEST_COLUMNS, best),
+                              ("penalty", PENALTY_COLUMNS, penalty), ("paper", PAPER_COLUMNS, paper_rows())):
+        files.write_csv(os.path.join(d, f"{name}.csv"), list(cols), table)
+    return best
+
+
+TABLES = ("runs", "scores", "tuned", "best", "penalty", "paper")
+
+
+def figure_tables(figure: str, results_dir, theory_dir) -> dict:
+    """The tables a figure reads (name -> path)."""
+    if figure == "momentum_theory":
+        return {"theory": os.path.join(os.fspath(theory_dir), "momentum_theory.csv"),
+                "fig7": os.path.join(os.fspath(theory_dir), "momentum_fig7.csv"),
+                "quadratic": os.path.join(os.fspath(results_dir), "quadratic_best.csv")}
+    names = ("best", "paper") if figure == "momentum_vs_workers" else ("penalty", "paper")
+    return {n: os.path.join(os.fspath(results_dir), f"{n}.csv") for n in names}
+
+
+# ================================================================ command line
+
+
+def _cli_theory(args) -> int:
+    options = json.loads(args.options) if args.options else {}
+    if not isinstance(options, dict):
+        raise UserError("--options: expected a JSON object")
+    write_theory(args.out, args.fig7, options)
+    for r in files.read_csv(args.out, "momentum_theory.csv"):
+        print(f"Q={float(r['Q']):g} mu_s={float(r['mu_s']):.1f} optimal mu_l={float(r['optimal_mu_l']):+.3f} "
+              f"rate={float(r['rate']):.4f}")
+    return 0
+
+
+def _cli_quadratic(args) -> int:
+    options = json.loads(args.options) if args.options else {}
+    if not isinstance(options, dict):
+        raise UserError("--options: expected a JSON object")
+    for r in write_quadratic(args.out, args.best, options):
+        print(f"M={r['workers']} mu_s={r['mu_s']:.3f}: best mu_l measured {r['measured_mu_l']:+.2f}, expected "
+              f"{r['expected_mu_l']:+.2f}, by rate {r['rate_mu_l']:+.2f}; Theorem 7 optimum {r['optimal_mu_l']:+.3f}")
+    return 0
+
+
+def _cli_collect(args) -> int:
+    best = write_tables(args.run, args.target_loss, args.fixed_momentum, args.out_dir)
+    for r in best:
+        mu = "none reached" if r["best_momentum"] is None else f"{r['best_momentum']:+.3f}"
+        pen = "" if r["penalty"] is None else f" penalty {r['penalty']:.2f}"
+        print(f"M={r['workers']:<3d} negatives={str(r['negatives']):<5} best mu={mu} lr={r['best_lr']}{pen}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``momentum-theory``, ``momentum-quadratic`` and ``momentum-collect``."""
+    p = subparsers.add_parser(
+        "momentum-theory",
+        description="Figures 6-7 of Asynchrony begets Momentum from Theorem 7: the rate-optimal explicit "
+                    "momentum vs implicit momentum for quadratics of condition number Q.")
+    p.add_argument("--out", required=True, metavar="CSV", help="figure 6 table (Q, mu_s, optimal_mu_l, rate)")
+    p.add_argument("--fig7", required=True, metavar="CSV", help="figure 7 table (distance after `steps` steps)")
+    p.add_argument("--options", default=None, metavar="JSON",
+                   help="conditions, mu_s, eigenvalues, fig7 {condition, steps, momenta} (defaults: the paper's)")
+    p.set_defaults(func=_cli_theory)
+
+    p = subparsers.add_parser(
+        "momentum-quadratic",
+        description="The least-squares stand-in: DelayedSGD with random workers on a quadratic of condition "
+                    "number Q, the grid momentum that minimises the measured distance after T steps, beside "
+                    "Theorem 6's expected distance and Theorem 7's rate.")
+    p.add_argument("--out", required=True, metavar="CSV", help="one row per (M, mu_l, alpha)")
+    p.add_argument("--best", required=True, metavar="CSV", help="one row per M: measured vs predicted best mu_l")
+    p.add_argument("--options", default=None, metavar="JSON",
+                   help="condition, eigenvalues, workers, momenta, alpha_factors, steps, seeds")
+    p.set_defaults(func=_cli_quadratic)
+
+    p = subparsers.add_parser(
+        "momentum-collect",
+        description="Tables of the momentum experiment from finished run folders: runs, scores, tuned, best, "
+                    "penalty and paper.csv under --out-dir.")
+    p.add_argument("--run", nargs="+", required=True, metavar="DIR", help="the run folders")
+    p.add_argument("--target-loss", type=float, required=True, help="the training loss the steps are counted to")
+    p.add_argument("--fixed-momentum", type=float, default=0.9, help="the fixed-momentum strategy (default 0.9)")
+    p.add_argument("--out-dir", required=True, metavar="DIR")
+    p.set_defaults(func=_cli_collect)

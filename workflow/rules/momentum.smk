@@ -1,0 +1,129 @@
+# Asynchrony begets Momentum (Mitliagkas et al. 2016): the best explicit momentum falls with the number of
+# workers M, even below zero. Theory (figures 6-7, Theorem 7) -> results/theory/momentum_{theory,fig7}.csv;
+# the network grid M x μ x η x seeds with random workers (geometric staleness) -> one ensemble job per M
+# (`delay-stability ensemble`; runs that cannot batch are jobs of the generic train rule)
+#   -> `momentum-collect` -> results/<scale>/momentum/{runs,scores,tuned,best,penalty,paper}.csv -> figures.
+# The grid, the score (steps to a target training loss) and the tables: delay_stability.experiments.momentum.
+from delay_stability.experiments import momentum as mom_exp
+
+MOM = EXP.get("momentum")
+MOM_DIR = SCALE_DIR / "momentum"
+MOM_LOGS = LOGS / "momentum"
+MOM_BASE = with_run_settings(MOM["train"]) if MOM else {}
+MOM_RUNS = mom_exp.runs(MOM, MOM_BASE) if MOM else []
+#: M -> the GridRuns that train as one ensemble; run folders MOM_DIR/workers{M}/momentum{μ}/lr{η}/seed{s}
+MOM_GROUPS = mom_exp.ensemble_groups(MOM_RUNS) if MOM else {}
+MOM_SINGLE = [r for r in MOM_RUNS if r.axes["workers"] not in MOM_GROUPS]
+
+for _run in MOM_SINGLE:
+    register_run(_run.folder(MOM_DIR), _run.spec, "momentum")
+
+if MOM:
+    ALL_TARGETS.extend(f for name in mom_exp.FIGURES for f in figure(name))
+
+
+rule momentum_theory:
+    """Figures 6-7 of the paper: the rate-optimal explicit momentum vs μ_S (Theorem 7), exact."""
+    output:
+        theory=str(THEORY_DIR / "momentum_theory.csv"),
+        fig7=str(THEORY_DIR / "momentum_fig7.csv"),
+    params:
+        options=json.dumps(mom_exp.theory_options(MOM), sort_keys=True),
+        code=src_hash("experiments.momentum"),
+    localrule: True
+    conda:
+        "../../environment.yml"
+    log:
+        str(LOGS / "theory" / "momentum_theory.log"),
+    shell:
+        "delay-stability momentum-theory --out {output.theory} --fig7 {output.fig7} --options {params.options:q} "
+        "> {log} 2>&1"
+
+
+rule momentum_quadratic:
+    """The least-squares stand-in: measured (DelayedSGD, random workers) vs predicted rate-optimal μ_L."""
+    output:
+        rows=str(MOM_DIR / "quadratic.csv"),
+        best=str(MOM_DIR / "quadratic_best.csv"),
+    params:
+        options=json.dumps((MOM or {}).get("quadratic") or {}, sort_keys=True),
+        code=src_hash("experiments.momentum"),
+    localrule: True
+    conda:
+        "../../environment.yml"
+    log:
+        str(MOM_LOGS / "quadratic.log"),
+    shell:
+        "delay-stability momentum-quadratic --out {output.rows} --best {output.best} --options {params.options:q} "
+        "> {log} 2>&1"
+
+
+rule momentum_ensemble:
+    """The runs of one number of workers M as one batched ensemble; each member writes its own run folder."""
+    output:
+        specs=str(MOM_DIR / "workers{workers}" / "ensemble-specs.json"),
+        record=str(MOM_DIR / "workers{workers}" / "ensemble.json"),
+    params:
+        specs=lambda wc: mom_exp.specs_json(MOM_GROUPS[int(wc.workers)]),
+        out=lambda wc: " ".join(r.folder(MOM_DIR) for r in MOM_GROUPS[int(wc.workers)]),
+        code=src_hash("ensemble"),
+    wildcard_constraints:
+        workers=r"\d+",
+    conda:
+        "../../environment.yml"
+    log:
+        str(MOM_LOGS / "workers{workers}-ensemble.log"),
+    benchmark:
+        str(MOM_LOGS / "workers{workers}-ensemble.benchmark.tsv")
+    resources:
+        **gpu_resources(runtime_quick=30, runtime_paper=48 * 60),
+    shell:
+        "printf '%s' {params.specs:q} > {output.specs} && "
+        "delay-stability-gpu-slot --gpus {resources.gpu} -- delay-stability ensemble --specs {output.specs} "
+        "--out {params.out} --record {output.record} > {log} 2>&1"
+
+
+rule momentum_tables:
+    """runs, scores, tuned, best, penalty and paper.csv: steps to the target loss, η and μ tuned per M."""
+    input:
+        groups=[str(MOM_DIR / f"workers{M}" / "ensemble.json") for M in MOM_GROUPS],
+        single=[run_file(r.folder(MOM_DIR), "summary.json") for r in MOM_SINGLE],
+    output:
+        [str(MOM_DIR / f"{name}.csv") for name in mom_exp.TABLES],
+    params:
+        runs=" ".join(r.folder(MOM_DIR) for r in MOM_RUNS),
+        target=MOM["target_loss"] if MOM else None,
+        fixed=MOM.get("fixed_momentum", 0.9) if MOM else None,
+        out_dir=lambda wc, output: os.path.dirname(output[0]),
+        code=src_hash("experiments.momentum"),
+    localrule: True
+    conda:
+        "../../environment.yml"
+    log:
+        str(MOM_LOGS / "tables.log"),
+    shell:
+        "delay-stability momentum-collect --run {params.runs} --target-loss {params.target} "
+        "--fixed-momentum {params.fixed} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule momentum_figure:
+    """momentum_vs_workers, momentum_penalty (network grid) and momentum_theory (figures 6-7)."""
+    input:
+        unpack(lambda wc: mom_exp.figure_tables(wc.figure, MOM_DIR, THEORY_DIR)),
+    output:
+        pdf=str(FIGURES / "{figure}.pdf"),
+        png=report(str(FIGURES / "{figure}.png"), caption="../report/momentum.rst",
+                   category="Asynchrony begets momentum ({scale})".format(scale=SCALE), labels={"figure": "{figure}"}),
+    params:
+        tables=lambda wc: " ".join(f"--table {p}" for p in mom_exp.figure_tables(wc.figure, MOM_DIR, THEORY_DIR).values()),
+        opts=lambda wc: mom_exp.plot_options(MOM, MOM_BASE, mom_exp.caption_scale(wc.figure, SCALE)),
+        code=src_hash("plots", "plots.momentum"),
+    wildcard_constraints:
+        figure=as_regex(mom_exp.FIGURES),
+    localrule: True
+    conda:
+        "../../environment.yml"
+    log:
+        str(LOGS / "{figure}.log"),
+    shell:
+        "delay-stability plot {wildcards.figure} {params.tables} --options {params.opts:q} --out {output.pdf} > {log} 2>&1"
