@@ -115,3 +115,18 @@ def test_a_theory_table_loads_no_torch(tmp_path):
     res = subprocess.run([sys.executable, "-c", NO_HEAVY.format(argv=argv)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "HEAVY []" in res.stdout and (tmp_path / "fig6.csv").exists()
+
+
+def test_the_workflow_builds_its_dag_without_torch(tmp_path):
+    """Every Snakemake call (each dry run, each job's scheduling) checks the whole config and plans
+    every grid; none of that needs torch (what batches is decided in spec.py), which saves seconds
+    per call."""
+    from workflow_util import SNAKEMAKE, copy_workflow
+
+    workdir = copy_workflow(tmp_path / "wf")
+    res = subprocess.run([sys.executable, "-X", "importtime", str(SNAKEMAKE), "-n", "--cores", "1"], cwd=workdir,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert "delay_stability.experiments.config" in imported  # the config was checked in this process
+    assert not {m for m in imported if m == "torch" or m.startswith("torch.")}

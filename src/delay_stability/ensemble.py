@@ -49,7 +49,8 @@ from .data import DTYPES, load_dataset
 from .errors import UserError
 from .files import write_json
 from .models import build_model
-from .spec import validate_spec
+from .spec import BATCHED_MODELS, ENSEMBLE_SHARED_KEYS as SHARED_KEYS, can_ensemble, validate_spec  # noqa: F401
+from .spec import ensemble_problem as _why_not
 from .train import (
     NAN_CHECK_EVERY,
     Run,
@@ -67,72 +68,17 @@ from .train import (
     write_metrics,
 )
 
-#: Models that batch (no BatchNorm, no dropout); cnn_digits only with batchnorm false.
-BATCHED_MODELS = ("mlp", "cnn_digits", "mnist_cnn", "fc3x1024", "cifar10_quick")
-#: Spec keys every member must share.
-SHARED_KEYS = ("model", "model_args", "dataset", "dataset_args", "dtype", "device", "loss", "batch_size",
-               "epochs", "eval_every", "checkpoint_every", "threads")
 CODE = ("delay_stability.ensemble",)
 FALLBACK = "; use train.run_training for each spec"
 
 
 # ================================================================ what batches
-
-
-def _why_not(specs: list[dict]) -> str | None:
-    """None when these validated specs can train as one ensemble, else the reason."""
-    if not specs:
-        return "no specs given"
-    first = specs[0]
-    for i, s in enumerate(specs):
-        if s["model"] not in BATCHED_MODELS:
-            return f"spec {i}: model {s['model']!r} has BatchNorm and is not batched (batched: {', '.join(BATCHED_MODELS)})"
-        if s["model"] == "cnn_digits" and s["model_args"].get("batchnorm", False):
-            return f"spec {i}: cnn_digits with batchnorm is not batched (BatchNorm statistics are per member state)"
-        if s["dataset"] == "imagenet":
-            return f"spec {i}: imagenet is streamed from disk and is not batched"
-        if s["augment"]:
-            return f"spec {i}: augment is not batched"
-        if any(s["performance"].values()):
-            return f"spec {i}: performance settings (channels_last, bf16, compile) are not batched"
-        o = s["optimizer"]
-        if o.get("mitigation"):
-            return f"spec {i}: delay mitigation {o['mitigation']['name']!r} is not batched (train it with train.run_training)"
-        if o["schedule"] not in ("round_robin", "random") or isinstance(o["delay"], dict):
-            return (f"spec {i}: only a constant delay (round robin) or random workers are batched, "
-                    f"not schedule {o['schedule']!r}")
-        if o["schedule"] != first["optimizer"]["schedule"]:
-            return (f"spec {i} has schedule {o['schedule']!r} but spec 0 has {first['optimizer']['schedule']!r}; "
-                    "members must share the schedule")
-        for rule in ("steady_state", "escape"):
-            if s["stop"][rule] is not None:
-                return f"spec {i}: stop rule {rule!r} is not batched (only divergence and settle)"
-        if s["init_checkpoint"]:
-            return f"spec {i}: init_checkpoint is not batched"
-        if s["perturb"]:
-            return f"spec {i}: perturb is not batched"
-        for key in SHARED_KEYS:
-            if s[key] != first[key]:
-                return f"spec {i} differs from spec 0 in {key!r} ({s[key]!r} vs {first[key]!r}); members must share it"
-        if _tau(s) != _tau(first):
-            return f"spec {i} has delay {_tau(s)} but spec 0 has {_tau(first)}; members must share the delay"
-    return None
+# (in spec.py, which imports no torch: the workflow decides what batches when it builds the DAG)
 
 
 def _tau(spec: dict) -> int:
     o = spec["optimizer"]
     return o["workers"] - 1 if o["workers"] is not None else o["delay"]
-
-
-def can_ensemble(specs) -> tuple[bool, str]:
-    """(True, "") when ``run_ensemble`` takes these specs, else (False, the reason) -- then train
-    each with ``train.run_training``."""
-    try:
-        specs = [validate_spec(s) for s in specs]
-    except UserError as exc:
-        return False, str(exc)
-    reason = _why_not(specs)
-    return (reason is None), (reason or "")
 
 
 # ================================================================ one member's bookkeeping

@@ -469,3 +469,71 @@ def apply_overrides(spec: dict, assignments) -> dict:
             node = node[part]
         node[parts[-1]] = value
     return spec
+
+
+# ------------------------------------------------------------------------------------------------
+# What trains as one batched ensemble (``delay_stability.ensemble``); here because it is a property
+# of the specs alone, and the workflow asks it when it builds the DAG (without importing torch).
+# ------------------------------------------------------------------------------------------------
+
+#: Models that batch (no BatchNorm, no dropout); cnn_digits only with batchnorm false.
+BATCHED_MODELS = ("mlp", "cnn_digits", "mnist_cnn", "fc3x1024", "cifar10_quick")
+#: Spec keys every member of an ensemble must share.
+ENSEMBLE_SHARED_KEYS = ("model", "model_args", "dataset", "dataset_args", "dtype", "device", "loss",
+                        "batch_size", "epochs", "eval_every", "checkpoint_every", "threads")
+
+
+def ensemble_problem(specs: list[dict]) -> str | None:
+    """None when these validated specs can train as one ensemble, else the reason."""
+    if not specs:
+        return "no specs given"
+    first = specs[0]
+    for i, s in enumerate(specs):
+        if s["model"] not in BATCHED_MODELS:
+            return f"spec {i}: model {s['model']!r} has BatchNorm and is not batched (batched: {', '.join(BATCHED_MODELS)})"
+        if s["model"] == "cnn_digits" and s["model_args"].get("batchnorm", False):
+            return f"spec {i}: cnn_digits with batchnorm is not batched (BatchNorm statistics are per member state)"
+        if s["dataset"] == "imagenet":
+            return f"spec {i}: imagenet is streamed from disk and is not batched"
+        if s["augment"]:
+            return f"spec {i}: augment is not batched"
+        if any(s["performance"].values()):
+            return f"spec {i}: performance settings (channels_last, bf16, compile) are not batched"
+        o = s["optimizer"]
+        if o.get("mitigation"):
+            return f"spec {i}: delay mitigation {o['mitigation']['name']!r} is not batched (train it with train.run_training)"
+        if o["schedule"] not in ("round_robin", "random") or isinstance(o["delay"], dict):
+            return (f"spec {i}: only a constant delay (round robin) or random workers are batched, "
+                    f"not schedule {o['schedule']!r}")
+        if o["schedule"] != first["optimizer"]["schedule"]:
+            return (f"spec {i} has schedule {o['schedule']!r} but spec 0 has {first['optimizer']['schedule']!r}; "
+                    "members must share the schedule")
+        for rule in ("steady_state", "escape"):
+            if s["stop"][rule] is not None:
+                return f"spec {i}: stop rule {rule!r} is not batched (only divergence and settle)"
+        if s["init_checkpoint"]:
+            return f"spec {i}: init_checkpoint is not batched"
+        if s["perturb"]:
+            return f"spec {i}: perturb is not batched"
+        for key in ENSEMBLE_SHARED_KEYS:
+            if s[key] != first[key]:
+                return f"spec {i} differs from spec 0 in {key!r} ({s[key]!r} vs {first[key]!r}); members must share it"
+        if _ensemble_delay(s) != _ensemble_delay(first):
+            return f"spec {i} has delay {_ensemble_delay(s)} but spec 0 has {_ensemble_delay(first)}; members must share the delay"
+    return None
+
+
+def _ensemble_delay(spec: dict) -> int:
+    o = spec["optimizer"]
+    return o["workers"] - 1 if o["workers"] is not None else o["delay"]
+
+
+def can_ensemble(specs) -> tuple[bool, str]:
+    """(True, "") when ``run_ensemble`` takes these specs, else (False, the reason) -- then train
+    each with ``train.run_training``."""
+    try:
+        specs = [validate_spec(s) for s in specs]
+    except UserError as exc:
+        return False, str(exc)
+    reason = ensemble_problem(specs)
+    return (reason is None), (reason or "")

@@ -48,9 +48,7 @@ import math
 import os
 import time
 
-import torch
-
-from .. import sharpness, theory, train
+from .. import theory
 from ..errors import UserError
 from ..files import read_json, write_csv, write_json
 from ..spec import apply_overrides, deep_merge, delay_probabilities, read_spec, spec_differences, validate_spec
@@ -87,6 +85,7 @@ class SharpnessTracker:
 
     def __init__(self, out_dir, every, *, tol=1e-3, max_iter=100, method="lanczos", hvp_batch=None,
                  seed=0):
+        from .. import sharpness
         self.out_dir = out_dir
         self.every = _positive_int("--track-every", every)
         if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
@@ -140,6 +139,7 @@ class SharpnessTracker:
         self._write(PARTIAL_FILE)
 
     def _measure(self, state):
+        import torch
         model, loss_fn = state.model, state.loss_fn
         start = time.perf_counter()
         loss = mean_loss(model, loss_fn, self.batches)
@@ -156,12 +156,15 @@ class SharpnessTracker:
         self._write(PARTIAL_FILE)
 
     def _top_eigenvalue(self, model, loss_fn, step):
+        from .. import sharpness
+        import torch
         generator = torch.Generator().manual_seed(self.seed + int(step))  # cold starts only
         return sharpness.top_eigenvalue(
             model, loss_fn, self.batches, tol=self.tol, max_iter=self.max_iter, method=self.method,
             init=self.vector, generator=generator, bn_mode="train")
 
     def _hessian_batches(self, state):
+        from .. import train
         size = self.hvp_batch if self.hvp_batch is not None else int(state.spec["batch_size"])
         return train.training_batches(state.dataset, size)
 
@@ -186,6 +189,7 @@ def _positive_int(flag, value):
 def mean_loss(model, loss_fn, batches) -> float:
     """L(w) = Σ_b (n_b/N) L_b(w): the mean training loss over all samples, in the Hessian's mode
     (``sharpness.hessian_mode``: dropout off, BatchNorm with batch statistics)."""
+    from .. import sharpness, train
     with sharpness.hessian_mode(model, "train"):
         return train.mean_loss(model, loss_fn, batches)
 
@@ -284,6 +288,7 @@ def run_tracked(spec, out_dir, *, every, tol=1e-3, max_iter=100, method="lanczos
     ``edge``: set η = α*(τ, m)/edge (``with_edge_lr``). A folder that holds a checkpoint of the
     same spec resumes; its tracking settings (eos.json) must then be the same.
     """
+    from .. import train
     if edge is not None:
         spec = with_edge_lr(spec, edge)
     settings = {"series": series, "edge": edge, "track_every": every, "tol": tol,
@@ -300,6 +305,7 @@ def run_tracked(spec, out_dir, *, every, tol=1e-3, max_iter=100, method="lanczos
 def _will_resume(out_dir, spec) -> bool:
     """Whether ``train.run_training`` will continue a run in ``out_dir``: an interrupted one
     (checkpoint.pt), or a finished one (final.pt) of the same spec."""
+    from .. import train
     if os.path.exists(os.path.join(out_dir, "checkpoint.pt")):
         return True
     final = os.path.join(out_dir, "final.pt")
@@ -341,6 +347,7 @@ def _cli_run(args) -> int:
 
 def register(subparsers) -> None:
     """Add ``eos-run`` (``eos-collect`` is in delay_stability.eos_tables)."""
+    from .. import sharpness
     p = subparsers.add_parser(
         "eos-run", help="train with sharpness tracking (delayed edge of stability)",
         description="Train as the spec says (like `train`) and track the sharpness λmax(H) every K "

@@ -125,7 +125,7 @@ def groups(runs_: list) -> dict:
 def ensemble_groups(runs_: list) -> dict:
     """τ -> GridRuns of the groups that train as one ensemble (``can_ensemble``); the other runs
     train one by one (the generic rule)."""
-    from ..ensemble import can_ensemble  # torch: only when the workflow plans the jobs
+    from ..spec import can_ensemble
 
     return {tau: g for tau, g in groups(runs_).items() if can_ensemble([r.spec for r in g])[0]}
 

@@ -263,7 +263,7 @@ def groups(runs_: list) -> dict:
 
 def ensemble_groups(runs_: list) -> dict:
     """M -> GridRuns of the groups that train as one ensemble; the others train one by one."""
-    from ..ensemble import can_ensemble  # torch: only when the workflow plans the jobs
+    from ..spec import can_ensemble
 
     return {M: g for M, g in groups(runs_).items() if can_ensemble([r.spec for r in g])[0]}
 

@@ -232,8 +232,8 @@ def sb_lr(base: dict, scan_csv: str | None) -> float:
 
 
 def can_batch(specs: list[dict]) -> bool:
-    """Whether these specs train as one ensemble (``ensemble.can_ensemble``; imports torch)."""
-    from ..ensemble import can_ensemble
+    """Whether these specs train as one ensemble (``spec.can_ensemble``)."""
+    from ..spec import can_ensemble
 
     return can_ensemble(specs)[0]
 
