@@ -41,6 +41,8 @@ COMMANDS = {
                                "tables of the generalization experiment (figs. 1, 3, 13) from run folders"),
     "grid-collect": ("delay_stability.experiments.grid", "tidy tables of the run folders of a grid"),
     "audit": ("delay_stability.experiments.audit", "what produced every figure, and what is stale, missing or diverged"),
+    "parameter-server": ("delay_stability.server",
+                         "run as server (rank 0) or worker of a real parameter server under torchrun"),
 }
 
 
