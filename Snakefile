@@ -12,6 +12,7 @@ include: "workflow/rules/theory.smk"
 include: "workflow/rules/stability.smk"
 include: "workflow/rules/eos.smk"
 include: "workflow/rules/generalization.smk"
+include: "workflow/rules/real_workers.smk"
 include: "workflow/rules/train.smk"  # last: it builds the run folders the experiments registered
 
 

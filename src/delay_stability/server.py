@@ -269,6 +269,11 @@ def predicted_edge(staleness, sharpness: float, variant: str, momentum: float) -
 # ------------------------------------------------------------------------------------------------
 
 
+def _config_key(cfg: dict) -> str:
+    """What a checkpoint must match to be resumed: the run configuration without its fault injection."""
+    return json.dumps({k: v for k, v in cfg.items() if k != "fail"}, sort_keys=True)
+
+
 class Server:
     """Rank 0: receives pushes from any worker, applies them, logs them and replies with the weights."""
 
@@ -305,13 +310,16 @@ class Server:
                        "steps": {str(k): v for k, v in self.steps.items()}, "rows": json.dumps(self.rows),
                        "losses": json.dumps(self.losses), "done": json.dumps(self.done),
                        "edge": json.dumps(self.edge), "lost": json.dumps(self.lost_log),
-                       "restarts": self.restarts,
+                       "restarts": self.restarts, "config": _config_key(self.cfg),
                        "elapsed": time.monotonic() - self.phase_t0 + self.time_offset}})
 
     def _resume(self):
         from .train import load_checkpoint
 
         s = load_checkpoint(str(self.ckpt_path))["server"]
+        if s.get("config") != _config_key(self.cfg):
+            print(f"server: {self.ckpt_path} belongs to another run configuration; starting afresh", flush=True)
+            return
         self._fresh_phase(int(s["phase"]))
         self.version = int(s["version"])
         self.state = {"w": s["w"].clone(), "v": s["v"].clone(), "vs": {int(k): v.clone() for k, v in s["vs"].items()}}
@@ -467,7 +475,9 @@ class Server:
                 dist.send(torch.cat([header, torch.zeros(self.n, dtype=torch.float64)]), dst=src)
                 pending.discard(src)
         write_json(self.out / "summary.json", {"phases": self.done, "edge": self.edge, "lost": self.lost_log,
-                                               "workers": len(self.workers), "restarts": self.restarts})
+                                               "workers": len(self.workers), "restarts": self.restarts,
+                                               "sharpness": self.cfg["sharpness"], "variant": self.cfg["variant"],
+                                               "momentum": self.cfg["momentum"], "jitter": self.cfg["jitter"]})
 
 
 # ------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from ..files import parse_json_object
 from .style import PLOTTERS, read_table, save_figure
 
 #: The plots modules, one per experiment (importing one registers its figures).
-MODULES = ("theory", "stability", "eos", "generalization")
+MODULES = ("theory", "stability", "eos", "generalization", "real_workers")
 
 
 def load_plotters() -> dict:
