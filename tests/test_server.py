@@ -203,14 +203,17 @@ def test_a_bad_run_config_names_the_key(kicked):
 
 @pytest.fixture(scope="module")
 def homogeneous_run(kicked):
-    """M = 2 homogeneous workers with exponential jitter (mean 15 ms): a pilot of 300 updates, then
-    continuations at 0.5x and 2x the edge predicted from the pilot's staleness."""
+    """One launch, M = 2 homogeneous workers: 300 updates with memoryless jitter (exponential pauses,
+    mean 15 ms, phase "geometric"); then without jitter a pilot of 300 updates, and continuations at
+    0.5x and 2x the edge predicted from the pilot's staleness."""
     kick, d = kicked
     a = kick["sharpness"]
     stop = _stop_rule(kick)
-    cfg = _config(kick, [{"name": "pilot", "lr": 0.5 * theory.critical_alpha(1) / a, "updates": 300},
+    safe = 0.5 * theory.critical_alpha(1) / a
+    cfg = _config(kick, [{"name": "geometric", "lr": safe, "updates": 300, "jitter": 0.015},
+                         {"name": "pilot", "lr": safe, "updates": 300},
                          {"name": "x0.5", "factor": 0.5, "updates": 400, "stop": stop},
-                         {"name": "x2", "factor": 2.0, "updates": 400, "stop": stop}], jitter=0.015)
+                         {"name": "x2", "factor": 2.0, "updates": 400, "stop": stop}], edge_from="pilot")
     out = d / "homogeneous"
     log = _launch([_torchrun(_write(d / "homogeneous.json", cfg), out, "--standalone", "--nproc-per-node", "3")], out)
     assert (out / "summary.json").exists(), log[-4000:]
@@ -220,8 +223,10 @@ def homogeneous_run(kicked):
 def test_homogeneous_staleness_is_m_minus_one_and_near_geometric(homogeneous_run):
     kick, out = homogeneous_run
     rows, summary = _assert_replays(kick, out, "pilot")
+    assert np.mean([r["staleness"] for r in rows]) == pytest.approx(1.0, abs=0.1)  # M - 1, without jitter too
+    rows, summary = _assert_replays(kick, out, "geometric")
     s = [r["staleness"] for r in rows]
-    assert len(s) == 300 and summary["workers"] == 2
+    assert len(s) == 300 and summary["workers"] == 2 and summary["jitter"] == 0.015
     assert np.mean(s) == pytest.approx(1.0, abs=0.1)  # M - 1
     p = staleness.histogram(s)
     assert staleness.total_variation(p, staleness.geometric_law(2)) < 0.2

@@ -75,7 +75,7 @@ DEFAULTS = {
     "momentum": 0.0,
     "jitter": 0.0,               # mean of an exponential pause (s) after every gradient; 0: none
     "jitter_scales": None,       # per-worker multipliers of jitter (heterogeneous workers)
-    "phases": [],                # [{name, lr | factor, updates, stop: {above, below, window}}]
+    "phases": [],                # [{name, lr | factor, updates, stop: {above, below, window}, jitter}]
     "edge_from": None,           # the phase whose staleness predicts the edge (default: the first)
     "eval_every": 10,            # updates between full-batch loss evaluations at the server
     "checkpoint_every": 200,     # updates between checkpoints
@@ -83,6 +83,7 @@ DEFAULTS = {
     "worker_timeout": 20.0,      # a worker silent this long is recorded as lost
     "time_limit": 600.0,         # seconds the whole run may take
     "seed": 0,
+    "device": "cpu",             # cpu | cuda | auto: each process computes there (one GPU per local rank)
     "fail": None,                # fault injection for tests: {"rank": r, "after_steps": n, "how": "exit"}
 }
 CMD_STOP, CMD_GRAD = 0.0, 1.0
@@ -112,6 +113,8 @@ def check_config(cfg: dict, where: str = "run config") -> dict:
         raise UserError(f"{where}: {exc}") from None
     if cfg["variant"] == "plain" and m != 0:
         raise UserError(f"{where}: momentum {m:g} needs variant momentum or shifted")
+    if cfg["device"] not in ("cpu", "cuda", "auto"):
+        raise UserError(f"{where}: device must be cpu, cuda or auto")
     for key in ("jitter",):
         if not isinstance(cfg[key], (int, float)) or cfg[key] < 0:
             raise UserError(f"{where}: {key} must be a number >= 0")
@@ -144,6 +147,8 @@ def check_config(cfg: dict, where: str = "run config") -> dict:
         value = p.get("lr", p.get("factor"))
         if not isinstance(value, (int, float)) or not value > 0:
             raise UserError(f"{where}: phase {p['name']!r}: lr/factor must be a positive number")
+        if not isinstance(p.get("jitter", 0.0), (int, float)) or p.get("jitter", 0.0) < 0:
+            raise UserError(f"{where}: phase {p['name']!r}: jitter must be a number >= 0")
         if not isinstance(p.get("updates"), int) or p["updates"] < 1:
             raise UserError(f"{where}: phase {p['name']!r}: updates must be an integer >= 1")
     return cfg
@@ -173,36 +178,45 @@ def apply_update(state: dict, grad: torch.Tensor, worker: int, lr: float, varian
     w.add_(v)
 
 
+def process_device(name: str) -> torch.device:
+    """This process's device: the CPU, or (cuda; auto where there are GPUs) GPU LOCAL_RANK mod #GPUs."""
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("device cuda: no GPU is visible to this process")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+
+
 class Problem:
     """The model, loss and training set of a run, with the gradient and loss as functions of a flat
     weight vector: g(w) = ∇L_B(w) for the batch B of (seed, worker, step) (the full set when the
     spec's batch_size is 0)."""
 
-    def __init__(self, checkpoint: str, seed: int = 0):
+    def __init__(self, checkpoint: str, seed: int = 0, device: str = "cpu"):
         from . import train
 
-        run = train.load_run(checkpoint, "cpu")
-        self.model, self.spec, self.loss_fn = run.model, run.spec, run.loss_fn
+        run = train.load_run(checkpoint, process_device(device))
+        self.model, self.spec, self.loss_fn, self.device = run.model, run.spec, run.loss_fn, run.device
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.full = run.batches(0)
         self.x, self.y = self.full[0]
         self.batch_size = int(self.spec["batch_size"])
         self.seed = int(seed)
         self.dtype = self.params[0].dtype
-        self.w0 = self.flat().clone()
+        self.w0 = self.flat().to("cpu", torch.float64)  # messages and the server's state: float64 on the CPU
 
     def flat(self) -> torch.Tensor:
         return torch.nn.utils.parameters_to_vector(self.params).detach()
 
     def load(self, w: torch.Tensor) -> None:
         with torch.no_grad():
-            torch.nn.utils.vector_to_parameters(w.to(self.dtype), self.params)
+            torch.nn.utils.vector_to_parameters(w.to(self.device, self.dtype), self.params)
 
     def batch(self, worker: int, step: int):
         if self.batch_size <= 0 or self.batch_size >= len(self.y):
             return self.full
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(worker) * 7_919 + int(step))
-        pick = torch.randperm(len(self.y), generator=g)[: self.batch_size]
+        pick = torch.randperm(len(self.y), generator=g)[: self.batch_size].to(self.x.device)
         return [(self.x[pick], self.y[pick])]
 
     def grad(self, w: torch.Tensor, worker: int, step: int) -> torch.Tensor:
@@ -210,7 +224,7 @@ class Problem:
 
         self.load(w)
         _, grads = mean_loss_and_grad(self.model, self.loss_fn, self.batch(worker, step), self.params)
-        return torch.cat([g.reshape(-1) for g in grads]).to(torch.float64)
+        return torch.cat([g.reshape(-1) for g in grads]).to("cpu", torch.float64)
 
     def loss(self, w: torch.Tensor) -> float:
         from .train import mean_loss
@@ -434,7 +448,7 @@ class Server:
             "loss_start": self.problem.loss(self.problem.w0.to(torch.float64)),
             "loss_end": self.losses[-1]["loss"] if self.losses else None,
             "losses": self.losses, "workers": len(self.workers), "variant": self.cfg["variant"],
-            "momentum": self.cfg["momentum"], "jitter": self.cfg["jitter"],
+            "momentum": self.cfg["momentum"], "jitter": spec.get("jitter", self.cfg["jitter"]),
             "seconds": round(time.monotonic() - self.phase_t0 + self.time_offset, 3),
             "lost": [e for e in self.lost_log if e["phase"] == spec["name"]],
             "restarts": self.restarts, "resumed_at": getattr(self, "resumed_at", None),
@@ -494,7 +508,8 @@ def work(cfg: dict, problem: Problem, rank: int) -> None:
     inbox = torch.zeros(HEADER + n, dtype=torch.float64)
     rng = random.Random(cfg["seed"] * 1_000_003 + rank)
     scales = cfg["jitter_scales"] or []
-    mean_pause = float(cfg["jitter"]) * (float(scales[rank - 1]) if rank - 1 < len(scales) else 1.0)
+    scale = float(scales[rank - 1]) if rank - 1 < len(scales) else 1.0
+    pauses = [scale * float(p.get("jitter", cfg["jitter"])) for p in cfg["phases"]]  # per phase
     done = 0
     while True:
         dist.recv(inbox, src=0)
@@ -502,6 +517,7 @@ def work(cfg: dict, problem: Problem, rank: int) -> None:
             return
         phase, version, step = inbox[1].item(), inbox[2].item(), inbox[3].item()
         g = problem.grad(inbox[HEADER:], rank, int(step))
+        mean_pause = pauses[min(int(phase), len(pauses) - 1)]
         if mean_pause > 0:
             time.sleep(rng.expovariate(1.0 / mean_pause))
         done += 1
@@ -554,7 +570,7 @@ def serve(config_path: str, out: str) -> int:
     out = Path(out)
     (out / "pids").mkdir(parents=True, exist_ok=True)
     (out / "pids" / str(rank)).write_text(str(os.getpid()))
-    problem = Problem(cfg["init_checkpoint"], cfg["seed"])
+    problem = Problem(cfg["init_checkpoint"], cfg["seed"], cfg["device"])
     _join_group(rank, world, float(cfg["timeout"]))
     status = 1
     try:

@@ -27,6 +27,7 @@ rule real_workers_run:
     params:
         options=lambda wc: json.dumps(RW, sort_keys=True),
         flags=lambda wc: rw_exp.torchrun_flags(RW, int(wc.m)),
+        device=device_flag(),
         code=src_hash("server", "experiments.real_workers"),
     wildcard_constraints:
         m=r"\d+",
@@ -42,7 +43,7 @@ rule real_workers_run:
         mem_mb=4000,
     shell:
         "delay-stability real-workers-config --kick {input.kick} --workers {wildcards.m} --jitter {wildcards.jitter} "
-        "--options {params.options:q} --out {output.config} > {log} 2>&1 && "
+        "--options {params.options:q} {params.device}--out {output.config} > {log} 2>&1 && "
         "OMP_NUM_THREADS=1 torchrun {params.flags} -m delay_stability.cli parameter-server "
         "--config {output.config} --out $(dirname {output.summary}) >> {log} 2>&1"
 

@@ -28,7 +28,6 @@ from pathlib import Path
 
 from .. import staleness as st
 from .. import theory
-from ..errors import UserError
 from ..files import parse_json_object, read_json, write_csv
 from ..files import write_json as write_json_atomic
 
@@ -55,15 +54,10 @@ def phase_name(factor: float, repeat: int) -> str:
     return f"x{factor:g}-r{repeat}"
 
 
-def run_config(block: dict, kick: dict, workers: int, jitter: float) -> dict:
+def run_config(block: dict, kick: dict, workers: int, jitter: float, device: str = "cpu") -> dict:
     """The server's run configuration of one setting (``delay_stability.server.check_config``)."""
     a = float(kick["sharpness"])
-    l_min, l_kick = float(kick["loss_minimum"]), float(kick["loss_kicked"])
-    if not l_kick > l_min:
-        raise UserError("real_workers needs the stability experiment's kick to raise the loss (kick.norm > 0)")
-    esc = block["escape"]
-    stop = {"above": l_min + esc["growth"] ** 2 * (l_kick - l_min),
-            "below": l_min + (l_kick - l_min) / esc["settle"] ** 2, "window": int(esc["window"])}
+    stop = stop_rule(kick, block["escape"])
     pilot_lr = block["pilot"]["factor"] * theory.critical_alpha(workers - 1) / a
     phases = [{"name": PILOT, "lr": pilot_lr, "updates": int(block["pilot"]["updates"])}]
     phases += [{"name": phase_name(f, r), "factor": float(f), "updates": int(block["updates"]), "stop": stop}
@@ -72,7 +66,19 @@ def run_config(block: dict, kick: dict, workers: int, jitter: float) -> dict:
             "momentum": float(block["momentum"]), "jitter": float(jitter), "phases": phases, "edge_from": PILOT,
             "eval_every": int(block["eval_every"]), "checkpoint_every": int(block["checkpoint_every"]),
             "timeout": float(block["timeout"]), "worker_timeout": float(block["worker_timeout"]),
-            "time_limit": float(block["time_limit"]), "seed": int(block["seed"])}
+            "time_limit": float(block["time_limit"]), "seed": int(block["seed"]), "device": device}
+
+
+def stop_rule(kick: dict, escape: dict) -> dict:
+    """The server's stop rule of a continuation. With a kick that raised the loss (the quick scale):
+    left when L > L_min + G²(L_kick − L_min), settled when L < L_min + (L_kick − L_min)/settle² for
+    ``window`` evaluations in a row. Without one (kick.norm 0 at paper scale): left when
+    L > factor·L0 + delta, L0 the loss at the start (the stability experiment's ``loss`` rule)."""
+    l_min, l_kick = float(kick["loss_minimum"]), float(kick["loss_kicked"])
+    if l_kick > l_min:
+        return {"above": l_min + escape["growth"] ** 2 * (l_kick - l_min),
+                "below": l_min + (l_kick - l_min) / escape["settle"] ** 2, "window": int(escape["window"])}
+    return {"above": escape["factor"] * l_kick + escape["delta"]}
 
 
 def torchrun_flags(block: dict, workers: int) -> str:
@@ -137,7 +143,7 @@ def plot_options(block: dict, scale: str, baseline: dict) -> str:
 def _cli_config(args):
     block = parse_json_object(args.options, "--options")
     kick = read_json(args.kick, "kick record")
-    cfg = run_config(block, kick, args.workers, args.jitter)
+    cfg = run_config(block, kick, args.workers, args.jitter, args.device)
     write_json_atomic(args.out, cfg)
     print(f"wrote {args.out}: {len(cfg['phases'])} phases, M = {args.workers}, jitter {args.jitter:g} s")
     return 0
@@ -158,6 +164,8 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, required=True, help="M, the number of workers")
     p.add_argument("--jitter", type=float, required=True, help="mean exponential pause per gradient (s)")
     p.add_argument("--options", required=True, help="the real_workers config block as JSON")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where each process computes (auto: a GPU per process where there are GPUs)")
     p.add_argument("--out", required=True, help="run config to write (JSON)")
     p.set_defaults(func=_cli_config)
     p = subparsers.add_parser("real-workers-collect", help="tables of the real-workers experiment",
