@@ -34,6 +34,23 @@ def test_run_config_has_a_pilot_then_every_factor_and_repeat():
     assert rw.settings(BLOCK) == [(2, 0.0), (2, 0.004), (4, 0.0), (4, 0.004)]
 
 
+def test_the_edge_of_a_logged_sequence_is_eq6_for_a_constant_delay_and_sees_the_order():
+    from delay_stability import staleness
+
+    for tau in (0, 1, 3):
+        assert staleness.sequence_edge([tau] * 3000) == pytest.approx(theory.eq6_alpha(tau), rel=3e-3)
+    # one histogram (half τ = 0, half τ = 3; eq. 19's edge 2), two orders: alternating, or a τ = 3 run first
+    alternating, runs = [0, 3] * 1000, [3] * 1000 + [0] * 1000
+    assert theory.critical_alpha([0.5, 0, 0, 0.5]) == pytest.approx(2.0)
+    assert staleness.sequence_edge(runs) == pytest.approx(theory.eq6_alpha(3), rel=0.02)  # the τ = 3 run decides
+    assert staleness.sequence_edge(alternating) > 1.5 * staleness.sequence_edge(runs)
+    x, top = [1.0] * 4, 1.0  # sequence_growth is the recurrence itself
+    for k in [0, 3, 1, 2]:
+        x.append(x[-1] - 1.5 * x[-1 - k])
+        top = max(top, abs(x[-1]))
+    assert staleness.sequence_growth(1.5, [0, 3, 1, 2]) == pytest.approx(top, rel=1e-15) and top > 1
+
+
 def _fake_run(folder, workers, jitter, pilot_staleness, outcomes):
     """A launch's folder as the server writes it (server.write_phase_files)."""
     from delay_stability.server import write_phase_files

@@ -72,3 +72,33 @@ def total_variation(p, q) -> float:
     a, b = np.zeros(n), np.zeros(n)
     a[: len(p)], b[: len(q)] = p, q
     return 0.5 * float(np.abs(a - b).sum())
+
+
+def sequence_growth(alpha: float, staleness) -> float:
+    """max_t |x_t| of the scalar recurrence x_{t+1} = x_t − α x_{t−τ_t} driven by the logged staleness
+    sequence τ_0..τ_{T−1} (x_t = 1 for t ≤ 0): the linearised dynamics along the top Hessian
+    eigenvector (α = a·η) under exactly these delays, in this order (eq. 2 with a real schedule)."""
+    taus = [int(k) for k in staleness]
+    x = [1.0] * (max(taus) + 1)
+    top = 1.0
+    for k in taus:
+        x.append(x[-1] - alpha * x[-1 - k])
+        top = max(top, abs(x[-1]))
+        if top > 1e150:
+            return float("inf")
+    return top
+
+
+def sequence_edge(staleness, growth: float = 3.0, rel_tol: float = 1e-3) -> float:
+    """The smallest α in (0, 2] (bisection, to ``rel_tol``) at which the recurrence driven by the logged
+    sequence (``sequence_growth``) grows ``growth``-fold at some step: the escape rule of the
+    continuations, applied to the linearised dynamics. Unlike eq. 19, which averages i.i.d. delays
+    (the mean dynamics), this keeps the delays' order and spread; a constant delay τ gives eq. 6's
+    edge as the log grows."""
+    lo, hi = 0.0, 2.0
+    if sequence_growth(hi, staleness) < growth:
+        return hi
+    while hi - lo > rel_tol * hi:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if sequence_growth(mid, staleness) < growth else (lo, mid)
+    return 0.5 * (lo + hi)

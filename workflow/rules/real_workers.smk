@@ -58,6 +58,7 @@ rule real_workers_tables:
         settings=str(RW_DIR / "settings.csv"),
     params:
         runs=lambda wc, input: " ".join(str(Path(p).parent) for p in input),
+        growth=RW["escape"]["growth"] if RW else 3.0,
         code=src_hash("experiments.real_workers"),
     localrule: True
     conda:
@@ -66,7 +67,7 @@ rule real_workers_tables:
         str(RW_LOGS / "tables.log"),
     shell:
         "delay-stability real-workers-collect --run {params.runs} --outcomes {output.outcomes} "
-        "--histograms {output.histograms} --settings {output.settings} > {log} 2>&1"
+        "--histograms {output.histograms} --settings {output.settings} --growth {params.growth} > {log} 2>&1"
 
 
 rule real_workers_figure:

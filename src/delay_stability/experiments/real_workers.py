@@ -18,7 +18,9 @@ The prediction: factors < 1 stay, factors > 1 leave. Tables (``real-workers-coll
 ``outcomes.csv`` (one row per continuation: workers, jitter, factor, repeat, outcome,
 mean_staleness, predicted_lr, lr), ``histograms.csv`` (per setting and k: the pilot's p̂_k, the
 geometric law (1/M)(1 − 1/M)^k and round robin) and ``settings.csv`` (per setting: mean staleness,
-total-variation distances to both laws, and the three edges α*).
+total-variation distances to both laws, the three edges α* and the edge of the logged sequence itself,
+``staleness.sequence_edge``: the scalar recurrence along the top eigenvector driven by the pilot's
+delays in their order).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from ..files import write_json as write_json_atomic
 OUTCOME_COLUMNS = ("workers", "jitter", "factor", "repeat", "outcome", "mean_staleness", "predicted_lr", "lr")
 HISTOGRAM_COLUMNS = ("workers", "jitter", "staleness", "measured", "geometric", "round_robin")
 SETTING_COLUMNS = ("workers", "jitter", "updates", "mean_staleness", "tv_geometric", "tv_round_robin",
-                   "alpha_star", "alpha_star_geometric", "alpha_star_round_robin", "predicted_lr", "sharpness",
+                   "alpha_star", "alpha_star_geometric", "alpha_star_round_robin", "alpha_star_sequence", "predicted_lr",
+                   "sharpness",
                    "lost_workers", "restarts")
 PILOT = "pilot"
 
@@ -87,7 +90,7 @@ def torchrun_flags(block: dict, workers: int) -> str:
 
 
 # ----------------------------------------------------------------------------- tables
-def setting_rows(run_dir) -> tuple[list[dict], list[dict], dict]:
+def setting_rows(run_dir, growth: float = 3.0) -> tuple[list[dict], list[dict], dict]:
     """(outcome rows, histogram rows, setting row) of one finished launch."""
     run_dir = Path(run_dir)
     summary = read_json(run_dir / "summary.json", "real-workers summary")
@@ -101,7 +104,8 @@ def setting_rows(run_dir) -> tuple[list[dict], list[dict], dict]:
         outcomes.append({"workers": workers, "jitter": jitter, "factor": s["factor"],
                          "repeat": int(name.rsplit("-r", 1)[1]), "outcome": s["outcome"],
                          "mean_staleness": s["mean_staleness"], "predicted_lr": s["predicted_lr"], "lr": s["lr"]})
-    measured = st.histogram(st.read_staleness(run_dir / PILOT / "staleness.csv"))
+    logged = st.read_staleness(run_dir / PILOT / "staleness.csv")
+    measured = st.histogram(logged)
     geo, rr = st.geometric_law(workers), st.round_robin_law(workers)
     top = max(len(measured), len(rr), int(min(len(geo), 4 * workers + 1)))
     pad = lambda p, k: float(p[k]) if k < len(p) else 0.0  # noqa: E731
@@ -113,17 +117,18 @@ def setting_rows(run_dir) -> tuple[list[dict], list[dict], dict]:
                "tv_geometric": st.total_variation(measured, geo), "tv_round_robin": st.total_variation(measured, rr),
                "alpha_star": edge.get("alpha_star"), "alpha_star_geometric": theory.critical_alpha(geo),
                "alpha_star_round_robin": theory.critical_alpha(workers - 1),
+               "alpha_star_sequence": st.sequence_edge(logged, growth),
                "predicted_lr": edge.get("predicted_lr"), "sharpness": summary.get("sharpness"),
                "lost_workers": sum(1 for e in summary["lost"] if e["event"] == "lost"),
                "restarts": summary["restarts"]}
     return outcomes, hist, setting
 
 
-def collect(run_dirs, outcomes_csv, histograms_csv, settings_csv) -> int:
+def collect(run_dirs, outcomes_csv, histograms_csv, settings_csv, growth: float = 3.0) -> int:
     """Write the three tables from the launches' folders; returns the number of continuations."""
     outcomes, hists, sets = [], [], []
     for d in run_dirs:
-        o, h, s = setting_rows(d)
+        o, h, s = setting_rows(d, growth)
         outcomes += o
         hists += h
         sets.append(s)
@@ -150,7 +155,7 @@ def _cli_config(args):
 
 
 def _cli_collect(args):
-    n = collect(args.run, args.outcomes, args.histograms, args.settings)
+    n = collect(args.run, args.outcomes, args.histograms, args.settings, args.growth)
     print(f"wrote {args.outcomes} ({n} continuations), {args.histograms}, {args.settings}")
     return 0
 
@@ -174,4 +179,5 @@ def register(subparsers) -> None:
     p.add_argument("--outcomes", required=True)
     p.add_argument("--histograms", required=True)
     p.add_argument("--settings", required=True)
+    p.add_argument("--growth", type=float, default=3.0, help="the escape rule's growth G (sequence edge)")
     p.set_defaults(func=_cli_collect)

@@ -47,6 +47,10 @@ def plot_real_staleness(tables, scale=None, options=None):
         n = t.where(factor=factors[0]).n_rows if factors else 0
         ax_r.plot(np.asarray(factors) + 0.02 * (i - (len(keys) - 1) / 2), stayed, "o-", color=f"C{i}", ms=5, alpha=0.85,
                   label=f"M = {m}, jitter {1000 * j:g} ms ({n} repeats)")
+    for i, (m, j) in enumerate(keys):  # the edge of the pilot's logged sequence, in the same units
+        s = sets.where(workers=m, jitter=j)
+        ax_r.axvline(float(s["alpha_star_sequence"][0]) / float(s["alpha_star"][0]), color=f"C{i}", ls="--", lw=0.9)
+    ax_r.plot([], [], "--", color="0.4", lw=0.9, label="edge of the logged sequence")
     ax_r.axvline(1.0, color="k", ls=":", lw=1, label="predicted edge (eq. 19)")
     ax_r.fill_between([0, 1], -0.05, 1.05, color="C2", alpha=0.08, lw=0)
     ax_r.set(xlabel=r"$\eta$ / predicted edge $\alpha^*(\hat p)/a$", ylabel="fraction of repeats that stayed",
@@ -57,5 +61,6 @@ def plot_real_staleness(tables, scale=None, options=None):
                         f"the stability experiment's kicked minimum ({model}, {o.get('variant', 'plain')} A-SGD). "
                         f"Left: staleness measured in each setting's pilot (bars), the geometric law of the "
                         f"queueing model (o--) and round robin (*). Right: continuations at factor × the edge "
-                        f"predicted from that histogram; 'left' = the kick grew {o.get('growth', 3):g}-fold "
-                        f"(or diverged); prediction: stay left of the dotted line, leave right of it.", scale)
+                        f"predicted from that histogram (eq. 19: the mean dynamics of i.i.d. delays); dashed: the edge "
+                        f"of the recurrence driven by the pilot's logged delays in their order; 'left' = the kick "
+                        f"grew {o.get('growth', 3):g}-fold (or diverged).", scale)
