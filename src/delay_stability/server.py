@@ -284,8 +284,12 @@ def predicted_edge(staleness, sharpness: float, variant: str, momentum: float) -
 
 
 def _config_key(cfg: dict) -> str:
-    """What a checkpoint must match to be resumed: the run configuration without its fault injection."""
-    return json.dumps({k: v for k, v in cfg.items() if k != "fail"}, sort_keys=True)
+    """What a checkpoint must match to be resumed: the run configuration without its fault injection,
+    and the code of this module and of what it imports (edited code computes afresh)."""
+    from .files import code_hash
+
+    code = code_hash(["delay_stability.server"], Path(__file__).resolve().parents[1])
+    return json.dumps({"config": {k: v for k, v in cfg.items() if k != "fail"}, "code": code}, sort_keys=True)
 
 
 class Server:
@@ -340,7 +344,7 @@ class Server:
         self.steps = {int(k): int(v) for k, v in s["steps"].items()}
         self.rows, self.losses = json.loads(s["rows"]), json.loads(s["losses"])
         self.done, self.edge, self.lost_log = json.loads(s["done"]), json.loads(s["edge"]), json.loads(s["lost"])
-        self.restarts = int(s["restarts"]) + 1
+        self.restarts = int(s["restarts"]) + (int(s["phase"]) < len(self.cfg["phases"]))  # a finished run: no restart
         self.time_offset = float(s["elapsed"])
         self.resumed_at = {"phase": self.phase, "version": self.version}
         print(f"server: resumed phase {self.phase} at update {self.version} from {self.ckpt_path}", flush=True)
