@@ -67,6 +67,7 @@ def _fake_run(folder, workers, jitter, pilot_staleness, outcomes):
         name = rw.phase_name(factor, repeat)
         phases[name] = {}
         write_phase_files(folder / name, rows[:10], {"factor": factor, "outcome": outcome, "mean_staleness": 1.0,
+                                                     "updates": 10,
                                                      "predicted_lr": edge["predicted_lr"],
                                                      "lr": factor * edge["predicted_lr"]})
     write_json(folder / "summary.json", {"phases": phases, "edge": edge, "lost": [], "restarts": 0,
@@ -80,7 +81,13 @@ def test_collect_writes_the_issue_columns_and_the_laws(tmp_path):
         _fake_run(d, m, j, [m - 1] * 90 + [0] * 10, {(0.7, 0): "stayed", (1.4, 0): "left"})
         runs.append(d)
     out = {k: tmp_path / f"{k}.csv" for k in ("outcomes", "histograms", "settings")}
-    assert rw.collect(runs, out["outcomes"], out["histograms"], out["settings"]) == 4
+    assert rw.collect(runs, out["outcomes"], out["histograms"], out["settings"],
+                      continuations_csv=tmp_path / "continuations.csv") == 4
+    own = read_csv(tmp_path / "continuations.csv")
+    assert float(own[0]["alpha"]) == pytest.approx(0.7 * theory.critical_alpha([0.1, 0.9]), rel=1e-12)  # a·η
+    assert own[0]["updates"] == "10"
+    # the fake continuations log the pilot's first 10 updates: τ = M - 1 = 1 (M = 2) throughout
+    assert float(own[0]["alpha_star_own"]) == pytest.approx(theory.eq6_alpha(1))
     with open(out["outcomes"]) as f:
         assert f.readline().strip() == "workers,jitter,factor,repeat,outcome,mean_staleness,predicted_lr,lr"
     rows = read_csv(out["outcomes"])

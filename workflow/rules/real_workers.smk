@@ -49,13 +49,14 @@ rule real_workers_run:
 
 
 rule real_workers_tables:
-    """outcomes.csv (one row per continuation), histograms.csv and settings.csv."""
+    """outcomes.csv (one row per continuation), histograms.csv, settings.csv and continuations.csv."""
     input:
         [str(RW_DIR / f"from-{RW['from']}" / f"M{m}" / f"jitter{j:g}" / "summary.json") for m, j in RW_SETTINGS],
     output:
         outcomes=str(RW_DIR / "outcomes.csv"),
         histograms=str(RW_DIR / "histograms.csv"),
         settings=str(RW_DIR / "settings.csv"),
+        continuations=str(RW_DIR / "continuations.csv"),
     params:
         runs=lambda wc, input: " ".join(str(Path(p).parent) for p in input),
         growth=RW["escape"]["growth"] if RW else 3.0,
@@ -67,7 +68,8 @@ rule real_workers_tables:
         str(RW_LOGS / "tables.log"),
     shell:
         "delay-stability real-workers-collect --run {params.runs} --outcomes {output.outcomes} "
-        "--histograms {output.histograms} --settings {output.settings} --growth {params.growth} > {log} 2>&1"
+        "--histograms {output.histograms} --settings {output.settings} --continuations {output.continuations} "
+        "--growth {params.growth} > {log} 2>&1"
 
 
 rule real_workers_figure:

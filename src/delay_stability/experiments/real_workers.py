@@ -16,7 +16,8 @@ processes and these phases, each from the kicked minimum:
 
 The prediction: factors < 1 stay, factors > 1 leave. Tables (``real-workers-collect``):
 ``outcomes.csv`` (one row per continuation: workers, jitter, factor, repeat, outcome,
-mean_staleness, predicted_lr, lr), ``histograms.csv`` (per setting and k: the pilot's p̂_k, the
+mean_staleness, predicted_lr, lr; ``continuations.csv`` adds α = a·η and the edges of the
+continuation's own staleness), ``histograms.csv`` (per setting and k: the pilot's p̂_k, the
 geometric law (1/M)(1 − 1/M)^k and round robin) and ``settings.csv`` (per setting: mean staleness,
 total-variation distances to both laws, the three edges α* and the edge of the logged sequence itself,
 ``staleness.sequence_edge``: the scalar recurrence along the top eigenvector driven by the pilot's
@@ -39,6 +40,8 @@ SETTING_COLUMNS = ("workers", "jitter", "updates", "mean_staleness", "tv_geometr
                    "alpha_star", "alpha_star_geometric", "alpha_star_round_robin", "alpha_star_sequence", "predicted_lr",
                    "sharpness",
                    "lost_workers", "restarts")
+CONTINUATION_COLUMNS = ("workers", "jitter", "factor", "repeat", "outcome", "updates", "alpha", "alpha_star_own",
+                        "alpha_star_sequence_own", "mean_staleness")
 PILOT = "pilot"
 
 
@@ -101,9 +104,13 @@ def setting_rows(run_dir, growth: float = 3.0) -> tuple[list[dict], list[dict], 
         if name == PILOT:
             continue
         s = read_json(run_dir / name / "summary.json", "real-workers phase summary")
+        own = st.read_staleness(run_dir / name / "staleness.csv")
         outcomes.append({"workers": workers, "jitter": jitter, "factor": s["factor"],
                          "repeat": int(name.rsplit("-r", 1)[1]), "outcome": s["outcome"],
-                         "mean_staleness": s["mean_staleness"], "predicted_lr": s["predicted_lr"], "lr": s["lr"]})
+                         "mean_staleness": s["mean_staleness"], "predicted_lr": s["predicted_lr"], "lr": s["lr"],
+                         "updates": s["updates"], "alpha": s["lr"] * float(summary["sharpness"]),
+                         "alpha_star_own": theory.critical_alpha(st.histogram(own)),
+                         "alpha_star_sequence_own": st.sequence_edge(own, growth)})
     logged = st.read_staleness(run_dir / PILOT / "staleness.csv")
     measured = st.histogram(logged)
     geo, rr = st.geometric_law(workers), st.round_robin_law(workers)
@@ -124,8 +131,11 @@ def setting_rows(run_dir, growth: float = 3.0) -> tuple[list[dict], list[dict], 
     return outcomes, hist, setting
 
 
-def collect(run_dirs, outcomes_csv, histograms_csv, settings_csv, growth: float = 3.0) -> int:
-    """Write the three tables from the launches' folders; returns the number of continuations."""
+def collect(run_dirs, outcomes_csv, histograms_csv, settings_csv, growth: float = 3.0,
+            continuations_csv=None) -> int:
+    """Write the tables from the launches' folders; returns the number of continuations.
+    ``continuations.csv`` adds, per continuation, α = a·η and the edges of its *own* staleness
+    (eq. 19 of its histogram, and of its logged sequence)."""
     outcomes, hists, sets = [], [], []
     for d in run_dirs:
         o, h, s = setting_rows(d, growth)
@@ -135,6 +145,8 @@ def collect(run_dirs, outcomes_csv, histograms_csv, settings_csv, growth: float 
     write_csv(outcomes_csv, OUTCOME_COLUMNS, outcomes)
     write_csv(histograms_csv, HISTOGRAM_COLUMNS, hists)
     write_csv(settings_csv, SETTING_COLUMNS, sets)
+    if continuations_csv:
+        write_csv(continuations_csv, CONTINUATION_COLUMNS, outcomes)
     return len(outcomes)
 
 
@@ -155,7 +167,7 @@ def _cli_config(args):
 
 
 def _cli_collect(args):
-    n = collect(args.run, args.outcomes, args.histograms, args.settings, args.growth)
+    n = collect(args.run, args.outcomes, args.histograms, args.settings, args.growth, args.continuations)
     print(f"wrote {args.outcomes} ({n} continuations), {args.histograms}, {args.settings}")
     return 0
 
@@ -179,5 +191,6 @@ def register(subparsers) -> None:
     p.add_argument("--outcomes", required=True)
     p.add_argument("--histograms", required=True)
     p.add_argument("--settings", required=True)
+    p.add_argument("--continuations", help="continuations.csv: each continuation with the edges of its own staleness")
     p.add_argument("--growth", type=float, default=3.0, help="the escape rule's growth G (sequence edge)")
     p.set_defaults(func=_cli_collect)
