@@ -394,7 +394,7 @@ class Server:
                 if src not in alive:
                     alive.add(src)
                     self.lost_log.append({"rank": src, "event": "revived", "phase": spec["name"],
-                                          "update": self.version})
+                                          "update": self.version, "last_update": self.last_update.get(src)})
                 silent = {w for w in alive if now - last_seen[w] > self.cfg["worker_timeout"]}
                 if silent:
                     self._mark_lost(alive, silent)
