@@ -39,12 +39,11 @@ rule real_workers_run:
     benchmark:
         str(RW_LOGS / "{exp}-M{m}-jitter{jitter}.benchmark.tsv")
     resources:
-        runtime=lambda wc: 10 if SCALE != "paper" else 120,
-        mem_mb=4000,
+        **gpu_resources(runtime_quick=10, runtime_paper=120, mem_quick=4000),
     shell:
         "delay-stability real-workers-config --kick {input.kick} --workers {wildcards.m} --jitter {wildcards.jitter} "
         "--options {params.options:q} {params.device}--out {output.config} > {log} 2>&1 && "
-        "OMP_NUM_THREADS=1 torchrun {params.flags} -m delay_stability.cli parameter-server "
+        "OMP_NUM_THREADS=1 delay-stability-gpu-slot --gpus {resources.gpu} -- torchrun {params.flags} -m delay_stability.cli parameter-server "
         "--config {output.config} --out $(dirname {output.summary}) >> {log} 2>&1"
 
 
