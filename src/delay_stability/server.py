@@ -559,8 +559,6 @@ def _join_group(rank: int, world: int, timeout: float) -> None:
 def serve(config_path: str, out: str) -> int:
     """Join the process group torchrun set up (RANK, WORLD_SIZE, MASTER_ADDR/PORT), then act as
     the server (rank 0) or a worker; write this rank's pid to ``<out>/pids/<rank>``."""
-    import torch.distributed as dist
-
     from .files import read_json
 
     cfg = check_config(read_json(config_path, "run config"), config_path)
