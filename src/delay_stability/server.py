@@ -33,8 +33,9 @@ Launch (never a home-made launcher)::
 and across nodes one ``torchrun`` per node under ``srun`` (README, "Real workers").
 
 Faults. A worker that falls silent for ``worker_timeout`` seconds (killed, its node lost) is
-recorded as lost (``summary.json``: rank, phase, update) and the server goes on with the others;
-a message from it later revives it. The server writes ``checkpoint.pt`` (weights, server velocity,
+recorded as lost (``summary.json``: rank, phase, update, its last update) and the server goes on
+with the others; a message from it later revives it. (This needs the lost worker under another
+torchrun agent, as on another node: one agent that sees a child die restarts its whole group.) The server writes ``checkpoint.pt`` (weights, server velocity,
 per-worker velocities, version counter, per-worker step counters, the log so far, finished
 phases) every ``checkpoint_every`` updates and at every phase end, atomically; a restarted run
 (``torchrun --max-restarts``, or a new launch on the same ``--out``) resumes from it. Timeouts
