@@ -17,6 +17,7 @@ include: "workflow/rules/mitigations.smk"
 include: "workflow/rules/imagenet.smk"
 include: "workflow/rules/spikes.smk"
 include: "workflow/rules/momentum.smk"
+include: "workflow/rules/real_workers.smk"
 include: "workflow/rules/train.smk"  # last: it builds the run folders the experiments registered
 
 

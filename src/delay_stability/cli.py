@@ -58,6 +58,11 @@ COMMANDS = {
     "mitigations-collect": ("delay_stability.experiments.mitigations_tables", "edges.csv of the delay mitigations"),
     "mitigations-noise": ("delay_stability.experiments.mitigations", "DC-ASGD's noise parameter c at a minimum"),
     "audit": ("delay_stability.experiments.audit", "what produced every figure, and what is stale, missing or diverged"),
+    "parameter-server": ("delay_stability.server",
+                         "run as server (rank 0) or worker of a real parameter server under torchrun"),
+    "real-workers-config": ("delay_stability.experiments.real_workers",
+                            "the parameter server's run config of one setting"),
+    "real-workers-collect": ("delay_stability.experiments.real_workers", "tables of the real-workers experiment"),
 }
 
 

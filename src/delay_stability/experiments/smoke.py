@@ -323,6 +323,9 @@ def smoke_config(paper_block: dict, data_root, *, epochs: int = EPOCHS, batch_si
             if isinstance(block.get("lr_grid"), dict):
                 block["lr_grid"].update(below=1, above=1)
             # its theory options stay: results/theory/ is shared by every scale
+        elif name == "real_workers":  # real processes: one setting, a few updates
+            block.update(workers=_first(block["workers"], 1), jitters=_first(block.get("jitters", [0.0]), 1),
+                         repeats=1, pilot={**block.get("pilot", {}), "updates": 10}, updates=10)
         elif isinstance(block.get("train"), dict):  # fig11, imagenet and any later block with a spec
             block["train"] = spec(block["train"])
             if name in ("imagenet", "fig11"):

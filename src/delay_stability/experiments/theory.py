@@ -178,6 +178,8 @@ def _add_delay_arguments(parser):
                        help="P(tau=k) = (1-Q) Q^k, truncated at tail 1e-12 (the momentum-Q dynamics)")
     delay.add_argument("--probs", metavar="P0,P1,...",
                        help="P(tau=k) for k = 0, 1, ..., K (must sum to 1)")
+    delay.add_argument("--staleness", metavar="FILE",
+                       help="the measured histogram of a staleness.csv of real workers (parameter-server)")
     parser.add_argument("--momentum", type=float, default=0.0, metavar="M",
                         help="momentum m in (-1, 1), negative allowed (default 0)")
     parser.add_argument("--variant", choices=theory.VARIANTS, default=None,
@@ -206,6 +208,11 @@ def _delay_from_args(args):
         return _flagged("--gaussian", theory.gaussian_delay, args.gaussian), {"kind": "gaussian", "mean": args.gaussian}
     if args.geometric is not None:
         return _flagged("--geometric", theory.geometric_delay, args.geometric), {"kind": "geometric", "q": args.geometric}
+    if getattr(args, "staleness", None) is not None:
+        from ..staleness import histogram, read_staleness
+
+        values = read_staleness(args.staleness)
+        return histogram(values), {"kind": "staleness", "file": args.staleness, "updates": len(values)}
     probs = _flagged("--probs", theory.check_probabilities, _parse_floats(args.probs, "--probs"))
     return probs, {"kind": "probs", "probs": [float(p) for p in probs]}
 
@@ -229,6 +236,8 @@ def _describe(description, mean):
         return f"discretised N({description['mean']:g}, 1), E[tau] = {mean:.6g}"
     if kind == "geometric":
         return f"geometric, P(tau=k) = (1-q) q^k with q = {description['q']:g}, E[tau] = {mean:.6g}"
+    if kind == "staleness":
+        return f"measured staleness of {description['updates']} updates in {description['file']}, E[tau] = {mean:.6g}"
     return f"P(tau=k) given for k = 0..{len(description['probs']) - 1}, E[tau] = {mean:.6g}"
 
 

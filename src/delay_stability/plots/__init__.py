@@ -20,7 +20,8 @@ from ..files import parse_json_object
 from .style import PLOTTERS, read_table, save_figure
 
 #: The plots modules, one per experiment (importing one registers its figures).
-MODULES = ("theory", "stability", "eos", "generalization", "table1", "imagenet", "spikes", "momentum", "mitigations")
+MODULES = ("theory", "stability", "eos", "generalization", "table1", "imagenet", "spikes", "momentum", "mitigations",
+           "real_workers")
 
 
 def load_plotters() -> dict:
