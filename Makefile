@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml
 figures: setup
 	$(BIN)/snakemake --cores $(CORES) $(TARGET)
 
+# The suite in $(CORES) processes, one test file per process at a time (--dist loadfile: a file's
+# module fixtures and its real processes stay together); many tests wait on subprocesses.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(CORES) --dist loadfile
 
 # A one-node SLURM cluster on this machine, then a quick target through workflow/profiles/slurm, then
 # the preemption checks (a requeued job and a chain of 1-minute jobs; `make test` runs the requeue only).

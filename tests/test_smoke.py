@@ -241,7 +241,7 @@ def test_smoke_config_is_pure_validates_and_shrinks_every_grid(tmp_path):
     gen = out["generalization"]
     assert gen["fig1"]["lrs"] == PAPER["generalization"]["fig1"]["lrs"][:2] and gen["fig1"]["seeds"] == [0]
     assert gen["fig3"]["seeds"] == [0] and len(gen["fig3"]["taus"]) == 2 and gen["fig13"]["epochs"] == [1, 2]
-    assert [n["name"] for n in out["table1"]["networks"]] == [n["name"] for n in PAPER["table1"]["networks"]]
+    assert [n["name"] for n in out["table1"]["networks"]] == [n["name"] for n in PAPER["table1"]["networks"]][:2]
     assert all(smoke.BATCH_SIZE <= n["large_batch"] <= 2 * smoke.BATCH_SIZE for n in out["table1"]["networks"])
     assert out["momentum"]["workers"] == [1, 2] and len(out["momentum"]["momenta"]) == 3  # + fixed_momentum
     assert PAPER["momentum"]["fixed_momentum"] in out["momentum"]["momenta"] and out["momentum"]["seeds"] == [0]

@@ -123,7 +123,8 @@ def noise_c(*, checkpoint, kick: dict, batch_sizes, lambdas, taus) -> list[dict]
     """c = λ·vᵀ diag(E[g²]) v / a at the minimum for minibatches of B samples drawn without
     replacement from the N training samples: E[g_i²] = ḡ_i² + (N − B)/(B (N − 1))·Var_n(g_{n,i}),
     with g_n the per-sample gradients (ḡ their mean, ≈ 0 at the minimum) and v the unit top eigenvector
-    (the kick direction: kicked minus minimum weights). B = 0 is the full batch (E[g²] = ḡ²).
+    (the kick direction: kicked minus minimum weights; without a kick, c and its edge are left empty).
+    B = 0 is the full batch (E[g²] = ḡ²).
     Each row also carries DC-ASGD's edge at that c (``theory.dc_polynomial``, the noise model)."""
     import torch
 
@@ -134,7 +135,9 @@ def noise_c(*, checkpoint, kick: dict, batch_sizes, lambdas, taus) -> list[dict]
     kicked, _ = model_from_checkpoint(kick["checkpoint"], device="cpu")
     params = list(model.parameters())
     v = torch.cat([(k.detach() - p.detach()).reshape(-1) for k, p in zip(kicked.parameters(), params)])
-    v = v / v.norm()
+    norm = float(v.norm())
+    # A kick of norm 0 (as in smoke mode) gives no direction: c is undefined there, recorded as NaN.
+    v = v / norm if norm > 0 and math.isfinite(norm) else torch.full_like(v, math.nan)
     data = load_dataset(spec, device="cpu")
     loss_fn = build_loss(spec)
     x, y = data.train_x, data.train_y
@@ -153,11 +156,12 @@ def noise_c(*, checkpoint, kick: dict, batch_sizes, lambdas, taus) -> list[dict]
         fpc = 0.0 if B == 0 or B >= n else (n - B) / (B * (n - 1))
         weighted = float((v**2 * (mean**2 + fpc * var)).sum())
         for name, lam in lambdas.items():
-            c = float(lam) * weighted / a
+            c = float(lam) * weighted / a if a > 0 else math.nan
             for tau in taus:
                 rows.append({"mitigation": name, "lambda0": float(lam), "batch_size": B, "mean_sq_grad": weighted,
                              "c": c, "tau": int(tau),
-                             "alpha_predicted": theory.mitigation_alpha("dc-asgd-c", int(tau), c=c),
+                             "alpha_predicted": (theory.mitigation_alpha("dc-asgd-c", int(tau), c=c)
+                                                 if math.isfinite(c) else None),
                              "alpha_plain": theory.critical_alpha(int(tau))})
     return rows
 

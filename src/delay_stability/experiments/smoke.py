@@ -309,8 +309,9 @@ def smoke_config(paper_block: dict, data_root, *, epochs: int = EPOCHS, batch_si
             block["taus"] = _first(block["taus"])  # the first rule and the last two (plain, and the
             labels = list(block["rules"])          # rules with per-slot weights or a predicted point)
             block["rules"] = {k: block["rules"][k] for k in dict.fromkeys(labels[:1] + labels[-2:])}
-        elif name == "table1":
-            for net in block.get("networks", []):
+        elif name == "table1":  # the first two networks (one per dataset at paper scale): 10 arms, not 20
+            block["networks"] = block.get("networks", [])[:2]
+            for net in block["networks"]:
                 net["train"] = spec(net["train"])
                 if isinstance(net.get("large_batch"), int):
                     net["large_batch"] = min(net["large_batch"], 2 * batch_size)
