@@ -116,32 +116,21 @@ def training_specs(cfg: dict, scale: str):
             yield "eos.scaled.burn_in", eos.burn_in_spec(block, base)
             for run in eos.scaled_runs(block):
                 yield "eos.scaled", {**eos.scaled_spec(block, base, *run, "burn_in.pt"), "lr": 1.0}
-    if "generalization" in exp:
-        block = exp["generalization"]
-        try:
-            yield from generalization.all_specs(block, with_run_settings(block["train"], cfg))
-        except UserError as exc:
-            raise ConfigError(f"invalid configuration: {scale}.{exc}") from None
-    if "table1" in exp:
-        try:
-            yield from table1.all_specs(exp["table1"], lambda spec: with_run_settings(spec, cfg))
-        except UserError as exc:
-            raise ConfigError(f"invalid configuration: {scale}.{exc}") from None
-    if "mitigations" in exp:
-        yield from _mitigation_specs(exp, scale, cfg)
-    for name, module in (("imagenet", imagenet), ("fig11", spikes)):
+    # (block, module, whether the module's messages lack the block name): each module's
+    # all_specs(block, base) yields (key, spec) of every run it trains; table1's base is a function.
+    for name, module, named in (("generalization", generalization, False), ("table1", table1, False),
+                                ("imagenet", imagenet, True), ("fig11", spikes, True),
+                                ("momentum", momentum, False)):
         if name in exp:
             block = exp[name]
+            base = ((lambda spec: with_run_settings(spec, cfg)) if module is table1
+                    else with_run_settings(block["train"], cfg))
             try:
-                yield from module.all_specs(block, with_run_settings(block["train"], cfg))
+                yield from module.all_specs(block, base)
             except UserError as exc:
-                raise ConfigError(f"invalid configuration: {scale}.{name}: {exc}") from None
-    if "momentum" in exp:
-        block = exp["momentum"]
-        try:
-            yield from momentum.all_specs(block, with_run_settings(block["train"], cfg))
-        except UserError as exc:
-            raise ConfigError(f"invalid configuration: {scale}.{exc}") from None
+                raise ConfigError(f"invalid configuration: {scale}.{name + ': ' if named else ''}{exc}") from None
+    if "mitigations" in exp:
+        yield from _mitigation_specs(exp, scale, cfg)
 
 
 def _mitigation_specs(exp: dict, scale: str, cfg: dict):

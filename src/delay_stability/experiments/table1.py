@@ -339,22 +339,12 @@ def plot_options(block: dict, scale: str) -> str:
 # ================================================================ command line
 
 
-def _parse_spec(text: str, flag: str) -> dict:
-    try:
-        spec = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{flag}: not JSON ({exc.msg})") from None
-    if not isinstance(spec, dict):
-        raise UserError(f"{flag}: expected a JSON object")
-    return spec
-
-
 def _block_and_network(args):
-    block = _parse_spec(args.block, "--block")
+    block = files.parse_json_object(args.block, "--block")
     nets = networks(block)
     if args.network not in nets:
         raise UserError(f"--network: {args.network!r} is not a network of the block ({', '.join(nets)})")
-    return block, nets[args.network], _parse_spec(args.base, "--base")
+    return block, nets[args.network], files.parse_json_object(args.base, "--base")
 
 
 def scan_folders(root, network: str, runs: list) -> list[str]:
