@@ -331,7 +331,7 @@ def _payload(fam: _Family, m: Member) -> dict:
 def _summary(fam: _Family, m: Member) -> dict:
     """Run.summary for one member (train.summary_record)."""
     return summary_record(m.loop, m.mean_staleness(),
-                          m.buffer_bytes(fam.numel, torch.empty((), dtype=fam.dtype).element_size()))
+                          m.buffer_bytes(fam.numel, torch.empty((), dtype=fam.dtype).element_size()), m.histogram())
 
 
 def _finish(fam: _Family, m: Member, members: int) -> dict:

@@ -667,7 +667,8 @@ class Run:
         return summary
 
     def summary(self) -> dict:
-        return summary_record(self.loop, self.optimizer.mean_staleness(), self.optimizer.buffer_bytes())
+        return summary_record(self.loop, self.optimizer.mean_staleness(), self.optimizer.buffer_bytes(),
+                              self.optimizer.staleness_histogram().tolist())
 
     def provenance(self) -> dict:
         return {
@@ -723,9 +724,10 @@ def fresh_loop() -> dict:
     }
 
 
-def summary_record(loop: dict, mean_staleness, buffer_bytes: int) -> dict:
-    """summary.json of a run from its loop state (``Run.loop``), the optimizer's mean staleness and
-    in-flight buffer size: the one place its keys are named."""
+def summary_record(loop: dict, mean_staleness, buffer_bytes: int, staleness_histogram=None) -> dict:
+    """summary.json of a run from its loop state (``Run.loop``), the optimizer's mean staleness,
+    in-flight buffer size and realised staleness histogram (counts, index = staleness): the one
+    place its keys are named."""
     final = loop["rows"][-1]
     return {
         "status": loop["status"],
@@ -741,6 +743,7 @@ def summary_record(loop: dict, mean_staleness, buffer_bytes: int) -> dict:
         "steady_state_epoch": loop["steady_state_epoch"],
         "settled_epoch": loop["settled_epoch"],
         "mean_staleness": mean_staleness,
+        "staleness_histogram": [int(c) for c in (staleness_histogram if staleness_histogram is not None else [])],
         "optimizer_buffer_bytes": buffer_bytes,
         "seconds": round(loop["seconds"], 3),
     }
