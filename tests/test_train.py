@@ -460,3 +460,26 @@ def test_cli_reports_user_errors_in_one_line(tmp_path):
     assert done.returncode == 2
     assert "spec key 'optimizer.variant': unknown value 'foo'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_replay_spec_reads_a_staleness_log_and_old_velocities_are_refused(tmp_path):
+    """optimizer.landing_log reaches DelayedSGD as the log's landing order; a checkpoint whose
+    velocities predate units (step units) is refused with a UserError, not loaded silently."""
+    from delay_stability.train import Run, build_optimizer
+
+    log = tmp_path / "staleness.csv"
+    log.write_text("update,worker,step,pulled,staleness,time\n" + "".join(
+        f"{t},{w},0,0,0,0.0\n" for t, w in enumerate([2, 3, 3, 1, 2, 1])))
+    spec = validate_spec({"model": "mlp", "epochs": 1, "lr": 0.1,
+                          "optimizer": {"workers": 3, "schedule": "replay", "landing_log": str(log)}})
+    opt = build_optimizer(spec, build_model("mlp"))
+    assert opt.landing_order == [1, 2, 2, 0, 1, 0]
+
+    spec = validate_spec({"model": "mlp", "dataset_args": {"train_size": 64}, "epochs": 1, "lr": 0.1,
+                          "batch_size": 32, "device": "cpu", "optimizer": {"delay": 2, "variant": "shifted", "momentum": 0.5}})
+    run_training(spec, str(tmp_path / "run"))
+    ckpt = torch.load(tmp_path / "run" / "final.pt", weights_only=True)
+    del ckpt["optimizer"]["delayed"]["velocity_units"]
+    run = Run(spec, str(tmp_path / "other"))
+    with pytest.raises(UserError, match="velocity='step'"):
+        run._restore(ckpt)

@@ -425,7 +425,10 @@ class Run:
 
     def _restore(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as exc:  # e.g. velocities of another convention: never load them silently
+            raise UserError(f"{self.out_dir}: its checkpoint does not fit this spec's optimizer ({exc})") from None
         self.init_params = [t.to(self.device) for t in ckpt["init_params"]]
         self.loop = ckpt["loop"]
         self.loop["resumed"] = list(self.loop["resumed"]) + [
