@@ -219,8 +219,9 @@ def validate_spec(spec: dict) -> dict:
     Keys (defaults in SPEC_DEFAULTS): model, model_args, dataset (digits | mnist | cifar10 |
     cifar100 | imagenet), dataset_args, loss (cross_entropy | mse), dtype, device (auto | cpu |
     cuda), seed, threads, epochs, batch_size (0 = full batch), lr, lr_schedule ({kind: constant} or
-    {kind: step, milestones, gamma}, both with warmup_epochs), optimizer (delay, workers, schedule,
-    momentum, variant, dampening, weight_decay), augment, eval_every, checkpoint_every (null =
+    {kind: step, milestones, gamma}, both with warmup_epochs and warmup_start), optimizer (delay,
+    workers, schedule (SCHEDULES; spread: gaussian, compute_time, landing_log: replay), momentum,
+    variant, dampening, weight_decay, weight_decay_on, velocity, velocity_start), augment, eval_every, checkpoint_every (null =
     about every 5% of the epochs), stop ({steady_state, divergence, escape}), init_checkpoint,
     perturb, performance ({channels_last, bf16, compile}: CUDA only). Raises UserError naming the
     offending key.
