@@ -483,3 +483,12 @@ def test_replay_spec_reads_a_staleness_log_and_old_velocities_are_refused(tmp_pa
     run = Run(spec, str(tmp_path / "other"))
     with pytest.raises(UserError, match="velocity='step'"):
         run._restore(ckpt)
+
+
+def test_compute_time_law_is_checked_in_the_spec():
+    s = validate_spec({"model": "mlp", "epochs": 1, "lr": 0.1,
+                       "optimizer": {"workers": 3, "schedule": "compute_time", "compute_time": {"law": "normal"}}})
+    assert s["optimizer"]["compute_time"] == {"law": "normal", "mean": 1.0, "std": 0.125}
+    with pytest.raises(UserError, match="optimizer.compute_time"):
+        validate_spec({"model": "mlp", "epochs": 1, "lr": 0.1, "optimizer": {
+            "workers": 3, "schedule": "compute_time", "compute_time": {"law": "uniform", "low": 2.0, "high": 1.0}}})

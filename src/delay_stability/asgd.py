@@ -92,7 +92,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .spec import COMPUTE_TIME_LAWS, SCHEDULE_ALIASES, SCHEDULES, VELOCITY_STARTS, VELOCITY_UNITS
+from .spec import SCHEDULE_ALIASES, SCHEDULES, VELOCITY_STARTS, VELOCITY_UNITS, check_compute_time
 from .spec import WORKER_SCHEDULES  # the schedules, shared with the spec
 from .theory import VARIANTS  # one list of variants: plain, momentum, shifted
 from .theory import check_mitigation
@@ -238,29 +238,6 @@ def _draw(probs, u: float) -> int:
     return min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), len(probs) - 1)
 
 
-def check_compute_time(law) -> dict:
-    """A compute-time law {law: exponential, mean} | {law: normal, mean, std} | {law: uniform, low, high}
-    with defaults filled in (mean 1, std mean/8); ValueError naming what is wrong."""
-    if not isinstance(law, dict) or law.get("law") not in COMPUTE_TIME_LAWS:
-        raise ValueError(f"compute_time must be a mapping with law one of {', '.join(COMPUTE_TIME_LAWS)}, "
-                         f"got {law!r}")
-    keys = {"exponential": {"mean": 1.0}, "normal": {"mean": 1.0, "std": None},
-            "uniform": {"low": 0.5, "high": 1.5}}[law["law"]]
-    unknown = sorted(set(law) - set(keys) - {"law"})
-    if unknown:
-        raise ValueError(f"compute_time law {law['law']!r} takes {', '.join(keys)}, not {', '.join(unknown)}")
-    out = {"law": law["law"], **keys, **{k: v for k, v in law.items() if k != "law"}}
-    if out["law"] == "normal" and out["std"] is None:
-        out["std"] = out["mean"] / 8.0
-    for k in keys:
-        if isinstance(out[k], bool) or not isinstance(out[k], (int, float)) or not out[k] > 0:
-            raise ValueError(f"compute_time {k} must be a number > 0, got {out[k]!r}")
-        out[k] = float(out[k])
-    if out["law"] == "uniform" and not out["high"] > out["low"]:
-        raise ValueError("compute_time: uniform needs high > low")
-    return out
-
-
 def draw_compute_time(law: dict, rng: random.Random) -> float:
     """One compute time from the law (normal: redrawn until positive)."""
     if law["law"] == "exponential":
@@ -379,6 +356,9 @@ class DelayedSGD(torch.optim.Optimizer):
             raise ValueError("mitigation_args given without a mitigation")
         self.probs: list[float] | None = None
         self.num_slots = self._slots_for_schedule(delay, workers)
+        if self.landing_order is not None and max(self.landing_order) >= self.num_slots:
+            raise ValueError(f"landing_order names worker {max(self.landing_order)} but there are "
+                             f"{self.num_slots} workers (0..{self.num_slots - 1})")
         self._cdf = None if self.probs is None else np.cumsum(self.probs).tolist()
 
         defaults = dict(lr=lr, momentum=momentum, dampening=bool(dampening), weight_decay=weight_decay)
@@ -522,8 +502,6 @@ class DelayedSGD(torch.optim.Optimizer):
         land, velocity_read, velocity_write = self._landing(t)
         if self.variant == "momentum":  # one server velocity
             velocity_read = velocity_write = 0
-        if self.landing_order is not None and land >= self.num_slots:
-            raise ValueError(f"landing_order names worker {land} but there are {self.num_slots} workers")
         staleness = t - self._stamps[land]
         self.last_worker = land  # the slot (worker) whose gradient landed
         self._record(staleness)

@@ -354,13 +354,36 @@ def _schedule_args(s: dict) -> None:
     if s["spread"] is not None:
         s["spread"] = _float("optimizer.spread", s["spread"], positive=True)
     if s["compute_time"] is not None:
-        law = s["compute_time"]
-        if not isinstance(law, dict) or law.get("law") not in COMPUTE_TIME_LAWS:
-            raise _bad("optimizer.compute_time", f"expected a mapping with law one of "
-                                                 f"{', '.join(COMPUTE_TIME_LAWS)}, got {law!r}")
+        try:
+            s["compute_time"] = check_compute_time(s["compute_time"])
+        except ValueError as exc:
+            raise _bad("optimizer.compute_time", str(exc)) from None
     if s["schedule"] == "replay" and not isinstance(s["landing_log"], str):
         raise _bad("optimizer.landing_log", "schedule 'replay' needs the path of a staleness.csv "
                                             "(delay_stability.server's log)")
+
+
+def check_compute_time(law) -> dict:
+    """A compute-time law {law: exponential, mean} | {law: normal, mean, std} | {law: uniform, low, high}
+    with defaults filled in (mean 1, std mean/8); ValueError naming what is wrong."""
+    if not isinstance(law, dict) or law.get("law") not in COMPUTE_TIME_LAWS:
+        raise ValueError(f"compute_time must be a mapping with law one of {', '.join(COMPUTE_TIME_LAWS)}, "
+                         f"got {law!r}")
+    keys = {"exponential": {"mean": 1.0}, "normal": {"mean": 1.0, "std": None},
+            "uniform": {"low": 0.5, "high": 1.5}}[law["law"]]
+    unknown = sorted(set(law) - set(keys) - {"law"})
+    if unknown:
+        raise ValueError(f"compute_time law {law['law']!r} takes {', '.join(keys)}, not {', '.join(unknown)}")
+    out = {"law": law["law"], **keys, **{k: v for k, v in law.items() if k != "law"}}
+    if out["law"] == "normal" and out["std"] is None:
+        out["std"] = out["mean"] / 8.0
+    for k in keys:
+        if isinstance(out[k], bool) or not isinstance(out[k], (int, float)) or not out[k] > 0:
+            raise ValueError(f"compute_time {k} must be a number > 0, got {out[k]!r}")
+        out[k] = float(out[k])
+    if out["law"] == "uniform" and not out["high"] > out["low"]:
+        raise ValueError("compute_time: uniform needs high > low")
+    return out
 
 
 def _mitigation(value):
