@@ -29,22 +29,32 @@ PAPER = CONFIG["paper"]["imagenet"]
 
 
 def test_paper_arms_follow_goyal_and_the_1_over_tau_rule():
-    """η_eff = 0.1/(1-0.9) = 1 per 256; S-SGD: batch 8192, η = 32; A-SGD: η = 32/32 = 1; 1/√τ: 32/√32."""
+    """η_eff = 0.1/(1-0.9) = 1 per 256; S-SGD: batch 8192, η = 32; A-SGD: η = 32/32 = 1; 1/√τ: 32/√32.
+    Goyal's warm-up from η_eff to η: S-SGD starts at 1/32, A-SGD (η = η_eff) has no ramp. Shifted
+    momentum and fig9 run the authors' W = 32 workers (staleness 31), fig9's Gaussian arm their rule."""
     runs = {name: r.spec for name, r in im.runs(PAPER, "fig5", PAPER["train"])}
     assert runs["S-SGD"]["batch_size"] == 32 * 256 and runs["S-SGD"]["lr"] == pytest.approx(32.0)
     assert runs["S-SGD"]["optimizer"]["delay"] == 0
     for name in ("standard momentum", "m = 0", "shifted momentum"):
         assert runs[name]["batch_size"] == 256 and runs[name]["lr"] == pytest.approx(1.0)
-        assert runs[name]["optimizer"]["delay"] == 32 and runs[name]["optimizer"]["dampening"] is True
+        assert runs[name]["optimizer"]["dampening"] is True
+        assert runs[name]["optimizer"]["weight_decay_on"] == "weights"
+    assert runs["standard momentum"]["optimizer"]["delay"] == 32 and runs["m = 0"]["optimizer"]["delay"] == 32
+    shifted = runs["shifted momentum"]["optimizer"]
+    assert (shifted["workers"], shifted["delay"], shifted["schedule"]) == (32, 31, "round_robin")
     assert runs["1/sqrt(tau)"]["lr"] == pytest.approx(32 / math.sqrt(32))
     assert [runs[n]["optimizer"]["variant"] for n in ("standard momentum", "m = 0", "shifted momentum")] == \
         ["momentum", "plain", "shifted"]
     assert runs["shifted momentum"]["lr_schedule"] == {"kind": "step", "milestones": [30, 60, 80], "gamma": 0.1,
-                                                      "warmup_epochs": 5}
+                                                      "warmup_epochs": 5, "warmup_start": 1.0}
+    assert runs["S-SGD"]["lr_schedule"]["warmup_start"] == pytest.approx(1 / 32)
+    assert runs["1/sqrt(tau)"]["lr_schedule"]["warmup_start"] == pytest.approx(math.sqrt(32) / 32)
     fig9 = {name: r.spec for name, r in im.runs(PAPER, "fig9", PAPER["train"])}
-    # the discretised Gaussian of appendix C on k = 1..64 is symmetric about 32: E[τ] = 32, the same η
-    assert im.mean_delay(fig9["gaussian"]["optimizer"]["delay"]) == pytest.approx(32.0, abs=1e-9)
+    gaussian = fig9["gaussian"]["optimizer"]
+    assert (gaussian["workers"], gaussian["delay"], gaussian["schedule"]) == (32, 31, "gaussian")
+    assert fig9["constant"] == runs["shifted momentum"]  # one training for both figures
     assert fig9["gaussian"]["lr"] == pytest.approx(fig9["constant"]["lr"])
+    assert json.loads(im.plot_options(PAPER, "fig9", PAPER["train"], "paper"))["gaussian_mean"] == 31
 
 
 def test_dampened_momentum_moves_like_undampened_momentum_at_eta_times_1_minus_m():
@@ -205,7 +215,15 @@ def test_tables_name_the_arms_and_read_every_run(tmp_path):
     for _, folder, spec in named:
         run_training(spec, folder)
     pairs = json.loads(im.runs_json(named))
-    rows = im.write_tables(pairs, "fig5", str(tmp_path / "fig5.csv"), str(tmp_path / "fig5_curves.csv"))
+    rows = im.write_tables(pairs, "fig5", str(tmp_path / "fig5.csv"), str(tmp_path / "fig5_curves.csv"),
+                           str(tmp_path / "fig5_staleness.csv"))
+    hist = im.files.read_csv(str(tmp_path / "fig5_staleness.csv"), "staleness")
+    steps = json.loads(Path(named[1][1], "summary.json").read_text())["steps"]
+    ssgd = [(int(h["staleness"]), int(h["count"])) for h in hist if h["arm"] == "S-SGD"]
+    assert len(ssgd) == 1 and ssgd[0][0] == 0  # synchronous: staleness 0 only
+    delayed = [(int(h["staleness"]), int(h["count"])) for h in hist if h["arm"] == "standard momentum"]
+    assert delayed == [(k, 1) for k in range(min(steps, 8))] + ([(8, steps - 8)] if steps > 8 else [])  # tau = 8
+    assert sum(c for _, c in delayed) == steps
     assert [r["variant"] for r in rows] == ["S-SGD", "standard momentum"]
     header = (tmp_path / "fig5.csv").read_text().splitlines()[0].split(",")
     assert header[:6] == ["variant", "seed", "lr", "final_val_error", "final_train_error", "status"]
@@ -230,3 +248,38 @@ def test_paper_scale_plan_of_fig5_asks_a_gpu_per_training_job(tmp_path):
     assert all("gpu=1" in job.split("rule ")[0] for job in jobs)
     for arm in ("s-sgd", "standard-momentum", "m-0", "shifted-momentum", "1-sqrt-tau"):
         assert f"results/paper/imagenet/fig5/{arm}/seed0" in text
+
+
+def test_fig9_gaussian_arm_is_the_authors_worker_rule_and_its_histogram_is_drawn(tmp_path):
+    """fig9's arms (quick block, shrunk): the Gaussian arm runs M workers under the authors' rule
+    (mean staleness M - 1, the constant arm's staleness), its histogram reaches fig9_staleness.csv
+    and the figure draws it beside appendix C's N(τ, 1)."""
+    from delay_stability.plots import plot_figure
+
+    block = copy.deepcopy(CONFIG["quick"]["imagenet"])
+    block["train"] = deep_merge(block["train"], {"epochs": 2, "dataset_args": {"train_size": 320},
+                                                 "lr_schedule": {"milestones": [1], "warmup_epochs": 1}})
+    block["fig9"]["seeds"] = [0]
+    named = im.planned(block, block["train"], tmp_path)["fig9"]
+    for _, folder, spec in named:
+        run_training(spec, folder)
+    paths = im.figure_tables("fig9", tmp_path)
+    im.write_tables(json.loads(im.runs_json(named)), "fig9", paths["fig9"], paths["fig9_curves"],
+                    paths["fig9_staleness"])
+    hist = im.files.read_csv(paths["fig9_staleness"], "staleness")
+    M = block["workers"]
+    for arm in ("constant", "gaussian"):
+        counts = {int(h["staleness"]): int(h["count"]) for h in hist if h["arm"] == arm}
+        total = sum(counts.values())
+        mean = sum(k * c for k, c in counts.items()) / total
+        summary = json.loads(Path(dict((n, f) for n, f, _ in named)[arm], "summary.json").read_text())
+        assert total == summary["steps"] and mean == pytest.approx(summary["mean_staleness"], rel=1e-12)
+        if arm == "constant":  # round robin over M workers: staleness 0..M-2 once (all start at w_0), then M - 1
+            assert counts == {**{k: 1 for k in range(M - 1)}, M - 1: total - (M - 1)}
+        assert abs(mean - (M - 1)) < 1.0  # every gradient lands once: mean staleness M - 1 (warm-up aside)
+    assert len({int(h["staleness"]) for h in hist if h["arm"] == "gaussian"}) > 3  # a real spread
+    opts = json.loads(im.plot_options(block, "fig9", block["train"], "quick"))
+    assert opts["gaussian_mean"] == M - 1
+    out = tmp_path / "fig9.pdf"
+    plot_figure("fig9", list(paths.values()), str(out), scale="quick", options=opts)
+    assert out.stat().st_size > 1000

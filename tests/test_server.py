@@ -151,23 +151,27 @@ def _assert_replays(kick, out, name, variant="plain", momentum=0.0):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_apply_update_is_eq2_eq9_and_eq10():
-    g1, g2 = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 4.0])
-    st = {"w": torch.zeros(2), "v": torch.zeros(2), "vs": {}}
-    server.apply_update(st, g1, 1, 0.1, "plain", 0.0)
-    assert torch.allclose(st["w"], -0.1 * g1)
-    st = {"w": torch.zeros(2), "v": torch.zeros(2), "vs": {}}
+@pytest.mark.parametrize("velocity", ["gradient", "step"])
+def test_apply_update_is_eq2_eq9_and_eq10(velocity):
+    g1, g2 = torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([0.5, 4.0], dtype=torch.float64)
+    fresh = lambda: {"w": torch.zeros(2, dtype=torch.float64), "v": torch.zeros(2, dtype=torch.float64), "vs": {}}
+    st = fresh()
+    server.apply_update(st, g1, 1, 0.1, "plain", 0.0, velocity)
+    assert torch.allclose(st["w"], -0.1 * g1, rtol=0, atol=1e-15)
+    st = fresh()
     for g in (g1, g2):
-        server.apply_update(st, g, 1, 0.1, "momentum", 0.5)
+        server.apply_update(st, g, 1, 0.1, "momentum", 0.5, velocity)
     v1 = -0.1 * 0.5 * g1
     v2 = 0.5 * v1 - 0.1 * 0.5 * g2
-    assert torch.allclose(st["w"], v1 + v2)
-    st = {"w": torch.zeros(2), "v": torch.zeros(2), "vs": {}}
-    server.apply_update(st, g1, 1, 0.1, "shifted", 0.5)
-    server.apply_update(st, g2, 2, 0.1, "shifted", 0.5)  # worker 2 has its own velocity
-    assert torch.allclose(st["w"], -0.05 * g1 - 0.05 * g2)
-    server.apply_update(st, g2, 1, 0.1, "shifted", 0.5)
-    assert torch.allclose(st["vs"][1], 0.5 * (-0.05 * g1) - 0.05 * g2)
+    assert torch.allclose(st["w"], v1 + v2, rtol=0, atol=1e-15)
+    st = fresh()
+    server.apply_update(st, g1, 1, 0.1, "shifted", 0.5, velocity)
+    server.apply_update(st, g2, 2, 0.1, "shifted", 0.5, velocity)  # worker 2 has its own velocity
+    assert torch.allclose(st["w"], -0.05 * g1 - 0.05 * g2, rtol=0, atol=1e-15)
+    server.apply_update(st, g2, 1, 0.1, "shifted", 0.5, velocity)
+    u = 0.5 * (0.5 * g1) + 0.5 * g2  # gradient units: u <- m u + (1-m) g; step units hold v = -eta u
+    assert torch.allclose(st["vs"][1], u if velocity == "gradient" else -0.1 * u, rtol=0, atol=1e-15)
+    assert torch.allclose(st["w"], -0.05 * g1 - 0.05 * g2 - 0.1 * u, rtol=0, atol=1e-15)
 
 
 def test_the_edge_of_geometric_staleness_is_momentum_q_at_tau0():

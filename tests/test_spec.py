@@ -25,8 +25,22 @@ def test_names_agree_with_the_library():
     from delay_stability import asgd, data, theory
 
     assert spec.SCHEDULES is asgd.SCHEDULES and asgd.VARIANTS is theory.VARIANTS
+    assert set(spec.WORKER_SCHEDULES) < set(spec.SCHEDULES) and "iid" in spec.SCHEDULES
+    assert all(new in spec.SCHEDULES for new in spec.SCHEDULE_ALIASES.values())
+    assert spec.VELOCITY_UNITS is asgd.VELOCITY_UNITS
     assert set(spec.DTYPE_NAMES) == set(data.DTYPES)
     assert data.dataset_args_with_defaults is spec.dataset_args_with_defaults
+
+
+def test_the_config_schema_names_only_worker_schedules_for_named_arms():
+    import pathlib
+
+    import yaml
+
+    schema = yaml.safe_load((pathlib.Path(__file__).resolve().parents[1] / "workflow" / "schemas"
+                             / "config.schema.yaml").read_text())
+    arms = schema["$defs"]["named_run"]["properties"]["schedule"]["enum"]
+    assert set(arms) <= set(spec.WORKER_SCHEDULES) - {"replay"}  # replay needs a log file, not an arm key
 
 
 def test_spec_imports_no_torch():

@@ -62,14 +62,18 @@ def test_validate_spec_fills_defaults():
     assert s["lr"] == 1.0 and isinstance(s["lr"], float)
     assert s["optimizer"] == {
         "delay": 0, "workers": None, "schedule": "round_robin", "momentum": 0.0, "variant": "plain",
-        "dampening": True, "weight_decay": 0.0,
+        "dampening": True, "weight_decay": 0.0, "weight_decay_on": "all", "velocity": "gradient",
+        "velocity_start": "zero", "spread": None, "compute_time": None, "landing_log": None,
     }
     assert s["stop"] == {"steady_state": None, "divergence": {"loss_factor": 1e4}, "escape": None, "settle": None}
     assert s["dataset_args"] == {"train_size": 1297, "split_seed": 0}
-    assert s["lr_schedule"] == {"kind": "constant", "warmup_epochs": 0}
+    assert s["lr_schedule"] == {"kind": "constant", "warmup_epochs": 0, "warmup_start": 0.0}
     assert validate_spec(s) == s  # idempotent
     dist = validate_spec({"model": "mlp", "epochs": 1, "lr": 0.1, "optimizer": {"delay": {"kind": "probs", "probs": [0.5, 0.5]}}})
-    assert dist["optimizer"]["schedule"] == "distribution"
+    assert dist["optimizer"]["schedule"] == "iid"  # the eq. 18 ring; "distribution" is its old name
+    old = validate_spec({"model": "mlp", "epochs": 1, "lr": 0.1,
+                         "optimizer": {"delay": {"kind": "probs", "probs": [0.5, 0.5]}, "schedule": "distribution"}})
+    assert old["optimizer"]["schedule"] == "distribution"
 
 
 @pytest.mark.parametrize(
@@ -90,6 +94,12 @@ def test_validate_spec_fills_defaults():
         ({"optimizer": {"workers": 0, "schedule": "random"}}, "spec key 'optimizer.workers': must be >= 1"),
         ({"optimizer": {"momentum": 0.9}}, "spec key 'optimizer.variant'"),
         ({"optimizer": {"delay": 3, "schedule": "distribution"}}, "spec key 'optimizer.schedule'"),
+        ({"optimizer": {"delay": 3, "schedule": "iid"}}, "spec key 'optimizer.schedule'"),
+        ({"optimizer": {"workers": 4, "schedule": "random", "spread": 1.0}}, "spec key 'optimizer.spread'"),
+        ({"optimizer": {"workers": 4, "schedule": "replay"}}, "spec key 'optimizer.landing_log'"),
+        ({"optimizer": {"velocity": "eta"}}, "spec key 'optimizer.velocity'"),
+        ({"optimizer": {"weight_decay_on": "bn"}}, "spec key 'optimizer.weight_decay_on'"),
+        ({"lr_schedule": {"kind": "constant", "warmup_start": 2.0}}, "spec key 'lr_schedule.warmup_start'"),
         ({"optimizer": {"delay": {"kind": "poisson"}}}, "spec key 'optimizer.delay.kind'"),
         ({"optimizer": {"delay": {"kind": "probs", "probs": [0.2, 0.2]}}}, "spec key 'optimizer.delay.probs'"),
         ({"lr_schedule": {"kind": "step"}}, "spec key 'lr_schedule.milestones': required"),
@@ -144,6 +154,31 @@ def test_mse_loss_and_lr_schedule():
     sched = {"kind": "step", "milestones": [3, 5], "gamma": 0.1, "warmup_epochs": 2}
     assert [lr_factor(sched, e, s, 4) for e, s in ((0, 0), (0, 3), (1, 7), (2, 8))] == [0.25 / 2, 0.5, 1.0, 1.0]
     assert lr_factor(sched, 3, 12, 4) == pytest.approx(0.1) and lr_factor(sched, 6, 24, 4) == pytest.approx(0.01)
+
+
+def test_goyal_warmup_starts_at_the_unscaled_lr():
+    """warmup_start = 1/k ramps linearly from eta/k to eta (Goyal et al.); 1 is no ramp at all."""
+    sched = {"kind": "constant", "warmup_epochs": 2, "warmup_start": 0.25}
+    assert [lr_factor(sched, 0, s, 5) for s in (0, 4, 9, 10)] == pytest.approx(
+        [0.25 + 0.75 / 10, 0.25 + 0.75 * 5 / 10, 1.0, 1.0], rel=1e-15)
+    flat = {"kind": "constant", "warmup_epochs": 2, "warmup_start": 1.0}
+    assert {lr_factor(flat, 0, s, 5) for s in range(12)} == {1.0}
+
+
+def test_weight_decay_on_weights_spares_biases_and_batchnorm():
+    from delay_stability.train import build_optimizer
+
+    spec = validate_spec({"model": "cnn_digits", "model_args": {"batchnorm": True}, "epochs": 1, "lr": 0.1,
+                          "optimizer": {"weight_decay": 0.01, "weight_decay_on": "weights"}})
+    model = build_model(spec["model"], **spec["model_args"])
+    opt = build_optimizer(spec, model)
+    decayed = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
+    assert {id(p) for p in opt.param_groups[0]["params"]} == decayed
+    assert all(id(p) not in decayed for p in opt.param_groups[1]["params"])
+    assert len(opt.param_groups[1]["params"]) > 0
+    plain = build_optimizer(validate_spec(dict(spec, optimizer=dict(spec["optimizer"], weight_decay_on="all"))), model)
+    assert len(plain.param_groups) == 1
 
 
 # ------------------------------------------------------------------ the engine against a hand-written loop
@@ -425,3 +460,35 @@ def test_cli_reports_user_errors_in_one_line(tmp_path):
     assert done.returncode == 2
     assert "spec key 'optimizer.variant': unknown value 'foo'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_replay_spec_reads_a_staleness_log_and_old_velocities_are_refused(tmp_path):
+    """optimizer.landing_log reaches DelayedSGD as the log's landing order; a checkpoint whose
+    velocities predate units (step units) is refused with a UserError, not loaded silently."""
+    from delay_stability.train import Run, build_optimizer
+
+    log = tmp_path / "staleness.csv"
+    log.write_text("update,worker,step,pulled,staleness,time\n" + "".join(
+        f"{t},{w},0,0,0,0.0\n" for t, w in enumerate([2, 3, 3, 1, 2, 1])))
+    spec = validate_spec({"model": "mlp", "epochs": 1, "lr": 0.1,
+                          "optimizer": {"workers": 3, "schedule": "replay", "landing_log": str(log)}})
+    opt = build_optimizer(spec, build_model("mlp"))
+    assert opt.landing_order == [1, 2, 2, 0, 1, 0]
+
+    spec = validate_spec({"model": "mlp", "dataset_args": {"train_size": 64}, "epochs": 1, "lr": 0.1,
+                          "batch_size": 32, "device": "cpu", "optimizer": {"delay": 2, "variant": "shifted", "momentum": 0.5}})
+    run_training(spec, str(tmp_path / "run"))
+    ckpt = torch.load(tmp_path / "run" / "final.pt", weights_only=True)
+    del ckpt["optimizer"]["delayed"]["velocity_units"]
+    run = Run(spec, str(tmp_path / "other"))
+    with pytest.raises(UserError, match="velocity='step'"):
+        run._restore(ckpt)
+
+
+def test_compute_time_law_is_checked_in_the_spec():
+    s = validate_spec({"model": "mlp", "epochs": 1, "lr": 0.1,
+                       "optimizer": {"workers": 3, "schedule": "compute_time", "compute_time": {"law": "normal"}}})
+    assert s["optimizer"]["compute_time"] == {"law": "normal", "mean": 1.0, "std": 0.125}
+    with pytest.raises(UserError, match="optimizer.compute_time"):
+        validate_spec({"model": "mlp", "epochs": 1, "lr": 0.1, "optimizer": {
+            "workers": 3, "schedule": "compute_time", "compute_time": {"law": "uniform", "low": 2.0, "high": 1.0}}})

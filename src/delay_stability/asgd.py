@@ -1,30 +1,55 @@
-"""DelayedSGD: asynchronous SGD (A-SGD) with stale gradients, as a drop-in torch optimizer.
+"""DelayedSGD: asynchronous SGD (A-SGD) with stale gradients, as a drop-in torch optimizer, and the
+one update kernel (``update``) that it, the ensemble and the parameter server share.
 
 The delay model of Giladi et al. (ICLR 2020), eq. 2:
 
-    w_{t+1} = w_t - eta * g(w_{t - tau_t}),
+    w_{t+1} = w_t - eta_t * g(w_{t - tau_t}),
 
 where g(w_s) is the (stochastic) gradient the user computed at step s. The user's loop stays
 ``loss.backward(); opt.step()``: at every step the gradient is taken at the *current* weights (what
 a worker that has just read the weights computes) and joins a pool of in-flight updates; a
-schedule decides which one lands:
+schedule decides which one lands. Two families:
 
-* ``schedule="round_robin"`` (constant delay tau): tau+1 in-flight slots served in turn, so the
-  update applied at step t is g(w_{t-tau}). All workers start from w_0, so the first tau+1 updates
-  use the gradient taken at w_0 (the slots are filled with the first gradient).
-* ``schedule="random"`` (M workers, the queueing model of *Asynchrony begets Momentum*): the
-  landing worker is drawn uniformly among M; it then reads the new weights and computes the next
-  gradient. Staleness is geometric, P(tau = k) = (1/M)(1 - 1/M)^k, with mean M - 1.
-* ``schedule="distribution"`` (stochastic delay, eq. 18): tau_t is drawn from a given probability
-  vector P(tau = k), k = 0..K, and the update applied is g(w_{t - tau_t}) from a ring of the last
-  K+1 gradients (g(w_0) stands in for steps before 0).
+**Worker-based schedules (they model real workers; use them for training experiments).** M workers
+each hold one in-flight gradient (and, for shifted momentum, their own velocity); at each step one
+worker lands, reads the new weights and computes its next gradient. Every gradient lands exactly
+once and the mean staleness is M - 1 (in steady state, whatever the rule). All workers start from
+w_0 (every slot holds g(w_0) at t = 0). The landing rules:
 
-Momentum (section 2.2.2 and appendix D), with dampening (drop the (1-m) with dampening=False):
+* ``"round_robin"`` (constant delay tau = M - 1): the workers land in turn, so the update applied at
+  step t is g(w_{t-tau}) (the first tau+1 updates use g(w_0)).
+* ``"random"`` (uniform; the queueing model of *Asynchrony begets Momentum*): the landing worker is
+  drawn uniformly; staleness is geometric, P(tau = k) = (1/M)(1 - 1/M)^k.
+* ``"gaussian"`` (the authors' rule, ``trainer.py`` ``_schedule_worker('normal')`` of
+  paper-submissions/delay_stability): worker j, whose gradient has staleness s_j = t - (step it read),
+  lands with probability proportional to Phi((s_j - M) / spread), spread = M/4 by default.
+* ``"compute_time"``: each worker draws the time its next gradient takes (``compute_time`` =
+  {law: exponential | normal | uniform, ...}) when it reads the weights; the earliest finisher lands.
+  Exponential times give the uniform rule's law; nearly equal times concentrate the staleness at M - 1.
+* ``"replay"``: the landing workers in the order of a real run's staleness log (``landing_order``,
+  e.g. ``staleness.landing_order(path)``), cycled when training is longer than the log.
+
+**i.i.d. delays (the model of eq. 18-19; not a model of workers).** ``schedule="iid"`` (old name
+``"distribution"``, kept as an alias): tau_t is drawn independently each step from a probability
+vector P(tau = k), k = 0..K, and the update applied is g(w_{t - tau_t}) from a ring of the last K+1
+gradients (g(w_0) stands in for steps before 0). A gradient may land twice or never: this is the
+model whose mean dynamics eq. 19 describes, and it is used where eq. 19 is being checked.
+
+Momentum (section 2.2.2 and appendix D) as ``torch.optim.SGD`` and the authors' code keep it: the
+velocity u is in gradient units and the *current* eta_t is applied at the step (d = m with
+``dampening=True``, the paper's form; d = 0 without):
 
 * ``variant="momentum"`` -- server momentum, one velocity (eq. 9 / eq. 22):
-      v <- m v - eta (1-m) g_landed,    w <- w + v.
-* ``variant="shifted"`` -- shifted momentum, one velocity per worker slot (eq. 10):
-      v_{t+1} = m v_{t-tau} - eta (1-m) g(w_{t-tau}),    w_{t+1} = w_t + v_{t+1}.
+      u <- m u + (1-d) g_landed,    w <- w - eta_t u.
+* ``variant="shifted"`` -- shifted momentum, one velocity per worker (eq. 10): the landing worker's
+      u_j <- m u_j + (1-d) g_j,    w <- w - eta_t u_j.
+
+At constant eta, v = -eta u turns these into eq. 9 / eq. 10 exactly (v <- m v - eta (1-d) g,
+w <- w + v); with a schedule they differ: ``velocity="step"`` keeps that older form, where the
+velocity carries the eta of the step that wrote it. First step: ``velocity_start="zero"`` (default)
+starts every velocity at u = 0, so the first update is u = (1-d) g (eq. 9 / eq. 10 with v_0 = 0);
+``velocity_start="gradient"`` is torch's convention, u = g on a velocity's first update (each
+worker's own first update for shifted momentum).
 
 Weight decay is applied at the server on the current weights: g_landed + wd * w_t.
 
@@ -48,30 +73,181 @@ s = t - tau_t, enters the update; tau_t is the staleness of that update. Equatio
 * ``gap-aware``: g <- g_s / (1 + |w_t - w_s| / (tau_t eta (sqrt(v_hat) + eps))) elementwise, v_hat the
   bias-corrected EMA (``ema``) of g_s^2 (Barkai et al. 2020; no penalty at tau_t = 0).
 
-Weight decay with a mitigation joins the landed gradient (g_s + wd w_t) before the rule.
+Weight decay with a mitigation joins the landed gradient (g_s + wd w_t) before the rule; the rule's
+step is applied through the same kernel (``update``, plain variant).
 
 Memory: one flat buffer of slots x parameters for the in-flight gradients (plus one flat velocity,
-or one per slot for shifted momentum); the step copies the fresh gradient into its slot and applies
-the landing slot in place, with no allocation per step. BatchNorm running statistics are not
-optimizer state: they are updated in the forward pass at the current weights (the authors' code
-delays them too, with the model replicas).
+or one per slot for shifted momentum, and one flat row of the weights the kernel updates); no
+allocation per step. BatchNorm running statistics are not optimizer state: they are updated in the
+forward pass at the current weights (the authors' code delays them too, with the model replicas).
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 import random
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from .spec import SCHEDULES  # one list of schedules, shared with the spec
+from .spec import SCHEDULE_ALIASES, SCHEDULES, VELOCITY_STARTS, VELOCITY_UNITS, check_compute_time
+from .spec import WORKER_SCHEDULES  # the schedules, shared with the spec
 from .theory import VARIANTS  # one list of variants: plain, momentum, shifted
 from .theory import check_mitigation
 
 #: Mitigations that keep w_s, the weights each in-flight gradient was taken at (one row per slot).
 _NEEDS_BACKUP = ("dc-asgd-c", "dc-asgd-a", "gap-aware")
+
+
+# ================================================================ the update kernel
+
+
+def _axpy(x: torch.Tensor, y: torch.Tensor, a) -> torch.Tensor:
+    """x += a * y in place; ``a`` a number or a tensor broadcastable to x (one value per member)."""
+    if isinstance(a, torch.Tensor):
+        return x.addcmul_(y, a)
+    return x.add_(y, alpha=a)
+
+
+def _nonzero(a) -> bool:
+    return isinstance(a, torch.Tensor) or a != 0
+
+
+@torch.no_grad()
+def update(w: torch.Tensor, g: torch.Tensor, u: torch.Tensor | None = None, *, lr, momentum=0.0,
+           dampening=0.0, weight_decay=0.0, variant: str = "plain", velocity: str = "gradient",
+           fresh=False) -> None:
+    """Apply one landed gradient at the server, in place on the flat weights ``w`` (and velocity ``u``).
+
+    With d = ``dampening`` (torch's meaning: d = m is the paper's (1-m) form, d = 0 none) and
+    G = g + wd w (weight decay on the current weights):
+
+    * plain (eq. 2):                    w <- w - eta G   (computed as w <- (1 - eta wd) w - eta g)
+    * momentum / shifted, ``velocity="gradient"`` (torch.optim.SGD's form; eq. 9 / eq. 10 at
+      constant eta with v = -eta u):    u <- m u + (1-d) G,   w <- w - eta u
+      where ``fresh`` (a bool, or a bool tensor per member) marks a velocity's first update under
+      torch's start: there u <- G.
+    * momentum / shifted, ``velocity="step"`` (the velocity carries eta, eq. 9 / eq. 10 as written):
+                                        v <- m v - eta (1-d) G,   w <- w + v
+
+    ``u`` is the landing worker's velocity row (shifted) or the server's (momentum). Every
+    hyperparameter is a number, or a tensor broadcastable to ``w`` (e.g. (R, 1) for R members
+    stacked as (R, P): the ensemble), so one call updates a whole batch of runs.
+    """
+    if variant == "plain":
+        if _nonzero(weight_decay):
+            w.mul_(1.0 - lr * weight_decay)  # w - eta wd w
+        _axpy(w, g, -lr)  # w - eta g  (eq. 2)
+        return
+    if u is None:
+        raise ValueError(f"variant {variant!r} needs a velocity row")
+    if velocity == "step":
+        scale = lr * (1.0 - dampening)
+        u.mul_(momentum)
+        _axpy(u, g, -scale)  # m v - eta (1-d) g
+        if _nonzero(weight_decay):
+            _axpy(u, w, -scale * weight_decay)  # ... - eta (1-d) wd w
+        w.add_(u)  # w + v  (eq. 9 / eq. 10)
+        return
+    if velocity != "gradient":
+        raise ValueError(f"unknown velocity convention {velocity!r} (choose {', '.join(VELOCITY_UNITS)})")
+    if isinstance(fresh, torch.Tensor):
+        first = g.clone()
+        if _nonzero(weight_decay):
+            _axpy(first, w, weight_decay)
+    if fresh is True:
+        u.copy_(g)  # torch's first step: u = G
+        if _nonzero(weight_decay):
+            _axpy(u, w, weight_decay)
+    else:
+        u.mul_(momentum)
+        _axpy(u, g, 1.0 - dampening)  # m u + (1-d) g
+        if _nonzero(weight_decay):
+            _axpy(u, w, (1.0 - dampening) * weight_decay)  # ... + (1-d) wd w
+        if isinstance(fresh, torch.Tensor):
+            u.copy_(torch.where(fresh, first, u))
+    _axpy(w, u, -lr)  # w - eta_t u
+
+
+def velocity_rows(variant: str, workers: int) -> int:
+    """Velocity rows of a variant: none (plain), one (server momentum), one per worker (shifted)."""
+    return {"plain": 0, "momentum": 1, "shifted": workers}[variant]
+
+
+def optimizer_state(*, param_groups: list[dict], schedule: str, variant: str, num_slots: int, grads,
+                    velocity, stamps, t: int, free: int, rng_state, hist, last_staleness,
+                    probs=None, velocity_units: str = "gradient", velocity_start: str = "zero",
+                    fresh=None, schedule_state: dict | None = None, extra: dict | None = None) -> dict:
+    """The state dict of a ``DelayedSGD`` (its one layout; the ensemble builds its members' with it).
+
+    ``param_groups``: torch's layout (hyperparameters and parameter indices per group); ``grads``: the
+    (slots, P) in-flight gradients; ``velocity``: (rows, P) or None; ``stamps``: the step whose
+    weights each slot's gradient was taken at; ``free``: the slot that takes the next gradient;
+    ``rng_state``: ``random.Random.getstate()`` of the schedule; ``hist``: staleness counts;
+    ``fresh``: per velocity row, whether it was never written (torch's start); ``schedule_state``:
+    what a landing rule keeps between steps (compute times: the workers' finish times).
+    """
+    rows = 0 if velocity is None else int(velocity.shape[0])
+    return {
+        "state": {},
+        "param_groups": param_groups,
+        "delayed": {
+            "schedule": schedule,
+            "variant": variant,
+            "num_slots": num_slots,
+            "probs": probs,
+            "velocity_units": velocity_units,
+            "velocity_start": velocity_start,
+            "grads": grads,
+            "velocity": velocity,
+            "fresh": list(fresh) if fresh is not None else [True] * rows,
+            "stamps": list(stamps),
+            "t": int(t),
+            "free": int(free),
+            "rng": rng_state,
+            "hist": list(hist),
+            "last_staleness": last_staleness,
+            "schedule_state": dict(schedule_state or {}),
+            **(extra or {}),
+        },
+    }
+
+
+# ================================================================ landing rules of worker schedules
+
+
+def gaussian_landing_probabilities(staleness, workers: int, spread: float | None = None) -> np.ndarray:
+    """P(worker j lands) proportional to Phi((s_j - M) / spread), s_j its gradient's staleness,
+    spread = M/4 by default: the authors' rule (``trainer.py``, ``_schedule_worker('normal')``)."""
+    s = np.asarray(staleness, dtype=np.float64)
+    spread = workers / 4.0 if spread is None else float(spread)
+    z = (s - workers) / spread
+    phi = np.array([0.5 * math.erfc(-x / math.sqrt(2.0)) for x in z])
+    total = phi.sum()
+    if not total > 0:  # every Phi underflowed (cannot happen for spread >= M/40): the stalest lands
+        phi = (s == s.max()).astype(np.float64)
+        total = phi.sum()
+    return phi / total
+
+
+def _draw(probs, u: float) -> int:
+    """Index k with cumulative probability first exceeding u in [0, 1)."""
+    cdf = np.cumsum(probs)
+    return min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), len(probs) - 1)
+
+
+def draw_compute_time(law: dict, rng: random.Random) -> float:
+    """One compute time from the law (normal: redrawn until positive)."""
+    if law["law"] == "exponential":
+        return rng.expovariate(1.0 / law["mean"])
+    if law["law"] == "uniform":
+        return rng.uniform(law["low"], law["high"])
+    while True:
+        x = rng.gauss(law["mean"], law["std"])
+        if x > 0:
+            return x
 
 
 def _as_probabilities(delay) -> list[float]:
@@ -101,18 +277,27 @@ class DelayedSGD(torch.optim.Optimizer):
         params: parameters or parameter groups (each group may set its own ``lr``,
             ``momentum``, ``dampening`` and ``weight_decay``).
         lr: learning rate eta > 0.
-        delay: constant delay tau >= 0 (round robin); or, with ``schedule="distribution"``, a 1-D
-            sequence of probabilities P(tau = k), k = 0..K (a sequence implies that schedule).
-        workers: number of in-flight workers M for ``schedule="random"`` (default delay + 1);
-            with round robin, M = tau + 1 may be given instead of ``delay``.
-        schedule: ``"round_robin"``, ``"random"`` or ``"distribution"``.
+        delay: constant delay tau >= 0 (round robin; M = tau + 1 workers for the other worker
+            schedules); or, with ``schedule="iid"``, a 1-D sequence of probabilities P(tau = k),
+            k = 0..K (a sequence implies that schedule).
+        workers: number of workers M of a worker schedule (default delay + 1).
+        schedule: a worker schedule (``"round_robin"``, ``"random"``, ``"gaussian"``,
+            ``"compute_time"``, ``"replay"``) or the i.i.d. delays of eq. 18 (``"iid"``, alias
+            ``"distribution"``); see the module doc.
         momentum: m in (-1, 1); needs ``variant="momentum"`` or ``"shifted"`` when non-zero.
         variant: ``"plain"``, ``"momentum"`` (server momentum, eq. 9) or ``"shifted"`` (eq. 10).
         dampening: multiply the gradient by (1 - m) in the velocity update (the paper's form).
         weight_decay: L2 coefficient, applied at the server on the current weights.
-        seed: seed of the schedule's random draws (random and distribution schedules).
+        seed: seed of the schedule's random draws.
         mitigation: None (plain delayed SGD) or one of ``theory.MITIGATIONS`` (see the module doc).
         mitigation_args: that rule's hyperparameters (defaults ``theory.MITIGATION_DEFAULTS``).
+        spread: the Gaussian rule's spread s (default M/4).
+        compute_time: the compute-time law of ``schedule="compute_time"`` (``check_compute_time``).
+        landing_order: the landing workers (0..M-1), in order, of ``schedule="replay"``.
+        velocity: ``"gradient"`` (torch's units, the current eta applied at the step; default) or
+            ``"step"`` (the velocity carries eta, the older form; equal at constant eta).
+        velocity_start: ``"zero"`` (u_0 = 0; default) or ``"gradient"`` (torch's u = g on a
+            velocity's first update).
 
     All parameters must share one dtype and device (one flat buffer holds their slots).
     """
@@ -131,10 +316,16 @@ class DelayedSGD(torch.optim.Optimizer):
         seed: int = 0,
         mitigation: str | None = None,
         mitigation_args: dict | None = None,
+        spread: float | None = None,
+        compute_time: dict | None = None,
+        landing_order: Sequence[int] | None = None,
+        velocity: str = "gradient",
+        velocity_start: str = "zero",
     ):
         if isinstance(delay, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(delay, str):
             if schedule == "round_robin":
-                schedule = "distribution"
+                schedule = "iid"
+        schedule = SCHEDULE_ALIASES.get(schedule, schedule)
         _check_hyperparameters(lr, momentum, weight_decay)
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r} (choose {', '.join(VARIANTS)})")
@@ -142,9 +333,17 @@ class DelayedSGD(torch.optim.Optimizer):
             raise ValueError(f"unknown schedule {schedule!r} (choose {', '.join(SCHEDULES)})")
         if variant == "plain" and momentum != 0:
             raise ValueError(f"momentum={momentum} needs variant='momentum' or variant='shifted'")
+        if velocity not in VELOCITY_UNITS:
+            raise ValueError(f"unknown velocity {velocity!r} (choose {', '.join(VELOCITY_UNITS)})")
+        if velocity_start not in VELOCITY_STARTS:
+            raise ValueError(f"unknown velocity_start {velocity_start!r} (choose {', '.join(VELOCITY_STARTS)})")
+        if velocity == "step" and velocity_start != "zero":
+            raise ValueError("velocity='step' starts from zero velocity (velocity_start='zero')")
 
         self.schedule = schedule
         self.variant = variant
+        self.velocity_units, self.velocity_start = velocity, velocity_start
+        self._check_schedule_args(spread, compute_time, landing_order)
         self.mitigation, self.mitigation_args = None, {}
         if mitigation is not None:
             self.mitigation, self.mitigation_args = check_mitigation(mitigation, mitigation_args)
@@ -157,6 +356,9 @@ class DelayedSGD(torch.optim.Optimizer):
             raise ValueError("mitigation_args given without a mitigation")
         self.probs: list[float] | None = None
         self.num_slots = self._slots_for_schedule(delay, workers)
+        if self.landing_order is not None and max(self.landing_order) >= self.num_slots:
+            raise ValueError(f"landing_order names worker {max(self.landing_order)} but there are "
+                             f"{self.num_slots} workers (0..{self.num_slots - 1})")
         self._cdf = None if self.probs is None else np.cumsum(self.probs).tolist()
 
         defaults = dict(lr=lr, momentum=momentum, dampening=bool(dampening), weight_decay=weight_decay)
@@ -174,31 +376,54 @@ class DelayedSGD(torch.optim.Optimizer):
         self._rng = random.Random(seed)
         self._hist: list[int] = []  # _hist[k] = number of landed updates with staleness k
         self.last_staleness: int | None = None
+        self.last_worker: int | None = None
+        rows = 0 if self._velocity is None else self._velocity.shape[0]
+        self._fresh = [True] * rows  # velocity rows never written (torch's start: u = g there)
+        self._finish: list[float] = []  # compute_time: each worker's finish time
+        if self.schedule == "compute_time":
+            self._finish = [draw_compute_time(self.compute_time, self._rng) for _ in range(self.num_slots)]
         self._frozen = True
+
+    def _check_schedule_args(self, spread, compute_time, landing_order) -> None:
+        """The landing rule's own arguments: each only with its schedule."""
+        self.spread = self.compute_time = self.landing_order = None
+        given = {"spread": spread, "compute_time": compute_time, "landing_order": landing_order}
+        owner = {"spread": "gaussian", "compute_time": "compute_time", "landing_order": "replay"}
+        for name, value in given.items():
+            if value is not None and self.schedule != owner[name]:
+                raise ValueError(f"{name} is only used with schedule={owner[name]!r}, not {self.schedule!r}")
+        if spread is not None:
+            if isinstance(spread, bool) or not isinstance(spread, (int, float)) or not spread > 0:
+                raise ValueError(f"spread must be a number > 0, got {spread!r}")
+            self.spread = float(spread)
+        if self.schedule == "compute_time":
+            self.compute_time = check_compute_time(compute_time if compute_time is not None
+                                                   else {"law": "exponential"})
+        if self.schedule == "replay":
+            if landing_order is None or len(landing_order) == 0:
+                raise ValueError("schedule='replay' needs landing_order, the landing workers in order")
+            self.landing_order = [_check_int("landing_order", k, 0) for k in landing_order]
 
     # ---------------------------------------------------------------- set-up
 
     def _slots_for_schedule(self, delay, workers) -> int:
-        """Number of in-flight slots: tau+1 (round robin), M (random), K+1 (distribution)."""
-        if self.schedule == "distribution":
+        """Number of in-flight slots: M = tau + 1 workers (worker schedules), K+1 (iid)."""
+        if self.schedule == "iid":
             if workers is not None:
-                raise ValueError("workers is not used with schedule='distribution' (give delay probabilities)")
+                raise ValueError("workers is not used with schedule='iid' (give delay probabilities)")
             if isinstance(delay, (int, np.integer)) and not isinstance(delay, bool):
-                raise ValueError("schedule='distribution' needs delay as a probability vector P(tau=k), k=0..K")
+                raise ValueError("schedule='iid' needs delay as a probability vector P(tau=k), k=0..K")
             self.probs = _as_probabilities(delay)
             return len(self.probs)
         tau = _check_int("delay", delay, 0)
         if workers is not None:
             workers = _check_int("workers", workers, 1)
-        if self.schedule == "random":
-            if workers is None:
-                return tau + 1
-            if tau not in (0, workers - 1):
-                raise ValueError(f"delay={tau} and workers={workers} disagree (random schedule: mean staleness is workers-1)")
-            return workers
-        if workers is not None and tau not in (0, workers - 1):
-            raise ValueError(f"delay={tau} and workers={workers} disagree (round robin: workers = delay + 1)")
-        return workers if workers is not None else tau + 1
+        if workers is None:
+            return tau + 1
+        if tau not in (0, workers - 1):
+            raise ValueError(f"delay={tau} and workers={workers} disagree (M workers: mean staleness is "
+                             f"workers-1; round robin: workers = delay + 1)")
+        return workers
 
     def add_param_group(self, param_group):
         """Register a group (constructor only: the flat buffer is laid out once).
@@ -240,8 +465,9 @@ class DelayedSGD(torch.optim.Optimizer):
         numel = sum(p.numel() for p in self._params)
         kw = dict(dtype=first.dtype, device=first.device)
         self._grads = torch.zeros(self.num_slots, numel, **kw)
-        velocity_rows = {"plain": 0, "momentum": 1, "shifted": self.num_slots}[self.variant]
-        self._velocity = torch.zeros(velocity_rows, numel, **kw) if velocity_rows else None
+        rows = velocity_rows(self.variant, self.num_slots)
+        self._velocity = torch.zeros(rows, numel, **kw) if rows else None
+        self._w = torch.zeros(numel, **kw)  # the weights as one flat row, for the kernel
 
         self._group_ranges = []  # (first param index, last+1, first element, last+1) per group
         offsets, i, off = [], 0, 0
@@ -252,10 +478,9 @@ class DelayedSGD(torch.optim.Optimizer):
                 off += p.numel()
                 i += 1
             self._group_ranges.append((i0, i, off0, off))
+        self._offsets = offsets
         self._grad_views = [self._views(self._grads[s], offsets) for s in range(self.num_slots)]
-        self._velocity_views = (
-            [self._views(self._velocity[r], offsets) for r in range(velocity_rows)] if velocity_rows else []
-        )
+        self._w_views = self._views(self._w, offsets)
 
     def _views(self, row: torch.Tensor, offsets) -> list[torch.Tensor]:
         return [row[o : o + n].view_as(p) for (o, n), p in zip(offsets, self._params)]
@@ -278,6 +503,7 @@ class DelayedSGD(torch.optim.Optimizer):
         if self.variant == "momentum":  # one server velocity
             velocity_read = velocity_write = 0
         staleness = t - self._stamps[land]
+        self.last_worker = land  # the slot (worker) whose gradient landed
         self._record(staleness)
         if self.mitigation is None:
             self._apply(land, velocity_read, velocity_write)
@@ -288,8 +514,9 @@ class DelayedSGD(torch.optim.Optimizer):
         return loss
 
     def _write_slot(self, t: int) -> int:
-        """Round robin and distribution: a ring indexed by t; random: the worker that just landed."""
-        return self._free if self.schedule == "random" else t % self.num_slots
+        """Round robin and iid: a ring indexed by t; the other worker schedules: the worker that just
+        landed (round robin's ring is that too: the slot that landed at t-1 is t mod M)."""
+        return t % self.num_slots if self.schedule in ("round_robin", "iid") else self._free
 
     def _store_gradient(self, slot: int, fill_all: bool) -> None:
         views = self._grad_views[slot]
@@ -324,6 +551,17 @@ class DelayedSGD(torch.optim.Optimizer):
         if self.schedule == "random":
             land = self._rng.randrange(K)
             return land, land, land
+        if self.schedule == "gaussian":
+            staleness = [t - s for s in self._stamps]
+            land = _draw(gaussian_landing_probabilities(staleness, K, self.spread), self._rng.random())
+            return land, land, land
+        if self.schedule == "compute_time":
+            land = min(range(K), key=self._finish.__getitem__)  # the earliest finisher
+            self._finish[land] += draw_compute_time(self.compute_time, self._rng)  # its next gradient's time
+            return land, land, land
+        if self.schedule == "replay":
+            land = self.landing_order[t % len(self.landing_order)]
+            return land, land, land
         tau = bisect.bisect_right(self._cdf, self._rng.random() * self._cdf[-1])
         tau = min(tau, K - 1)
         land = (t - tau) % K  # holds g(w_{max(t - tau, 0)})
@@ -336,26 +574,25 @@ class DelayedSGD(torch.optim.Optimizer):
         self.last_staleness = staleness
 
     def _apply(self, land: int, v_read: int, v_write: int) -> None:
-        g_all = self._grad_views[land]
+        """The landing slot's update through the kernel (``update``), group by group, on the flat
+        weights (gathered from the parameters and written back)."""
+        torch._foreach_copy_(self._w_views, self._params)
+        if self._velocity is not None and v_read != v_write:  # iid ring: v_{t+1} from v_{t-tau}
+            self._velocity[v_write].copy_(self._velocity[v_read])
+            self._fresh[v_write] = self._fresh[v_read]
+        fresh = bool(self._fresh[v_write]) and self.velocity_start == "gradient" if self._fresh else False
         for group, (i0, i1, e0, e1) in zip(self.param_groups, self._group_ranges):
             if i0 == i1:
                 continue
-            lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
-            params, grads = self._params[i0:i1], g_all[i0:i1]
-            if self.variant == "plain":
-                if wd != 0:
-                    torch._foreach_mul_(params, 1.0 - lr * wd)  # w - eta*wd*w
-                torch._foreach_add_(params, grads, alpha=-lr)  # w - eta*g  (eq. 2)
-                continue
-            scale = lr * (1.0 - m) if group["dampening"] else lr
-            v_new = self._velocity[v_write, e0:e1]
-            if v_read != v_write:
-                v_new.copy_(self._velocity[v_read, e0:e1])
-            v_new.mul_(m).add_(self._grads[land, e0:e1], alpha=-scale)  # m v - eta(1-m) g
-            velocity = self._velocity_views[v_write][i0:i1]
-            if wd != 0:
-                torch._foreach_add_(velocity, params, alpha=-scale * wd)  # ... - eta(1-m) wd w
-            torch._foreach_add_(params, velocity)  # w + v  (eq. 9 / eq. 10)
+            m = group["momentum"]
+            update(self._w[e0:e1], self._grads[land, e0:e1],
+                   None if self._velocity is None else self._velocity[v_write, e0:e1],
+                   lr=group["lr"], momentum=m, dampening=m if group["dampening"] else 0.0,
+                   weight_decay=group["weight_decay"], variant=self.variant, velocity=self.velocity_units,
+                   fresh=fresh)
+        if self._fresh:
+            self._fresh[v_write] = False
+        torch._foreach_copy_(self._params, self._w_views)
 
     # ---------------------------------------------------------------- delay mitigations
 
@@ -388,15 +625,6 @@ class DelayedSGD(torch.optim.Optimizer):
             row[off : off + n].copy_(p.detach().reshape(-1))
             off += n
         return row
-
-    def _scatter_add(self, row: torch.Tensor, alphas) -> None:
-        """params += alpha_g * row[group slice], per parameter group."""
-        off = 0
-        for (i0, i1, e0, e1), alpha in zip(self._group_ranges, alphas):
-            for p in self._params[i0:i1]:
-                n = p.numel()
-                p.add_(row[off : off + n].view_as(p), alpha=alpha)
-                off += n
 
     def _nominal_delay(self) -> float:
         """tau of the weight prediction: slots - 1 (round robin: tau; random: the mean M - 1),
@@ -460,15 +688,17 @@ class DelayedSGD(torch.optim.Optimizer):
             else:
                 u.copy_(self._mvel)
         scales = [-group["lr"] * self._step_scale(group, staleness) for group in self.param_groups]
-        if self._true is None:
-            self._scatter_add(u, scales)
+        if self._true is None:  # the rule's step through the kernel: w <- w - eta_t u
+            for (i0, i1, e0, e1), alpha in zip(self._group_ranges, scales):
+                update(w[e0:e1], u[e0:e1], lr=-alpha)
+            torch._foreach_copy_(self._params, self._views(w, self._offsets))
             return
         # weight prediction: w <- w - eta v on the true weights, the parameters <- w - eta k v
         tau = self._nominal_delay()
         beta = float(hp["beta"])
         k = (beta - beta ** (tau + 1.0)) / (1.0 - beta)
         for group, (i0, i1, e0, e1), alpha in zip(self.param_groups, self._group_ranges, scales):
-            self._true[e0:e1].add_(u[e0:e1], alpha=alpha)
+            update(self._true[e0:e1], u[e0:e1], lr=-alpha)
         predicted = self._scratch[0]
         predicted.copy_(self._true)
         for group, (i0, i1, e0, e1), alpha in zip(self.param_groups, self._group_ranges, scales):
@@ -513,8 +743,8 @@ class DelayedSGD(torch.optim.Optimizer):
         return float(np.dot(np.arange(counts.size), counts) / total) if total else float("nan")
 
     def buffer_bytes(self) -> int:
-        """Bytes held by the in-flight gradient slots and the velocity buffer(s)."""
-        total = self._grads.numel() * self._grads.element_size()
+        """Bytes held by the in-flight gradient slots, the velocity buffer(s) and the flat weight row."""
+        total = (self._grads.numel() + self._w.numel()) * self._grads.element_size()
         if self._velocity is not None:
             total += self._velocity.numel() * self._velocity.element_size()
         for extra in (self._backup, self._ms, self._mvel, self._true, self._scratch):
@@ -525,33 +755,24 @@ class DelayedSGD(torch.optim.Optimizer):
     # ---------------------------------------------------------------- checkpoints
 
     def state_dict(self):
-        """Hyperparameters per group (torch's layout) plus the in-flight updates, velocities,
-        schedule position, RNG and staleness counts; ``torch.save`` it with the model."""
+        """Hyperparameters per group (torch's layout) plus the in-flight updates, velocities (and
+        their units), schedule position, RNG and staleness counts (``optimizer_state``'s layout);
+        ``torch.save`` it with the model."""
         groups, index = [], 0
         for group in self.param_groups:
             packed = {k: v for k, v in group.items() if k != "params"}
             packed["params"] = list(range(index, index + len(group["params"])))
             index += len(group["params"])
             groups.append(packed)
-        return {
-            "state": {},
-            "param_groups": groups,
-            "delayed": {
-                "schedule": self.schedule,
-                "variant": self.variant,
-                "num_slots": self.num_slots,
-                "probs": self.probs,
-                "grads": self._grads,
-                "velocity": self._velocity,
-                "stamps": list(self._stamps),
-                "t": self._t,
-                "free": self._free,
-                "rng": self._rng.getstate(),
-                "hist": list(self._hist),
-                "last_staleness": self.last_staleness,
-                **self._mitigation_state(),
-            },
-        }
+        schedule_state = {"finish": list(self._finish)} if self.schedule == "compute_time" else {}
+        extra = {"spread": self.spread, "compute_time": self.compute_time, "landing_order": self.landing_order,
+                 **self._mitigation_state()}
+        return optimizer_state(
+            param_groups=groups, schedule=self.schedule, variant=self.variant, num_slots=self.num_slots,
+            probs=self.probs, grads=self._grads, velocity=self._velocity, stamps=self._stamps, t=self._t,
+            free=self._free, rng_state=self._rng.getstate(), hist=self._hist,
+            last_staleness=self.last_staleness, velocity_units=self.velocity_units,
+            velocity_start=self.velocity_start, fresh=self._fresh, schedule_state=schedule_state, extra=extra)
 
     def _mitigation_state(self) -> dict:
         """The mitigation's part of the state dict (nothing without one: old checkpoints stay valid)."""
@@ -567,11 +788,21 @@ class DelayedSGD(torch.optim.Optimizer):
         delayed = state_dict.get("delayed")
         if delayed is None:
             raise ValueError("optimizer state: not a DelayedSGD state dict (no in-flight updates)")
-        for key in ("schedule", "variant", "num_slots", "probs", "mitigation", "mitigation_args"):
+        delayed = dict(delayed, schedule=SCHEDULE_ALIASES.get(delayed["schedule"], delayed["schedule"]))
+        for key in ("schedule", "variant", "num_slots", "probs", "mitigation", "mitigation_args",
+                    "spread", "compute_time", "landing_order"):
             mine = getattr(self, key)
             theirs = delayed.get(key, {} if key == "mitigation_args" else None)
             if theirs != mine:
                 raise ValueError(f"optimizer state: {key} is {theirs!r} in the state dict but {mine!r} here")
+        if self._velocity is not None:  # a state without units predates them: its velocities carry eta
+            units = delayed.get("velocity_units", "step")
+            start = delayed.get("velocity_start", "zero")
+            if (units, start) != (self.velocity_units, self.velocity_start):
+                raise ValueError(f"optimizer state: its velocities are velocity={units!r}, velocity_start={start!r} "
+                                 f"but this optimizer has velocity={self.velocity_units!r}, velocity_start="
+                                 f"{self.velocity_start!r} (an older checkpoint keeps velocities in step units: "
+                                 "load it with velocity='step')")
         groups = state_dict["param_groups"]
         if [len(g["params"]) for g in groups] != [len(g["params"]) for g in self.param_groups]:
             raise ValueError("optimizer state: its parameter groups do not match these parameters")
@@ -588,6 +819,9 @@ class DelayedSGD(torch.optim.Optimizer):
         self._rng.setstate(_as_rng_state(delayed["rng"]))
         self._hist = list(delayed["hist"])
         self.last_staleness = delayed["last_staleness"]
+        rows = 0 if self._velocity is None else self._velocity.shape[0]
+        self._fresh = [bool(f) for f in delayed.get("fresh", [False] * rows)]
+        self._finish = [float(x) for x in delayed.get("schedule_state", {}).get("finish", self._finish)]
         if self.mitigation is not None:
             for name, buffer in delayed["mitigation_buffers"].items():
                 getattr(self, "_" + name).copy_(buffer)

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from . import __version__
+from .asgd import optimizer_state, update, velocity_rows
 from .data import DTYPES, load_dataset
 from .errors import UserError
 from .files import write_json
@@ -106,12 +107,14 @@ class Member:
         self.slots = self.tau + 1
         o = spec["optimizer"]
         self.variant, self.m, self.dampening, self.wd = o["variant"], o["momentum"], o["dampening"], o["weight_decay"]
+        self.velocity = o["velocity"]  # velocity units (asgd.update); members of a batch share them
         self.random = o["schedule"] == "random"  # DelayedSGD's random workers: its own bookkeeping
         self.rng = random.Random(spec["seed"])
         self.stamps = [0] * self.slots  # step at whose weights each slot's gradient was taken
         self.free = 0  # the slot that receives the next gradient
         self.hist: list[int] = []
         self.last_staleness = None
+        self.landed: set[int] = set()  # random workers that have landed (their velocity rows are written)
         self.generator = torch.Generator().manual_seed(spec["seed"])
         self.loop = _fresh_loop()
         self.rng_torch = None  # the global torch RNG as the single run leaves it after building its model
@@ -137,6 +140,7 @@ class Member:
         if t == 0:
             self.stamps = [0] * self.slots
         land = self.rng.randrange(self.slots)
+        self.landed.add(land)
         staleness = t - self.stamps[land]
         if staleness >= len(self.hist):
             self.hist.extend([0] * (staleness + 1 - len(self.hist)))
@@ -149,37 +153,37 @@ class Member:
         total, count = self.staleness()
         return total / count if count else float("nan")
 
+    def fresh_rows(self, t: int) -> list[bool]:
+        """Per velocity row, whether no update has written it after t steps (DelayedSGD's flags):
+        the server velocity is written from step 0; worker j's row when j first lands."""
+        if self.variant == "plain":
+            return []
+        if self.variant == "momentum":
+            return [t == 0]
+        if self.random:
+            return [k not in self.landed for k in range(self.slots)]
+        return [not any((s + 1) % self.slots == r for s in range(min(t, self.slots))) for r in range(self.slots)]
+
     def buffer_bytes(self, numel: int, element_size: int) -> int:
-        rows = {"plain": 0, "momentum": 1, "shifted": self.slots}[self.variant]
-        return (self.slots + rows) * numel * element_size
+        """DelayedSGD.buffer_bytes: the in-flight slots, the velocity rows and the flat weight row."""
+        return (self.slots + velocity_rows(self.variant, self.slots) + 1) * numel * element_size
 
     def optimizer_state(self, n_params: int) -> dict:
-        """This member's DelayedSGD.state_dict() (round robin, t steps taken)."""
+        """This member's DelayedSGD.state_dict() (asgd.optimizer_state), t steps taken."""
         t, K = self.loop["step"], self.slots
-        stamps = [0 if t - 1 < s else s + K * ((t - 1 - s) // K) for s in range(K)]
+        groups = [{"lr": self.lr_now, "momentum": self.m, "dampening": self.dampening,
+                   "weight_decay": self.wd, "params": list(range(n_params))}]
+        common = dict(param_groups=groups, variant=self.variant, num_slots=K, grads=self.ring.clone(),
+                      velocity=None if self.vel is None else self.vel.clone(), t=t,
+                      velocity_units=self.velocity, fresh=self.fresh_rows(t),
+                      extra={"spread": None, "compute_time": None, "landing_order": None})
         if self.random:
-            return {
-                "state": {},
-                "param_groups": [{"lr": self.lr_now, "momentum": self.m, "dampening": self.dampening,
-                                  "weight_decay": self.wd, "params": list(range(n_params))}],
-                "delayed": {
-                    "schedule": "random", "variant": self.variant, "num_slots": K, "probs": None,
-                    "grads": self.ring.clone(), "velocity": None if self.vel is None else self.vel.clone(),
-                    "stamps": list(self.stamps), "t": t, "free": self.free, "rng": self.rng.getstate(),
-                    "hist": list(self.hist), "last_staleness": self.last_staleness,
-                },
-            }
-        return {
-            "state": {},
-            "param_groups": [{"lr": self.lr_now, "momentum": self.m, "dampening": self.dampening,
-                              "weight_decay": self.wd, "params": list(range(n_params))}],
-            "delayed": {
-                "schedule": "round_robin", "variant": self.variant, "num_slots": K, "probs": None,
-                "grads": self.ring.clone(), "velocity": None if self.vel is None else self.vel.clone(),
-                "stamps": stamps, "t": t, "free": t % K, "rng": random.Random(self.spec["seed"]).getstate(),
-                "hist": _histogram(t, self.tau), "last_staleness": min(t - 1, self.tau) if t else None,
-            },
-        }
+            return optimizer_state(schedule="random", stamps=self.stamps, free=self.free, rng_state=self.rng.getstate(),
+                                   hist=self.hist, last_staleness=self.last_staleness, **common)
+        stamps = [0 if t - 1 < s else s + K * ((t - 1 - s) // K) for s in range(K)]
+        return optimizer_state(schedule="round_robin", stamps=stamps, free=t % K,
+                               rng_state=random.Random(self.spec["seed"]).getstate(), hist=_histogram(t, self.tau),
+                               last_staleness=min(t - 1, self.tau) if t else None, **common)
 
 
 # ================================================================ the engine
@@ -327,7 +331,7 @@ def _payload(fam: _Family, m: Member) -> dict:
 def _summary(fam: _Family, m: Member) -> dict:
     """Run.summary for one member (train.summary_record)."""
     return summary_record(m.loop, m.mean_staleness(),
-                          m.buffer_bytes(fam.numel, torch.empty((), dtype=fam.dtype).element_size()))
+                          m.buffer_bytes(fam.numel, torch.empty((), dtype=fam.dtype).element_size()), m.histogram())
 
 
 def _finish(fam: _Family, m: Member, members: int) -> dict:
@@ -394,7 +398,10 @@ class _Batch:
                 whole = len(idx) == len(ms)
                 self.groups.append((variant, None if whole else torch.tensor(idx, device=fam.device), idx))
         self.m_vec = torch.tensor([m.m for m in ms], **kw).unsqueeze(1)
+        self.d_vec = torch.tensor([m.m if m.dampening else 0.0 for m in ms], **kw).unsqueeze(1)
         self.any_wd = any(m.wd != 0 for m in ms)
+        self.wd_vec = torch.tensor([m.wd for m in ms], **kw).unsqueeze(1) if self.any_wd else 0.0
+        self.velocity = ms[0].velocity
         self._lrs = None
         self.kw = kw
 
@@ -402,12 +409,7 @@ class _Batch:
         if lrs == self._lrs:
             return
         self._lrs = lrs
-        ms, kw = self.members, self.kw
-        scale = [lr * (1.0 - m.m) if m.dampening else lr for lr, m in zip(lrs, ms)]
-        self.neg_lr = torch.tensor([-lr for lr in lrs], **kw).unsqueeze(1)
-        self.decay = torch.tensor([1.0 - lr * m.wd for lr, m in zip(lrs, ms)], **kw).unsqueeze(1)
-        self.neg_scale = torch.tensor([-s for s in scale], **kw).unsqueeze(1)
-        self.neg_scale_wd = torch.tensor([-s * m.wd for s, m in zip(scale, ms)], **kw).unsqueeze(1)
+        self.lr_vec = torch.tensor(lrs, **self.kw).unsqueeze(1)
 
     @torch.no_grad()
     def step(self, t: int, x, target, x_dim) -> tuple[torch.Tensor, torch.Tensor]:
@@ -433,43 +435,27 @@ class _Batch:
                 self.ring.copy_(self.ring[write].expand_as(self.ring))
             land = (t + 1) % K
             g = self.ring[land]
-        for variant, idx, _ in self.groups:
+        every = torch.arange(R, device=fam.device)
+        for variant, idx, _ in self.groups:  # asgd.update on each variant's members, (R', P) at once
             sub = (lambda a: a) if idx is None else (lambda a: a.index_select(0, idx))
+            hyper = dict(lr=sub(self.lr_vec), momentum=sub(self.m_vec), dampening=sub(self.d_vec),
+                         weight_decay=sub(self.wd_vec) if self.any_wd else 0.0, variant=variant,
+                         velocity=self.velocity)
             w, gg = sub(self.w), sub(g)
             if variant == "plain":
-                if self.any_wd:
-                    w = w * sub(self.decay)  # w - eta*wd*w
-                w = w.addcmul(gg, sub(self.neg_lr))  # w - eta*g
+                u = None
+            elif variant == "shifted" and self.random:  # each member's landing worker's row
+                u = self.vel[land, every] if idx is None else self.vel[land.index_select(0, idx), idx]
             else:
-                row = 0 if variant == "momentum" else land
-                if self.random and variant == "shifted":  # row = each member's landing slot
-                    every = torch.arange(R, device=fam.device)
-                    vel_rows = self.vel[land, every]
-                    v = sub(vel_rows) * sub(self.m_vec)
-                    v.addcmul_(gg, sub(self.neg_scale))
-                    if self.any_wd:
-                        v.addcmul_(w, sub(self.neg_scale_wd))
-                    mine = every if idx is None else idx
-                    self.vel[land.index_select(0, mine), mine] = v
-                    w = w + v
-                    if idx is None:
-                        self.w.copy_(w)
-                    else:
-                        self.w.index_copy_(0, idx, w)
-                    continue
-                v = sub(self.vel[row]) * sub(self.m_vec)
-                v.addcmul_(gg, sub(self.neg_scale))  # m v - eta(1-m) g
-                if self.any_wd:
-                    v.addcmul_(w, sub(self.neg_scale_wd))  # ... - eta(1-m) wd w
-                if idx is None:
-                    self.vel[row].copy_(v)
-                else:
-                    self.vel[row].index_copy_(0, idx, v)
-                w = w + v  # w + v
-            if idx is None:
-                self.w.copy_(w)
-            else:
+                u = sub(self.vel[0 if variant == "momentum" else land])
+            update(w, gg, u, **hyper)
+            if idx is not None:
                 self.w.index_copy_(0, idx, w)
+            if variant == "shifted" and self.random:
+                mine = every if idx is None else idx
+                self.vel[land.index_select(0, mine), mine] = u
+            elif variant != "plain" and idx is not None:
+                self.vel[0 if variant == "momentum" else land].index_copy_(0, idx, u)
         return losses.detach(), outs.detach()
 
     def extract(self, i: int) -> None:
@@ -684,11 +670,16 @@ def _restore(fam: _Family, m: Member, ckpt: dict) -> None:
     schedule = "random" if m.random else "round_robin"
     if delayed["schedule"] != schedule or delayed["num_slots"] != m.slots or delayed["variant"] != m.variant:
         raise UserError(f"{m.out_dir}: its checkpoint does not fit this spec's optimizer")
+    units = delayed.get("velocity_units", "step")  # a checkpoint without units predates them: step units
+    if m.variant != "plain" and units != m.velocity:
+        raise UserError(f"{m.out_dir}: its checkpoint keeps velocities in {units!r} units but the spec asks for "
+                        f"optimizer.velocity {m.velocity!r}; rerun it (or set velocity: {units})")
     if m.random:
         m.stamps, m.free = list(delayed["stamps"]), int(delayed["free"])
         version, internal, gauss = delayed["rng"]
         m.rng.setstate((version, tuple(internal), gauss))
         m.hist, m.last_staleness = list(delayed["hist"]), delayed["last_staleness"]
+        m.landed = {k for k, fresh in enumerate(delayed.get("fresh", [])) if not fresh}
     m.ring = delayed["grads"].to(fam.device, fam.dtype).clone()
     m.vel = None if delayed["velocity"] is None else delayed["velocity"].to(fam.device, fam.dtype).clone()
     m.lr_now = opt["param_groups"][0]["lr"]

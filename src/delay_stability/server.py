@@ -7,8 +7,10 @@ messages; the server receives from any source):
 
     w_{t+1} = w_t − η g(w_{t − τ_t}),       τ_t = t − (version the worker pulled)        (eq. 2)
 
-with ``variant="momentum"`` (one server velocity, eq. 9: v ← m v − η(1−m) g, w ← w + v) or
-``variant="shifted"`` (one velocity per worker, eq. 10: v_j ← m v_j − η(1−m) g, w ← w + v_j). The
+with ``variant="momentum"`` (one server velocity, eq. 9) or ``variant="shifted"`` (one velocity per
+worker, eq. 10), applied by ``asgd.update`` (the kernel DelayedSGD uses): with ``velocity:
+gradient`` (default, torch's units) u ← m u + (1−m) g, w ← w − η u; with ``velocity: step`` (the
+older form) v ← m v − η(1−m) g, w ← w + v (the same dynamics at a phase's constant η). The
 version counter t is the number of updates applied; τ_t is the update's *real* staleness. Every
 update is logged (``staleness.csv``: update, worker, step, pulled, staleness, time); its histogram
 p̂_k = #{τ_t = k}/T is a measured delay distribution whose stability edge is eq. 19,
@@ -64,6 +66,8 @@ import numpy as np
 import torch
 
 from . import theory
+from .asgd import update
+from .spec import VELOCITY_UNITS
 from .errors import UserError
 from .files import write_csv, write_json
 from .staleness import HISTOGRAM_COLUMNS, STALENESS_COLUMNS, histogram
@@ -74,6 +78,7 @@ DEFAULTS = {
     "sharpness": None,           # a = λmax(H) at the start (needed by phases with a factor)
     "variant": "plain",          # plain | momentum | shifted
     "momentum": 0.0,
+    "velocity": "gradient",      # gradient (u in gradient units, torch) | step (v carries η): asgd.update
     "jitter": 0.0,               # mean of an exponential pause (s) after every gradient; 0: none
     "jitter_scales": None,       # per-worker multipliers of jitter (heterogeneous workers)
     "phases": [],                # [{name, lr | factor, updates, stop: {above, below, window}, jitter}]
@@ -114,6 +119,8 @@ def check_config(cfg: dict, where: str = "run config") -> dict:
         raise UserError(f"{where}: {exc}") from None
     if cfg["variant"] == "plain" and m != 0:
         raise UserError(f"{where}: momentum {m:g} needs variant momentum or shifted")
+    if cfg["velocity"] not in VELOCITY_UNITS:
+        raise UserError(f"{where}: velocity must be one of {', '.join(VELOCITY_UNITS)}")
     if cfg["device"] not in ("cpu", "cuda", "auto"):
         raise UserError(f"{where}: device must be cpu, cuda or auto")
     for key in ("jitter",):
@@ -160,23 +167,25 @@ def check_config(cfg: dict, where: str = "run config") -> dict:
 # ------------------------------------------------------------------------------------------------
 
 
-def apply_update(state: dict, grad: torch.Tensor, worker: int, lr: float, variant: str, m: float) -> None:
-    """Apply one pushed gradient at the server, in place on ``state`` = {"w", "v", "vs"}:
+def apply_update(state: dict, grad: torch.Tensor, worker: int, lr: float, variant: str, m: float,
+                 velocity: str = "gradient") -> None:
+    """Apply one pushed gradient at the server, in place on ``state`` = {"w", "v", "vs"}, through
+    ``asgd.update`` (dampening d = m, velocities starting at zero):
 
     plain:     w ← w − η g                                                    (eq. 2)
-    momentum:  v ← m v − η(1−m) g,     w ← w + v        (server momentum, eq. 9)
-    shifted:   v_j ← m v_j − η(1−m) g, w ← w + v_j     (one velocity per worker j, eq. 10)
+    momentum:  u ← m u + (1−m) g,     w ← w − η u       (server momentum, eq. 9)
+    shifted:   u_j ← m u_j + (1−m) g, w ← w − η u_j    (one velocity per worker j, eq. 10)
+
+    (``velocity="step"``: v ← m v − η(1−m) g, w ← w + v, the same at constant η with v = −η u.)
     """
     w = state["w"]
     if variant == "plain":
-        w.sub_(grad, alpha=lr)
-        return
-    if variant == "momentum":
-        v = state["v"]
+        u = None
+    elif variant == "momentum":
+        u = state["v"]
     else:
-        v = state["vs"].setdefault(int(worker), torch.zeros_like(w))
-    v.mul_(m).sub_(grad, alpha=lr * (1.0 - m))
-    w.add_(v)
+        u = state["vs"].setdefault(int(worker), torch.zeros_like(w))
+    update(w, grad, u, lr=lr, momentum=m, dampening=m, variant=variant, velocity=velocity)
 
 
 def process_device(name: str) -> torch.device:
@@ -237,7 +246,7 @@ class Problem:
 
 
 def replay(problem: Problem, rows: list[dict], lr: float, variant: str = "plain", momentum: float = 0.0,
-           w0: torch.Tensor | None = None) -> torch.Tensor:
+           w0: torch.Tensor | None = None, velocity: str = "gradient") -> torch.Tensor:
     """The weights after applying the logged updates one after another in one process:
     update t is g(w_{pulled_t}) of worker ``worker`` at its ``step`` (``apply_update``). Equal to
     the server's final weights (to float tolerance) iff every pushed gradient was applied once, at
@@ -249,7 +258,7 @@ def replay(problem: Problem, rows: list[dict], lr: float, variant: str = "plain"
         if int(row["update"]) != t or int(row["pulled"]) > t:
             raise ValueError(f"log row {t} is out of order: {row}")
         g = problem.grad(history[int(row["pulled"])], int(row["worker"]), int(row["step"]))
-        apply_update(state, g, int(row["worker"]), lr, variant, momentum)
+        apply_update(state, g, int(row["worker"]), lr, variant, momentum, velocity)
         history[t + 1] = state["w"].clone()
     return state["w"]
 
@@ -330,6 +339,7 @@ class Server:
                        "losses": json.dumps(self.losses), "done": json.dumps(self.done),
                        "edge": json.dumps(self.edge), "lost": json.dumps(self.lost_log),
                        "restarts": self.restarts, "config": _config_key(self.cfg),
+                       "velocity": self.cfg["velocity"],
                        "elapsed": time.monotonic() - self.phase_t0 + self.time_offset}})
 
     def _resume(self):
@@ -339,6 +349,10 @@ class Server:
         if s.get("config") != _config_key(self.cfg):
             print(f"server: {self.ckpt_path} belongs to another run configuration; starting afresh", flush=True)
             return
+        units = s.get("velocity", "step")  # a checkpoint without units predates them: v carries η
+        if units != self.cfg["velocity"]:
+            raise UserError(f"server: {self.ckpt_path} keeps velocities in {units!r} units but the run config "
+                            f"says velocity {self.cfg['velocity']!r}; remove the checkpoint or set velocity")
         self._fresh_phase(int(s["phase"]))
         self.version = int(s["version"])
         self.state = {"w": s["w"].clone(), "v": s["v"].clone(), "vs": {int(k): v.clone() for k, v in s["vs"].items()}}
@@ -402,7 +416,8 @@ class Server:
                 phase_of, pulled, step = int(self.inbox[0]), int(self.inbox[1]), int(self.inbox[2])
                 if phase_of == self.phase and step == self.steps.get(src, 0):
                     grad = self.inbox[HEADER:]
-                    apply_update(self.state, grad, src, lr, self.cfg["variant"], float(self.cfg["momentum"]))
+                    apply_update(self.state, grad, src, lr, self.cfg["variant"], float(self.cfg["momentum"]),
+                                 self.cfg["velocity"])
                     self.rows.append({"update": self.version, "worker": src, "step": step, "pulled": pulled,
                                       "staleness": self.version - pulled,
                                       "time": round(now - self.phase_t0 + self.time_offset, 6)})

@@ -21,9 +21,24 @@ import os
 from .errors import UserError
 from .theory import MITIGATIONS, VARIANTS, check_mitigation
 
-#: Delay schedules of ``asgd.DelayedSGD`` (round robin: constant delay; random: M workers picked
-#: uniformly, geometric staleness; distribution: the landing delay drawn from P(tau = k)).
-SCHEDULES = ("round_robin", "random", "distribution")
+#: Delay schedules of ``asgd.DelayedSGD``. Worker-based (M workers, every gradient lands once; they
+#: model real workers): round robin (constant delay), random (uniform landing worker, geometric
+#: staleness), gaussian (the authors' rule), compute_time (earliest finisher), replay (a real run's
+#: landing order). iid: the delay of every step drawn i.i.d. from P(tau = k), read from a ring of
+#: past gradients (the model of eq. 18-19; a gradient may land twice or never).
+WORKER_SCHEDULES = ("round_robin", "random", "gaussian", "compute_time", "replay")
+SCHEDULES = WORKER_SCHEDULES + ("iid",)
+#: Old names that still work: ``distribution`` was the iid ring's name.
+SCHEDULE_ALIASES = {"distribution": "iid"}
+#: Compute-time laws of ``schedule: compute_time``.
+COMPUTE_TIME_LAWS = ("exponential", "normal", "uniform")
+#: Velocity conventions (asgd.update): gradient units with the current eta applied at the step (torch),
+#: or the older form whose velocity carries eta; and the first step: u_0 = 0, or torch's u = g.
+VELOCITY_UNITS = ("gradient", "step")
+VELOCITY_STARTS = ("zero", "gradient")
+#: Which parameters weight decay applies to: all, or the weights of convolutions and linear layers
+#: (not biases, not BatchNorm scales and shifts: the authors' ResNets).
+WEIGHT_DECAY_ON = ("all", "weights")
 LOSSES = ("cross_entropy", "mse")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPE_NAMES = ("float32", "float64")
@@ -124,7 +139,9 @@ SPEC_DEFAULTS = {
 PERFORMANCE_DEFAULTS = {"channels_last": False, "bf16": False, "compile": False}
 OPTIMIZER_DEFAULTS = {
     "delay": 0, "workers": None, "schedule": None, "momentum": 0.0, "variant": "plain",
-    "dampening": True, "weight_decay": 0.0,
+    "dampening": True, "weight_decay": 0.0, "weight_decay_on": "all",
+    "velocity": "gradient", "velocity_start": "zero",
+    "spread": None, "compute_time": None, "landing_log": None,
 }
 STEADY_DEFAULTS = {"window": 50, "rel_tol": 1e-4, "grad_norm_tol": None}
 DIVERGENCE_DEFAULTS = {"loss_factor": 1e4}
@@ -202,8 +219,9 @@ def validate_spec(spec: dict) -> dict:
     Keys (defaults in SPEC_DEFAULTS): model, model_args, dataset (digits | mnist | cifar10 |
     cifar100 | imagenet), dataset_args, loss (cross_entropy | mse), dtype, device (auto | cpu |
     cuda), seed, threads, epochs, batch_size (0 = full batch), lr, lr_schedule ({kind: constant} or
-    {kind: step, milestones, gamma}, both with warmup_epochs), optimizer (delay, workers, schedule,
-    momentum, variant, dampening, weight_decay), augment, eval_every, checkpoint_every (null =
+    {kind: step, milestones, gamma}, both with warmup_epochs and warmup_start), optimizer (delay,
+    workers, schedule (SCHEDULES; spread: gaussian, compute_time, landing_log: replay), momentum,
+    variant, dampening, weight_decay, weight_decay_on, velocity, velocity_start), augment, eval_every, checkpoint_every (null =
     about every 5% of the epochs), stop ({steady_state, divergence, escape}), init_checkpoint,
     perturb, performance ({channels_last, bf16, compile}: CUDA only). Raises UserError naming the
     offending key.
@@ -272,11 +290,14 @@ def _lr_schedule(value):
     if not isinstance(value, dict) or "kind" not in value:
         raise _bad("lr_schedule", f"expected a mapping with 'kind' ({', '.join(LR_KINDS)}), got {value!r}")
     kind = _choice("lr_schedule.kind", value["kind"], LR_KINDS)
-    defaults = {"kind": kind, "warmup_epochs": 0}
+    defaults = {"kind": kind, "warmup_epochs": 0, "warmup_start": 0.0}
     if kind == "step":
         defaults.update(milestones=REQUIRED, gamma=0.1)
     s = _section(value, "lr_schedule", defaults)
     s["warmup_epochs"] = _int("lr_schedule.warmup_epochs", s["warmup_epochs"], 0)
+    s["warmup_start"] = _float("lr_schedule.warmup_start", s["warmup_start"], minimum=0.0)
+    if s["warmup_start"] > 1:
+        raise _bad("lr_schedule.warmup_start", f"the warm-up starts at a fraction of lr in [0, 1], got {s['warmup_start']}")
     if kind == "step":
         if not isinstance(s["milestones"], list):
             raise _bad("lr_schedule.milestones", f"expected a list of epochs, got {s['milestones']!r}")
@@ -295,10 +316,11 @@ def _optimizer(value):
     s["workers"] = _int("optimizer.workers", s["workers"], 1, allow_none=True)
     distribution = isinstance(s["delay"], dict)
     if s["schedule"] is None:
-        s["schedule"] = "distribution" if distribution else "round_robin"
-    s["schedule"] = _choice("optimizer.schedule", s["schedule"], SCHEDULES)
-    if distribution != (s["schedule"] == "distribution"):
+        s["schedule"] = "iid" if distribution else "round_robin"
+    s["schedule"] = _choice("optimizer.schedule", s["schedule"], SCHEDULES + tuple(SCHEDULE_ALIASES))
+    if distribution != (SCHEDULE_ALIASES.get(s["schedule"], s["schedule"]) == "iid"):
         raise _bad("optimizer.schedule", f"schedule {s['schedule']!r} does not fit delay {s['delay']!r}")
+    _schedule_args(s)
     if not distribution and s["workers"] is not None and s["delay"] not in (0, s["workers"] - 1):
         raise _bad("optimizer.workers", f"workers={s['workers']} disagrees with delay={s['delay']!r}")
     s["momentum"] = _float("optimizer.momentum", s["momentum"])
@@ -309,12 +331,59 @@ def _optimizer(value):
         raise _bad("optimizer.variant", "momentum is non-zero: choose variant momentum or shifted")
     s["dampening"] = _bool("optimizer.dampening", s["dampening"])
     s["weight_decay"] = _float("optimizer.weight_decay", s["weight_decay"], minimum=0.0)
+    s["weight_decay_on"] = _choice("optimizer.weight_decay_on", s["weight_decay_on"], WEIGHT_DECAY_ON)
+    s["velocity"] = _choice("optimizer.velocity", s["velocity"], VELOCITY_UNITS)
+    s["velocity_start"] = _choice("optimizer.velocity_start", s["velocity_start"], VELOCITY_STARTS)
+    if s["velocity"] == "step" and s["velocity_start"] != "zero":
+        raise _bad("optimizer.velocity_start", "velocity 'step' starts from zero velocity")
     if mitigation is not None:
         if s["variant"] != "plain":
             raise _bad("optimizer.mitigation", f"a mitigation replaces the update: it needs variant plain, "
                                                f"not {s['variant']!r}")
         s["mitigation"] = mitigation
     return s
+
+
+def _schedule_args(s: dict) -> None:
+    """A landing rule's own keys (spread: gaussian; compute_time; landing_log: replay), each only
+    with its schedule."""
+    owner = {"spread": "gaussian", "compute_time": "compute_time", "landing_log": "replay"}
+    for key, schedule in owner.items():
+        if s[key] is not None and s["schedule"] != schedule:
+            raise _bad(f"optimizer.{key}", f"is only used with schedule {schedule!r}, not {s['schedule']!r}")
+    if s["spread"] is not None:
+        s["spread"] = _float("optimizer.spread", s["spread"], positive=True)
+    if s["compute_time"] is not None:
+        try:
+            s["compute_time"] = check_compute_time(s["compute_time"])
+        except ValueError as exc:
+            raise _bad("optimizer.compute_time", str(exc)) from None
+    if s["schedule"] == "replay" and not isinstance(s["landing_log"], str):
+        raise _bad("optimizer.landing_log", "schedule 'replay' needs the path of a staleness.csv "
+                                            "(delay_stability.server's log)")
+
+
+def check_compute_time(law) -> dict:
+    """A compute-time law {law: exponential, mean} | {law: normal, mean, std} | {law: uniform, low, high}
+    with defaults filled in (mean 1, std mean/8); ValueError naming what is wrong."""
+    if not isinstance(law, dict) or law.get("law") not in COMPUTE_TIME_LAWS:
+        raise ValueError(f"compute_time must be a mapping with law one of {', '.join(COMPUTE_TIME_LAWS)}, "
+                         f"got {law!r}")
+    keys = {"exponential": {"mean": 1.0}, "normal": {"mean": 1.0, "std": None},
+            "uniform": {"low": 0.5, "high": 1.5}}[law["law"]]
+    unknown = sorted(set(law) - set(keys) - {"law"})
+    if unknown:
+        raise ValueError(f"compute_time law {law['law']!r} takes {', '.join(keys)}, not {', '.join(unknown)}")
+    out = {"law": law["law"], **keys, **{k: v for k, v in law.items() if k != "law"}}
+    if out["law"] == "normal" and out["std"] is None:
+        out["std"] = out["mean"] / 8.0
+    for k in keys:
+        if isinstance(out[k], bool) or not isinstance(out[k], (int, float)) or not out[k] > 0:
+            raise ValueError(f"compute_time {k} must be a number > 0, got {out[k]!r}")
+        out[k] = float(out[k])
+    if out["law"] == "uniform" and not out["high"] > out["low"]:
+        raise ValueError("compute_time: uniform needs high > low")
+    return out
 
 
 def _mitigation(value):
@@ -502,6 +571,9 @@ def ensemble_problem(specs: list[dict]) -> str | None:
         o = s["optimizer"]
         if o.get("mitigation"):
             return f"spec {i}: delay mitigation {o['mitigation']['name']!r} is not batched (train it with train.run_training)"
+        if o["velocity_start"] != "zero" or o["weight_decay_on"] != "all" or o["velocity"] != first["optimizer"]["velocity"]:
+            return (f"spec {i}: only velocity_start 'zero', weight_decay_on 'all' and one velocity convention "
+                    "are batched")
         if o["schedule"] not in ("round_robin", "random") or isinstance(o["delay"], dict):
             return (f"spec {i}: only a constant delay (round robin) or random workers are batched, "
                     f"not schedule {o['schedule']!r}")

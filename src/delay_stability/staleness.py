@@ -54,6 +54,24 @@ def read_staleness(path) -> list[int]:
     return values
 
 
+def landing_order(path) -> list[int]:
+    """The landing workers of a ``staleness.csv``, in update order, numbered 0..M-1 (ranks sorted):
+    ``DelayedSGD(schedule="replay", landing_order=...)`` replays the real run's schedule (each
+    worker reads the weights right after it lands, as at the server, so the staleness sequence is
+    the logged one once every worker has landed)."""
+    rows = read_csv(path, "staleness log", columns=("worker",))
+    if not rows:
+        raise UserError(f"staleness log {path}: no updates (no rows)")
+    workers = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            workers.append(int(row["worker"]))
+        except (TypeError, ValueError):
+            raise UserError(f"staleness log {path}: line {line}: worker {row['worker']!r} is not an integer") from None
+    index = {rank: i for i, rank in enumerate(sorted(set(workers)))}
+    return [index[w] for w in workers]
+
+
 def geometric_law(workers: int) -> np.ndarray:
     """P(τ = k) = (1/M)(1 − 1/M)^k (the queueing model; truncated at tail 1e-12)."""
     return geometric_delay(1.0 - 1.0 / int(workers))

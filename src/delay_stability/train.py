@@ -82,17 +82,44 @@ def build_loss(spec: dict):
 
 
 def build_optimizer(spec: dict, model: torch.nn.Module) -> DelayedSGD:
-    """DelayedSGD from ``spec['optimizer']`` with learning rate ``spec['lr']`` and seed ``spec['seed']``."""
+    """DelayedSGD from ``spec['optimizer']`` with learning rate ``spec['lr']`` and seed ``spec['seed']``.
+
+    ``weight_decay_on: weights`` decays only the weights of convolutions and linear layers (two
+    parameter groups; biases and BatchNorm scales and shifts get no decay), as the authors' ResNets."""
     o = spec["optimizer"]
     delay = delay_probabilities(o["delay"]) if isinstance(o["delay"], dict) else o["delay"]
+    schedule_args = {}
+    if o.get("spread") is not None:
+        schedule_args["spread"] = o["spread"]
+    if o.get("compute_time") is not None:
+        schedule_args["compute_time"] = o["compute_time"]
+    if o.get("landing_log") is not None:
+        from .staleness import landing_order
+
+        schedule_args["landing_order"] = landing_order(o["landing_log"])
     try:
         return DelayedSGD(
-            model.parameters(), lr=spec["lr"], delay=delay, workers=o["workers"], schedule=o["schedule"],
-            momentum=o["momentum"], variant=o["variant"], dampening=o["dampening"],
-            weight_decay=o["weight_decay"], seed=spec["seed"], **_mitigation_kwargs(o),
+            decay_groups(model, o["weight_decay"], o.get("weight_decay_on", "all")), lr=spec["lr"], delay=delay,
+            workers=o["workers"], schedule=o["schedule"], momentum=o["momentum"], variant=o["variant"],
+            dampening=o["dampening"], weight_decay=o["weight_decay"], seed=spec["seed"],
+            velocity=o.get("velocity", "gradient"), velocity_start=o.get("velocity_start", "zero"),
+            **schedule_args, **_mitigation_kwargs(o),
         )
     except ValueError as exc:
         raise UserError(f"spec key 'optimizer': {exc}") from None
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float, on: str = "all"):
+    """The parameters, or (``on="weights"``) two groups: the weights of Conv/Linear layers with
+    ``weight_decay`` and every other parameter (biases, normalisation) with none."""
+    if on == "all" or weight_decay == 0:
+        return model.parameters()
+    conv_linear = (torch.nn.modules.conv._ConvNd, torch.nn.Linear)
+    decayed = {id(m.weight) for m in model.modules() if isinstance(m, conv_linear) and m.weight is not None}
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if id(p) in decayed]},
+              {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 def _mitigation_kwargs(optimizer: dict) -> dict:
@@ -114,11 +141,14 @@ def resolve_device(name) -> torch.device:
 
 def lr_factor(schedule: dict, epoch: int, step: int, steps_per_epoch: int) -> float:
     """Multiplier of the base lr at (0-based) ``epoch`` and global ``step``: linear warm-up over
-    warmup_epochs, then gamma^(number of milestones <= epoch) for the step schedule."""
+    warmup_epochs from ``warmup_start`` (0 by default; Goyal et al.'s warm-up from the unscaled eta to
+    the scaled one k eta starts at 1/k, and there is no ramp when k = 1), then gamma^(number of
+    milestones <= epoch) for the step schedule."""
     factor = 1.0
     warmup = schedule["warmup_epochs"] * steps_per_epoch
     if step < warmup:
-        factor = (step + 1) / warmup
+        start = schedule.get("warmup_start", 0.0)
+        factor = start + (1.0 - start) * (step + 1) / warmup if start else (step + 1) / warmup
     if schedule["kind"] == "step":
         factor *= schedule["gamma"] ** sum(1 for m in schedule["milestones"] if epoch >= m)
     return factor
@@ -395,7 +425,10 @@ class Run:
 
     def _restore(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as exc:  # e.g. velocities of another convention: never load them silently
+            raise UserError(f"{self.out_dir}: its checkpoint does not fit this spec's optimizer ({exc})") from None
         self.init_params = [t.to(self.device) for t in ckpt["init_params"]]
         self.loop = ckpt["loop"]
         self.loop["resumed"] = list(self.loop["resumed"]) + [
@@ -637,7 +670,8 @@ class Run:
         return summary
 
     def summary(self) -> dict:
-        return summary_record(self.loop, self.optimizer.mean_staleness(), self.optimizer.buffer_bytes())
+        return summary_record(self.loop, self.optimizer.mean_staleness(), self.optimizer.buffer_bytes(),
+                              self.optimizer.staleness_histogram().tolist())
 
     def provenance(self) -> dict:
         return {
@@ -693,9 +727,10 @@ def fresh_loop() -> dict:
     }
 
 
-def summary_record(loop: dict, mean_staleness, buffer_bytes: int) -> dict:
-    """summary.json of a run from its loop state (``Run.loop``), the optimizer's mean staleness and
-    in-flight buffer size: the one place its keys are named."""
+def summary_record(loop: dict, mean_staleness, buffer_bytes: int, staleness_histogram=None) -> dict:
+    """summary.json of a run from its loop state (``Run.loop``), the optimizer's mean staleness,
+    in-flight buffer size and realised staleness histogram (counts, index = staleness): the one
+    place its keys are named."""
     final = loop["rows"][-1]
     return {
         "status": loop["status"],
@@ -711,6 +746,7 @@ def summary_record(loop: dict, mean_staleness, buffer_bytes: int) -> dict:
         "steady_state_epoch": loop["steady_state_epoch"],
         "settled_epoch": loop["settled_epoch"],
         "mean_staleness": mean_staleness,
+        "staleness_histogram": [int(c) for c in (staleness_histogram if staleness_histogram is not None else [])],
         "optimizer_buffer_bytes": buffer_bytes,
         "seconds": round(loop["seconds"], 3),
     }

@@ -1,6 +1,6 @@
 # ImageNet under delay (Section 3.2, appendices C and E.1): figures 5 and 9.
 # fig5: S-SGD, A-SGD with standard momentum, m = 0, shifted momentum, and η x 1/sqrt(τ), x seeds;
-# fig9: constant vs discretised-Gaussian delay of the same mean, x seeds. BatchNorm networks: every run
+# fig9: constant delay vs the authors' Gaussian worker rule (same mean staleness), x seeds. BatchNorm networks: every run
 # is a job of the generic train rule -> `imagenet-collect` -> results/<scale>/imagenet/{fig5,fig9}{,_curves}.csv
 # -> figures. Run specs (η, batch, delay convention): delay_stability.experiments.imagenet.
 from delay_stability.experiments import imagenet as imagenet_exp
@@ -21,12 +21,14 @@ ALL_TARGETS.extend(f for name in IMAGENET_FIGURES for f in figure(name))
 
 
 rule imagenet_tables:
-    """<figure>.csv (one row per run: arm, seed, lr, final errors, status) and <figure>_curves.csv."""
+    """<figure>.csv (one row per run: arm, seed, lr, final errors, status), <figure>_curves.csv and
+    <figure>_staleness.csv (every run's realised staleness histogram)."""
     input:
         lambda wc: [run_file(folder, "summary.json") for _, folder, _ in IMAGENET_RUNS[wc.figure]],
     output:
         table=str(IMAGENET_DIR / "{figure}.csv"),
         curves=str(IMAGENET_DIR / "{figure}_curves.csv"),
+        staleness=str(IMAGENET_DIR / "{figure}_staleness.csv"),
     params:
         runs=lambda wc: imagenet_exp.runs_json(IMAGENET_RUNS[wc.figure]),
         code=src_hash("experiments.imagenet"),
@@ -39,7 +41,7 @@ rule imagenet_tables:
         str(LOGS / "imagenet" / "{figure}-tables.log"),
     shell:
         "delay-stability imagenet-collect {wildcards.figure} --runs {params.runs:q} --out {output.table} "
-        "--curves {output.curves} > {log} 2>&1"
+        "--curves {output.curves} --staleness {output.staleness} > {log} 2>&1"
 
 
 rule imagenet_figure:

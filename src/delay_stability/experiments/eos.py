@@ -241,6 +241,8 @@ def delay_of(spec) -> int | list:
         return [float(p) for p in theory.geometric_delay(1.0 - 1.0 / workers)]
     if isinstance(o["delay"], dict):
         return delay_probabilities(o["delay"])
+    if o["schedule"] != "round_robin":  # gaussian, compute_time, replay: no closed-form staleness law here
+        raise UserError(f"eos: schedule {o['schedule']!r} has no predicted edge (use round_robin, random or iid)")
     return int(o["delay"])
 
 

@@ -19,10 +19,21 @@ the effective learning rate the same as without dampening").
 
 Delay convention: τ is DelayedSGD's delay, the staleness of every landed update (round robin over
 τ + 1 slots: the update applied at step t is g(w_{t-τ})). The paper writes τ = 32 for its 32
-workers and scales η by 1/32; its figure 9 compares that constant delay with a discretised
-Gaussian of mean 32 (appendix C). We take the config's ``tau`` (32 at paper scale) as that delay,
-so that the constant and Gaussian arms of figure 9 have the same mean delay and η·E[τ] is the
-paper's number; 32 round-robin workers would give staleness W - 1 = 31, 3% less.
+workers and scales η by 1/32; an arm with a ``tau`` (or ``delay``) runs that constant delay, the
+config's ``tau`` by default.
+
+Worker arms (``workers: M``, optional ``schedule`` and ``spread``) run as the authors' code does:
+M workers of a worker schedule (asgd), every gradient landing once, mean staleness M - 1, η still
+scaled by the block's 1/τ (the paper's 1/32 for 32 workers). Their shifted momentum keeps one
+velocity per worker with staleness M - 1 (``MSGD`` asserts delay + 1 == workers): fig5's shifted
+arm is ``workers: W``; fig9's Gaussian arm is the authors' rule (``schedule: gaussian``: the landing
+worker drawn with P ∝ Φ((staleness − M)/(M/4)), trainer.py ``_schedule_worker('normal')``) against
+the constant delay of the same mean (round robin over the same M workers). Every run's summary
+records its realised staleness histogram (``<figure>_staleness.csv``); fig9 draws it beside
+appendix C's discretised N(τ, 1) of the same mean.
+
+Warm-up as Goyal et al.: from the unscaled η_eff to the run's η (``lr_schedule.warmup_start`` =
+η_eff / η, at most 1), so an arm whose η is η_eff (A-SGD with τ = W) has no ramp at all.
 
     fig5   ``fig5.runs`` (named arms: S-SGD, standard momentum, m = 0, shifted momentum,
            1/sqrt(tau)) x ``fig5.seeds``
@@ -53,6 +64,7 @@ FIG5_COLUMNS = ("variant", "seed", "lr", "final_val_error", "final_train_error",
                 "momentum", "batch_size", "epochs_run", "min_val_error", "run")
 FIG9_COLUMNS = ("delay", "seed", "final_val_error", "final_train_error", "status", "lr", "mean_delay",
                 "mean_staleness", "optimizer", "momentum", "epochs_run", "run")
+STALENESS_COLUMNS = ("arm", "seed", "staleness", "count", "probability")
 CURVE_COLUMNS = ("seed", "epoch", "lr", "train_error", "val_error", "train_loss", "val_loss")
 LR_SCALINGS = ("linear", "sqrt")
 
@@ -75,11 +87,20 @@ def effective_lr(block: dict, base: dict) -> float:
 
 
 def arm_spec(block: dict, base: dict, arm: dict) -> dict:
-    """The training spec of one arm (see the module docstring for η and the batch):
-    ``arm`` = {name, tau | delay, variant, momentum, lr_scaling}."""
+    """The training spec of one arm (see the module docstring for η, the batch and the warm-up):
+    ``arm`` = {name, tau | delay | workers (+ schedule, spread), variant, momentum, lr_scaling}."""
     workers = int(block["workers"])
-    delay = arm.get("delay", arm.get("tau", block["tau"]))
-    tau = mean_delay(delay)
+    if "workers" in arm:  # M workers of a worker schedule: staleness M - 1 on average, η by the block's τ
+        if "tau" in arm or "delay" in arm:
+            raise UserError(f"imagenet run {arm.get('name')!r}: give workers or tau/delay, not both")
+        m_workers = int(arm["workers"])
+        delay, tau = m_workers - 1, float(block["tau"])
+        schedule = {"workers": m_workers, "schedule": arm.get("schedule", "round_robin")}
+        if arm.get("spread") is not None:
+            schedule["spread"] = arm["spread"]
+    else:
+        delay = arm.get("delay", arm.get("tau", block["tau"]))
+        tau, schedule = mean_delay(delay), {}
     scaling = arm.get("lr_scaling", "linear")
     if scaling not in LR_SCALINGS:
         raise UserError(f"imagenet run {arm.get('name')!r}: lr_scaling {scaling!r} (choose {', '.join(LR_SCALINGS)})")
@@ -90,8 +111,12 @@ def arm_spec(block: dict, base: dict, arm: dict) -> dict:
         batch, lr = int(base["batch_size"]), eff * workers / (tau if scaling == "linear" else math.sqrt(tau))
     momentum = float(arm.get("momentum", 0.0))
     optimizer = {"delay": delay, "variant": arm.get("variant", "plain" if momentum == 0 else "momentum"),
-                 "momentum": momentum, "dampening": True}
-    return deep_merge(base, {"batch_size": batch, "lr": float(f"{lr:.12g}"), "optimizer": optimizer})
+                 "momentum": momentum, "dampening": True, **schedule}
+    lr = float(f"{lr:.12g}")
+    override = {"batch_size": batch, "lr": lr, "optimizer": optimizer}
+    if (base.get("lr_schedule") or {}).get("warmup_epochs"):  # Goyal: the warm-up from η_eff to η
+        override["lr_schedule"] = {"warmup_start": float(f"{min(1.0, eff / lr):.12g}")}
+    return deep_merge(base, override)
 
 
 def fig5_arms(block: dict) -> list[dict]:
@@ -174,15 +199,22 @@ def plot_options(block: dict, figure: str, base: dict, scale: str) -> str:
             "ref_momentum": block.get("ref_momentum", 0.0), "lr_ref": spec["lr"],
             "warmup_epochs": sched["warmup_epochs"], "milestones": sched.get("milestones", []),
             "weight_decay": spec["optimizer"]["weight_decay"], "scale": scale}
+    opts["weight_decay_on"] = spec["optimizer"]["weight_decay_on"]
     if figure == "fig9":
         fig9 = block.get("fig9") or {}
         opts.update(variant=fig9.get("variant", "plain"), momentum=fig9.get("momentum", 0.0))
+        # appendix C's N(τ, 1) drawn beside the realised staleness: τ the arms' mean staleness
+        means = [int(a["workers"]) - 1 if "workers" in a else mean_delay(a.get("delay", a.get("tau", block["tau"])))
+                 for a in fig9_arms(block)]
+        opts["gaussian_mean"] = max(means) if means else block["tau"]
     return json.dumps(opts, sort_keys=True)
 
 
 def figure_tables(figure: str, root) -> dict:
-    """The tables a figure reads: <figure>.csv and <figure>_curves.csv under ``root``."""
-    return {n: os.path.join(os.fspath(root), f"{n}.csv") for n in (figure, f"{figure}_curves")}
+    """The tables a figure reads: <figure>.csv, <figure>_curves.csv and (fig9) <figure>_staleness.csv
+    under ``root``."""
+    names = (figure, f"{figure}_curves") + ((f"{figure}_staleness",) if figure == "fig9" else ())
+    return {n: os.path.join(os.fspath(root), f"{n}.csv") for n in names}
 
 
 # ================================================================ the tables
@@ -223,6 +255,15 @@ def run_row(name: str, folder: str) -> tuple[dict, list[dict]]:
     return row, curve
 
 
+def staleness_rows(name: str, folder: str) -> list[dict]:
+    """The realised staleness histogram of one run (summary.json's ``staleness_histogram``)."""
+    spec, s, _ = _run_record(folder)
+    counts = s.get("staleness_histogram") or []
+    total = sum(counts)
+    return [{"arm": name, "seed": int(spec["seed"]), "staleness": k, "count": c, "probability": c / total}
+            for k, c in enumerate(counts) if c]
+
+
 def tables(named_folders, figure: str) -> tuple[list[dict], list[dict]]:
     """(rows, curve rows) of ``figure`` from [(arm name, folder), ...]: the arm name goes in the
     column ``variant`` (fig5) or ``delay`` (fig9)."""
@@ -236,11 +277,14 @@ def tables(named_folders, figure: str) -> tuple[list[dict], list[dict]]:
     return rows, curves
 
 
-def write_tables(named_folders, figure: str, out_csv: str, curves_csv: str) -> list[dict]:
+def write_tables(named_folders, figure: str, out_csv: str, curves_csv: str, staleness_csv: str | None = None) -> list[dict]:
     rows, curves = tables(named_folders, figure)
     key = "variant" if figure == "fig5" else "delay"
     files.write_csv(out_csv, list(FIG5_COLUMNS if figure == "fig5" else FIG9_COLUMNS), rows)
     files.write_csv(curves_csv, [key, *CURVE_COLUMNS], curves)
+    if staleness_csv is not None:
+        files.write_csv(staleness_csv, list(STALENESS_COLUMNS),
+                        [r for name, folder in named_folders for r in staleness_rows(name, folder)])
     return rows
 
 
@@ -274,7 +318,7 @@ def _parse_runs(text: str):
 
 
 def _cli_collect(args) -> int:
-    rows = write_tables(_parse_runs(args.runs), args.figure, args.out, args.curves)
+    rows = write_tables(_parse_runs(args.runs), args.figure, args.out, args.curves, args.staleness)
     key = "variant" if args.figure == "fig5" else "delay"
     for arm, (m, sd, tr, n, status) in arm_means(rows, key).items():
         print(f"{args.figure} {arm:<18} val error {100 * m:6.2f}% ± {100 * sd:.2f} (n={n}), "
@@ -292,4 +336,6 @@ def register(subparsers) -> None:
     p.add_argument("--runs", required=True, metavar="JSON", help='[["arm name", "run folder"], ...]')
     p.add_argument("--out", required=True, metavar="CSV")
     p.add_argument("--curves", required=True, metavar="CSV")
+    p.add_argument("--staleness", default=None, metavar="CSV",
+                   help="also write every run's realised staleness histogram here")
     p.set_defaults(func=_cli_collect)

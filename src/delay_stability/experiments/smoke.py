@@ -353,7 +353,7 @@ def _smoke_delays(block: dict) -> None:
         if isinstance(sub.get("seeds"), list):
             sub["seeds"] = _first(sub["seeds"], 1)
         for run in sub.get("runs") or sub.get("delays") or []:
-            for key in ("tau", "delay"):
+            for key in ("tau", "delay", "workers"):
                 if isinstance(run.get(key), int):
                     run[key] = min(run[key], MAX_DELAY)
                 elif isinstance(run.get(key), dict) and isinstance(run[key].get("mean"), (int, float)):

@@ -13,9 +13,10 @@ SSGD = "S-SGD"
 def _regime(o):
     o = o or {}
     return (f"{o.get('model', '?')} on {o.get('dataset', '?')}, {o.get('workers', '?')} workers x batch "
-            f"{o.get('batch_size', '?')}, {o.get('epochs', '?')} epochs, {o.get('warmup_epochs', '?')}-epoch warm-up, "
+            f"{o.get('batch_size', '?')}, {o.get('epochs', '?')} epochs, {o.get('warmup_epochs', '?')}-epoch warm-up from the unscaled η (Goyal), "
             f"x0.1 at epochs {', '.join(str(int(m)) for m in o.get('milestones', []))}, weight decay "
-            f"{o.get('weight_decay', 0):g}; every run dampened, η scaled so that the effective step η/(1-m) of "
+            f"{o.get('weight_decay', 0):g}"
+            f"{' on conv/linear weights only' if o.get('weight_decay_on') == 'weights' else ''}; every run dampened, η scaled so that the effective step η/(1-m) of "
             f"Goyal's undampened η = {o.get('lr_ref', '?')} at m = {o.get('ref_momentum', '?')} is kept "
             f"(S-SGD: x workers; A-SGD: x workers/τ, τ = {o.get('tau', '?')})")
 
@@ -76,18 +77,51 @@ def plot_fig5(tables, scale=None, options=None):
                         f"legends. {_regime(options)}.", scale)
 
 
+def _appendix_c(mean: float) -> tuple[np.ndarray, np.ndarray]:
+    """Appendix C's discretised N(τ, 1): P(τ = k) = P(k - 0.5 ≤ z ≤ k + 0.5), k = 1..2τ."""
+    from ..theory import gaussian_delay
+
+    p = np.asarray(gaussian_delay(mean), dtype=float)
+    return np.arange(p.size), p
+
+
 @plotter("fig9")
 def plot_fig9(tables, scale=None, options=None):
-    """Fig. 9: constant vs discretised-Gaussian delay (same mean), mean over seeds with the min-max band."""
+    """Fig. 9: constant delay vs the Gaussian arm (same mean staleness), mean over seeds with the
+    min-max band; right: each arm's realised staleness histogram beside appendix C's N(τ, 1)."""
     runs = by_name(tables, "final_val_error", "delay")
     curves = by_name(tables, "epoch", "delay")
-    fig, ax = new_figure(ncols=1, width=5.0, height=3.6)
-    for arm, color in zip(dict.fromkeys(runs["delay"]), ("C1", "C0", "C2", "C3")):
-        _draw(ax, curves, "delay", arm, color, _label(arm, _final(runs, "delay", arm)))
+    hist = by_name(tables, "probability", "arm") if any("probability" in t for t in tables) else None
+    fig, axes = new_figure(ncols=2 if hist is not None else 1, width=9.0 if hist is not None else 5.0, height=3.6)
+    axes = np.atleast_1d(axes)
+    ax = axes[0]
+    arms = list(dict.fromkeys(runs["delay"]))
+    colors = dict(zip(arms, ("C1", "C0", "C2", "C3")))
+    for arm in arms:
+        _draw(ax, curves, "delay", arm, colors[arm], _label(arm, _final(runs, "delay", arm)))
     ax.set(xlabel="epoch", ylabel="error (%)", ylim=(0, 100))
     ax.legend(fontsize=7)
     o = options or {}
+    tau = o.get("gaussian_mean", o.get("tau"))
+    if hist is not None:
+        hx = axes[1]
+        for arm in arms:
+            d = hist.where(arm=arm)
+            if not len(d["staleness"]):
+                continue
+            ks = np.array(sorted(set(d["staleness"])))
+            total = np.array([sum(c for k, c in zip(d["staleness"], d["count"]) if k == kk) for kk in ks], dtype=float)
+            hx.bar(ks, total / total.sum(), width=0.8, alpha=0.5, color=colors[arm],
+                   label=f"{arm}: mean {np.dot(ks, total) / total.sum():.2f}")
+        if tau is not None:
+            k, p = _appendix_c(float(tau))
+            hx.plot(k, p, "k.-", lw=1, label=f"appendix C: N({float(tau):g}, 1)")
+        hx.set(xlabel="staleness τ", ylabel="fraction of updates")
+        hx.legend(fontsize=7)
     return caption(fig, f"Fig. 9: A-SGD ({o.get('variant', '?')}, m = {o.get('momentum', '?')}) with a constant delay "
-                        "(round robin) and with a discretised Gaussian delay of the same mean (appendix C: P(τ = k) = "
-                        "P(k - 0.5 ≤ z ≤ k + 0.5), z ~ N(μ, 1), k = 1..2μ); solid: validation, dashed: train error; "
-                        f"band: min-max over seeds; final errors ± std over seeds in the legend. {_regime(options)}.", scale)
+                        "and with a stochastic delay of the same mean staleness: M workers under the authors' Gaussian "
+                        "rule (the landing worker drawn with P ∝ Φ((staleness − M)/(M/4)); every gradient lands once), "
+                        "where the paper's appendix C describes a discretised Gaussian P(τ = k) = P(k - 0.5 ≤ z ≤ k + 0.5), "
+                        "z ~ N(μ, 1), k = 1..2μ (right, black, beside the realised staleness histograms, all seeds); "
+                        "solid: validation, dashed: train error; band: min-max over seeds; final errors ± std over "
+                        f"seeds in the legend. {_regime(options)}.", scale)
