@@ -60,6 +60,8 @@ COMMANDS = {
     "audit": ("delay_stability.experiments.audit", "what produced every figure, and what is stale, missing or diverged"),
     "parameter-server": ("delay_stability.server",
                          "run as server (rank 0) or worker of a real parameter server under torchrun"),
+    "parameter-server-launch": ("delay_stability.server",
+                                "launch a real parameter server on this machine (torchrun, loopback)"),
     "real-workers-config": ("delay_stability.experiments.real_workers",
                             "the parameter server's run config of one setting"),
     "real-workers-collect": ("delay_stability.experiments.real_workers", "tables of the real-workers experiment"),
