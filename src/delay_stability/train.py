@@ -141,11 +141,20 @@ def load_checkpoint(path: str) -> dict:
     missing, truncated, corrupted or not ours."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path!r} does not exist")
+    import pickle
+    import warnings
+
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's advice about pickle protocols is not for our users
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # a pickle of objects (torch would advise weights_only=False: never)
+        raise UserError(f"{path!r} is not a delay-stability checkpoint (it holds Python objects other than "
+                        "tensors and plain data, which this package never writes nor loads)") from None
     except Exception as exc:  # torch raises many kinds for damaged files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise UserError(f"checkpoint {path!r} is truncated or corrupted ({reason[:200]})") from None
+        raise UserError(f"checkpoint {path!r} is truncated or corrupted ({reason[:120]}); if it is a result "
+                        "of the pipeline, `delay-stability audit` names the command that rebuilds it") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path!r} is not a delay-stability checkpoint")
     if ckpt.get("version") != CHECKPOINT_VERSION:
