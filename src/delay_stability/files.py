@@ -81,6 +81,17 @@ def read_csv(path, what="table", columns=None, advice=REBUILD_ADVICE) -> list[di
     return rows
 
 
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes (hex)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _strict_yaml_loader():
     """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one
     silently): ``scale: quick`` followed by ``scale: paper`` would switch the whole build."""

@@ -23,7 +23,7 @@ ALL_TARGETS.extend(f for name in IMAGENET_FIGURES for f in figure(name))
 rule imagenet_tables:
     """<figure>.csv (one row per run: arm, seed, lr, final errors, status) and <figure>_curves.csv."""
     input:
-        lambda wc: [run_file(folder, "summary.json") for _, folder, _ in IMAGENET_RUNS[wc.figure]],
+        lambda wc: [f for _, folder, _ in IMAGENET_RUNS[wc.figure] for f in run_records(folder)],
     output:
         table=str(IMAGENET_DIR / "{figure}.csv"),
         curves=str(IMAGENET_DIR / "{figure}_curves.csv"),
