@@ -31,6 +31,14 @@ include: "workflow/rules/real_workers.smk"
 include: "workflow/rules/train.smk"  # last: it builds the run folders the experiments registered
 
 
+onsuccess:  # record what the jobs wrote in the folders' manifests (common.smk: sync_results)
+    sync_results()
+
+
+onerror:
+    sync_results()
+
+
 rule all:
     input:
         ALL_TARGETS,

@@ -53,13 +53,6 @@ if _SYNC["forcerun"]:  # marked incomplete: their jobs run again
     logger.warning("damaged results (checksum differs from the manifest, or a file is gone; their jobs run "
                    f"again): {', '.join(f for f, _ in _SYNC['damaged'] + _SYNC['missing'])}")
 
-
-onsuccess:
-    sync_results()
-
-
-onerror:
-    sync_results()
 if config["smoke"]:  # the paper's networks and rules on tiny data: results/paper-smoke/, figures/smoke/
     if SCALE != "paper":
         raise WorkflowError("config key 'smoke': smoke mode runs the paper scale; add scale=paper "
@@ -176,7 +169,7 @@ RUN_RECORDS = ("summary.json", "metrics.csv", "run.json")
 
 
 def run_records(folder):
-    """The files of a run folder that a table's rule reads: summary.json, metrics.csv, run.json."""
+    """The files of a run folder that the tables read (summary.json, metrics.csv, run.json)."""
     return [run_file(folder, name) for name in RUN_RECORDS]
 
 
