@@ -223,9 +223,21 @@ def _module_file(name, package_root):
     return base.is_dir(), None
 
 
+_IMPORTS_CACHE: dict = {}
+
+
 def _imported_modules(name, path, top, package_root):
     """The modules of package ``top`` that the source of module ``name`` (file ``path``) imports,
-    lazy imports included."""
+    lazy imports included; cached per process by file, size and mtime (a workflow hashes the same
+    modules for hundreds of rules)."""
+    st = os.stat(path)
+    key = (name, str(path), st.st_size, st.st_mtime_ns, top, str(package_root))
+    if key not in _IMPORTS_CACHE:
+        _IMPORTS_CACHE[key] = frozenset(_parse_imports(name, path, top, package_root))
+    return set(_IMPORTS_CACHE[key])
+
+
+def _parse_imports(name, path, top, package_root):
     import ast
 
     tree = ast.parse(path.read_bytes(), filename=str(path))

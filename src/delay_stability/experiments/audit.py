@@ -284,13 +284,14 @@ def audit(directory=".", scale=None, config_file=None, targets=()):
             raise UserError(f"config file not found: {config_file}")
     checks = sync_manifests(directory, _result_roots(config_file or directory / "config.yaml"), verify=True)
     summary, dag = run_snakemake(directory, snakemake_commands(scale, config_file, targets))
-    report = build_report(directory, parse_summary(summary), parse_dag(dag), targets)
+    jobs = parse_dag(dag)
+    report = build_report(directory, parse_summary(summary), jobs, targets)
     report["scale"] = scale or _configured_scale(config_file or directory / "config.yaml")
-    add_checks(report, checks, scale, config_file)
+    add_checks(report, checks, scale, config_file, jobs)
     return report
 
 
-def add_checks(report, checks, scale=None, config_file=None):
+def add_checks(report, checks, scale=None, config_file=None, jobs=()):
     """Add the checksum verification (``checks``: ``sync_manifests``) to ``report``: the damaged and
     missing files with the output whose job rewrites them, and the one command that repairs every
     problem (Snakemake builds exactly the named outputs and what they need that is not up to date)."""
@@ -302,7 +303,8 @@ def add_checks(report, checks, scale=None, config_file=None):
     report["problems"] = damaged + [p for p in report["problems"] if p["file"] not in {d["file"] for d in damaged}]
     report["checked"] = checks["checked"]
     report["ok"] = not report["problems"]
-    targets = list(dict.fromkeys([d["owner"] or d["file"] for d in damaged] +
+    first_output = {f: job["output"][0] for job in jobs for f in job["output"]}  # one file names its job
+    targets = list(dict.fromkeys(first_output.get(f, f) for f in [d["owner"] or d["file"] for d in damaged] +
                                  [p["file"] for p in report["problems"] if p["file"] in known]))
     report["repair"] = repair_command(targets, scale, config_file) if targets else None
     return report
