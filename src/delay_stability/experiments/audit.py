@@ -476,12 +476,18 @@ def _read_record(directory, path):
     return record if isinstance(record, dict) and not record.get("incomplete") else None
 
 
+def _in_progress(name) -> bool:
+    """A run's state in progress, not a result: its rolling checkpoint and partial tables."""
+    return name == "checkpoint.pt" or name.endswith(".partial.csv")
+
+
 def _result_files(root):
-    """{folder: [file names]} of the results under ``root`` (hidden names and pids/ skipped)."""
+    """{folder: [file names]} of the results under ``root`` (hidden names, pids/ and the state of
+    runs in progress skipped)."""
     found = {}
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith(_SKIP) and d not in _SKIP_DIRS)
-        names = sorted(f for f in files if not f.startswith(_SKIP))
+        names = sorted(f for f in files if not f.startswith(_SKIP) and not _in_progress(f))
         if names:
             found[folder] = names
     return found
@@ -567,6 +573,10 @@ def sync_manifests(directory=".", roots=("results", "figures"), seed=True, resto
                     outs = owner_of(rel_folder)
                     owner = outs[0] if outs else None
                 owner_rec = record_of(owner) if owner else None
+                if owner and _running_or_killed(directory, owner):
+                    if entry:  # its job runs now (or was killed): Snakemake's business, not damage
+                        new[name] = entry
+                    continue
                 if name not in names:  # listed, gone
                     if entry and owner and owner != rel and (directory / owner).exists() and owner_rec \
                             and owner_rec.get("endtime") == entry.get("endtime"):
@@ -633,4 +643,16 @@ def mark_incomplete(directory, path) -> None:
     target = metadata_record_path(directory, path, "incomplete")
     target.parent.mkdir(parents=True, exist_ok=True)
     (Path(directory) / ".snakemake" / "metadata").mkdir(parents=True, exist_ok=True)
-    write_json(target, {"external_jobid": None})
+    write_json(target, {"external_jobid": None, "damaged": True})
+
+
+def _running_or_killed(directory, path) -> bool:
+    """Whether Snakemake itself marked output ``path`` incomplete (its job runs now, or was killed);
+    a mark of ours (``mark_incomplete``: damaged) does not count."""
+    try:
+        marker = json.loads(metadata_record_path(directory, path, "incomplete").read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True
+    return not (isinstance(marker, dict) and marker.get("damaged"))
