@@ -238,8 +238,13 @@ def test_results_copied_without_mtimes_plan_nothing_then_exactly_a_changed_optio
     before = _digests(workdir)
     assert _planned(snakemake(workdir, "-n", *TINY_TARGETS)) == {}
     assert _digests(workdir) == before  # only times and Snakemake's records were restored
-    edit_config(workdir, lambda c: c["quick"]["stability"]["baseline"].update(epochs=301))
-    assert _planned(snakemake(workdir, "-n", *TINY_TARGETS)) == {"train": 1, "stability_minimum": 1}
+    edit = lambda c: c["quick"]["stability"]["baseline"].update(epochs=301)  # noqa: E731
+    edit_config(workdir, edit)
+    planned = _planned(snakemake(workdir, "-n", *TINY_TARGETS))
+    assert planned == {"train": 1, "stability_minimum": 1}
+    with_metadata = shutil.copytree(tiny_build, tmp_path / "with-metadata", symlinks=True)  # cp -a
+    edit_config(with_metadata, edit)
+    assert _planned(snakemake(with_metadata, "-n", *TINY_TARGETS)) == planned  # as Snakemake's own records plan
 
 
 @needs_snakemake

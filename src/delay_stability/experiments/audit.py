@@ -1,4 +1,10 @@
-"""`delay-stability audit`: what produced every figure, and what is stale, missing or diverged.
+"""`delay-stability audit`: what produced every figure, and what is damaged, stale, missing or diverged.
+
+First the content: every file listed in the folders' manifests (``.manifest.json``, see
+"validity by content" below: ``sync_manifests``) is hashed and compared with its SHA-256; a file
+whose bytes differ is *damaged*, and its job is marked incomplete so that Snakemake reruns it.
+The report starts with a one-line summary, lists every problem file and names the one command
+that repairs them all (``snakemake --cores 2 FILE ...``, one output per job).
 
 Snakemake knows the DAG, so the audit asks it, in two subprocesses run side by side in the project
 folder: ``snakemake --summary`` (one row per output file of the DAG: output_file, date, rule,
@@ -27,7 +33,7 @@ their ``repr``s, without their names, so the rules' ``code=src_hash(...)`` param
 the params value that is a 12-hex-digit string (``files.code_hash``); the record's ``code`` key is
 the rule's shell command, not a hash. ``job_hash`` (Snakemake's hash of the job) is reported too.
 
-Exit status: 0 when every file the figures need is ok, 1 when one is stale or missing (diverged
+Exit status: 0 when every file the figures need is ok, 1 when one is damaged, stale or missing (diverged
 runs are results: listed, they do not fail the audit), 2 for a user error. The dry run's job list
 is Snakemake's console format: a rule with a ``message:`` would print no files (no rule has one).
 """
@@ -569,9 +575,14 @@ def sync_manifests(directory=".", roots=("results", "figures"), seed=True, resto
                 entry = old.get(name)
                 rec = record_of(rel)
                 owner = rel if rec else (entry.get("owner") if entry else None)
-                if owner is None:
-                    outs = owner_of(rel_folder)
-                    owner = outs[0] if outs else None
+                if owner is None and name in names:
+                    # a file no job declares, written beside an output: it belongs to the job of that
+                    # output only if the job ended after the file was written (a later job's
+                    # half-written folder is not an earlier job's result)
+                    mtime = path.stat().st_mtime_ns
+                    owner = next((o for o in owner_of(rel_folder)
+                                  if (record_of(o) or {}).get("endtime") and record_of(o)["endtime"] * 1e9 >= mtime - 1e6),
+                                 None)
                 owner_rec = record_of(owner) if owner else None
                 if owner and _running_or_killed(directory, owner):
                     if entry:  # its job runs now (or was killed): Snakemake's business, not damage
