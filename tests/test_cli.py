@@ -290,3 +290,13 @@ def test_a_non_checkpoint_is_named_without_torchs_advice(capsys, tmp_path):
     text.write_text("hello")
     code, _, err = run(capsys, "sharpness", "--checkpoint", text, "--out", tmp_path / "o.json")
     assert code == 2 and "truncated or corrupted" in err and "weights_only" not in err
+
+
+def test_a_spec_file_with_a_duplicated_key_names_it_and_its_line(capsys, tmp_path):
+    spec = tmp_path / "run.yaml"
+    spec.write_text("model: mlp\nlr: 0.1\nepochs: 3\nlr: 0.2\n")
+    assert_user_error(capsys, ["train", "--spec", spec, "--out", tmp_path / "out"],
+                      f"--spec: {spec}, line 4, column 1: duplicated key 'lr' (first given on line 2)")
+    spec.write_text("model: mlp\nlr: [0.1\n")
+    assert_user_error(capsys, ["train", "--spec", spec, "--out", tmp_path / "out"], f"{spec}, line 3, column 1")
+    assert not (tmp_path / "out").exists()
