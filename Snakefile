@@ -4,6 +4,16 @@
 #   snakemake -n --config scale=paper         what the paper scale would run (GPU; see README)
 # One experiment = workflow/rules/<name>.smk + delay_stability/experiments/<name>.py + plots/<name>.py.
 
+from delay_stability.errors import UserError
+from delay_stability.experiments.config import check_config_files
+from snakemake.exceptions import WorkflowError
+
+try:  # before Snakemake reads them: a duplicated key names key and line, a YAML error line and column
+    check_config_files(["config.yaml", *workflow.overwrite_configfiles])
+except UserError as exc:
+    raise WorkflowError(str(exc)) from None
+
+
 configfile: "config.yaml"
 
 
@@ -19,6 +29,14 @@ include: "workflow/rules/spikes.smk"
 include: "workflow/rules/momentum.smk"
 include: "workflow/rules/real_workers.smk"
 include: "workflow/rules/train.smk"  # last: it builds the run folders the experiments registered
+
+
+onsuccess:  # record what the jobs wrote in the folders' manifests (common.smk: sync_results)
+    sync_results()
+
+
+onerror:
+    sync_results()
 
 
 rule all:

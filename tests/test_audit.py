@@ -161,3 +161,122 @@ def test_the_summary_and_the_dry_run_are_parsed():
         {"rule": "plot", "input": ["res/a.csv", "res/b.csv"], "output": ["figures/a.pdf", "figures/a.png"]},
         {"rule": "table", "input": [], "output": ["res/a.csv"]},
     ]
+
+
+# ------------------------------------------------------------------------------------------------
+# validity by content: manifests, copies without mtimes, damage found and repaired (real Snakemake)
+# ------------------------------------------------------------------------------------------------
+
+TINY_TARGETS = ("figures/fig6.pdf", "results/quick/stability/minimum/polish.json")
+BASELINE = "results/quick/stability/baseline"
+
+
+def _tiny(config):
+    from workflow_util import tiny_stability, tiny_theory
+
+    tiny_stability(config)
+    tiny_theory(config)
+
+
+@pytest.fixture(scope="module")
+def tiny_build(tmp_path_factory):
+    """A tiny build: theory fig6 and the stability experiment's baseline run (the generic train rule)
+    polished to a minimum: 4 jobs."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("tiny") / "built")
+    edit_config(workdir, _tiny)
+    result = snakemake(workdir, "--cores", "2", *TINY_TARGETS)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir
+
+
+def _fresh_clone_with_copied_results(built, dest):
+    """The workflow files into ``dest`` (a fresh clone: no .snakemake) and results/ and figures/
+    copied as `cp -r` does: new mtimes (in copy order), no metadata."""
+    workdir = copy_workflow(dest)
+    shutil.copy(built / "config.yaml", workdir / "config.yaml")
+    for folder in ("results", "figures"):
+        shutil.copytree(built / folder, workdir / folder, copy_function=shutil.copyfile)
+    return workdir
+
+
+def _digests(workdir):
+    from delay_stability.files import sha256_file
+
+    return {str(p.relative_to(workdir)): sha256_file(p) for root in ("results", "figures")
+            for p in sorted((workdir / root).rglob("*")) if p.is_file() and "/." not in str(p.relative_to(workdir))}
+
+
+def _planned(result):
+    """{rule: count} of a dry run's job stats (empty when nothing is to be done)."""
+    out = result.stdout + result.stderr
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {w[0]: int(w[1]) for w in (line.split() for line in table.splitlines()) if len(w) == 2 and w[1].isdigit()}
+
+
+@needs_snakemake
+def test_every_folder_has_a_manifest_and_kept_copies_are_not_links(tiny_build):
+    manifest = json.loads((tiny_build / BASELINE / ".manifest.json").read_text())["files"]
+    from delay_stability.files import sha256_file
+
+    assert set(manifest) == {"final.pt", "metrics.csv", "summary.json", "run.json", "spec.json"}
+    for name, entry in manifest.items():
+        assert entry["sha256"] == sha256_file(tiny_build / BASELINE / name)
+        assert entry["record"]["rule"] == "train"
+    kept = next((tiny_build / BASELINE / ".finished").iterdir())
+    assert (kept / "metrics.csv").stat().st_nlink == 1 and (tiny_build / BASELINE / "metrics.csv").stat().st_nlink == 1
+    assert len((kept / "MANIFEST").read_text().split()) == 2 * 5  # name and SHA-256 of each
+    for root in ("results/theory", "figures", "results/quick/stability/minimum"):
+        assert (tiny_build / root / ".manifest.json").exists(), root
+
+
+@needs_snakemake
+def test_results_copied_without_mtimes_plan_nothing_then_exactly_a_changed_option(tiny_build, tmp_path):
+    workdir = _fresh_clone_with_copied_results(tiny_build, tmp_path / "clone")
+    assert not (workdir / ".snakemake").exists()
+    before = _digests(workdir)
+    assert _planned(snakemake(workdir, "-n", *TINY_TARGETS)) == {}
+    assert _digests(workdir) == before  # only times and Snakemake's records were restored
+    edit = lambda c: c["quick"]["stability"]["baseline"].update(epochs=301)  # noqa: E731
+    edit_config(workdir, edit)
+    planned = _planned(snakemake(workdir, "-n", *TINY_TARGETS))
+    assert planned == {"train": 1, "stability_minimum": 1}
+    with_metadata = shutil.copytree(tiny_build, tmp_path / "with-metadata", symlinks=True)  # cp -a
+    edit_config(with_metadata, edit)
+    assert _planned(snakemake(with_metadata, "-n", *TINY_TARGETS)) == planned  # as Snakemake's own records plan
+
+
+@needs_snakemake
+def test_a_truncated_metrics_csv_is_named_with_the_command_that_repairs_exactly_it(tiny_build, tmp_path, run_cli):
+    workdir = shutil.copytree(tiny_build, tmp_path / "damaged", symlinks=True)
+    before = _digests(workdir)
+    damaged = workdir / BASELINE / "metrics.csv"
+    with open(damaged, "r+b") as f:  # in place, as a crash or a bad disk would
+        f.truncate(40)
+    status, out, _ = run_cli("audit", "--directory", workdir, "--target", TINY_TARGETS[1])
+    assert status == 1
+    first = out.splitlines()[0]
+    assert "NOT up to date: 1 damaged, 0 missing, 0 stale" in first, out
+    assert f"damaged: {BASELINE}/metrics.csv (checksum differs from its manifest)" in out
+    command = next(line for line in out.splitlines() if line.startswith("repair"))
+    assert command.endswith(f"snakemake --cores 2 {BASELINE}/final.pt"), command  # one output names the job
+    result = snakemake(workdir, *command.split(": ", 1)[1].split()[1:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "restored the finished run" in (workdir / "logs/train" / f"{BASELINE}.log").read_text()
+    assert _digests(workdir) == before  # repaired from the verified kept copy, nothing else touched
+    assert _planned(snakemake(workdir, "-n", *TINY_TARGETS)) == {}
+    status, out, _ = run_cli("audit", "--directory", workdir, "--target", TINY_TARGETS[1])
+    assert status == 0 and "ok: 0 damaged, 0 missing, 0 stale" in out.splitlines()[0], out
+
+
+@needs_snakemake
+def test_a_damaged_kept_copy_is_not_restored(tiny_build, tmp_path):
+    workdir = shutil.copytree(tiny_build, tmp_path / "kept", symlinks=True)
+    kept = next((workdir / BASELINE / ".finished").iterdir())
+    (kept / "final.pt").write_bytes(b"damaged")
+    (workdir / BASELINE / "final.pt").write_bytes(b"damaged too")
+    result = snakemake(workdir, "--cores", "2", f"{BASELINE}/final.pt")
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (workdir / "logs/train" / f"{BASELINE}.log").read_text()
+    assert "is damaged (checksum differs); computing the run again" in log and "completed after" in log

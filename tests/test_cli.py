@@ -244,3 +244,59 @@ def test_plot_errors(tmp_path, capsys):
     assert_user_error(capsys, ["plot", "fig6", "--table", str(good), "--table", str(good), "--out", str(out)],
                       "exactly one")
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# the messages of the edge cases: the flag and the fix, no traceback
+# ------------------------------------------------------------------------------------------------
+
+
+def test_a_list_flag_given_separate_values_names_the_flag_and_the_list_to_type(capsys):
+    assert_user_error(capsys, ["threshold", "--probs", "0.5", "0.6"],
+                      "--probs takes one comma-separated list", "--probs 0.5,0.6", "2 separate values")
+    assert_user_error(capsys, ["threshold", "--tau", "3", "4"], "unrecognized arguments: 4",
+                      "--tau takes one value: --tau 3")
+
+
+def test_an_unknown_figure_is_named_before_the_other_flags(capsys):
+    code, _, err = run(capsys, "plot", "fig99")
+    message = err.strip().splitlines()[-1]
+    assert code == 2 and "unknown figure 'fig99'" in message and "fig6" in message
+    assert "--table" not in message and "Traceback" not in err
+
+
+def test_a_bad_staleness_file_says_what_is_wrong_with_it(capsys, tmp_path):
+    bad = tmp_path / "mine.csv"
+    bad.write_text("update,worker\n0,1\n")
+    code, _, err = run(capsys, "threshold", "--staleness", bad)
+    assert code == 2 and "no column staleness (its header is update, worker)" in err
+    assert "a staleness log is a CSV file with a header line naming a column staleness" in err
+    assert "delete" not in err and err.count("\n") == 1
+    bad.write_text("update,staleness\n0,1,3\n")
+    code, _, err = run(capsys, "threshold", "--staleness", bad)
+    assert code == 2 and "line 2 has 3 cells, its header 2" in err and "delete" not in err
+
+
+def test_a_non_checkpoint_is_named_without_torchs_advice(capsys, tmp_path):
+    import pickle
+
+    foreign = tmp_path / "foreign.pt"
+    with open(foreign, "wb") as f:
+        pickle.dump({"a": complex(1, 2)}, f)  # a pickle of an object torch's safe loader refuses
+    code, _, err = run(capsys, "sharpness", "--checkpoint", foreign, "--out", tmp_path / "o.json")
+    assert code == 2 and "is not a delay-stability checkpoint" in err and str(foreign) in err
+    assert "weights_only" not in err and "Traceback" not in err and err.count("\n") == 1
+    text = tmp_path / "text.pt"
+    text.write_text("hello")
+    code, _, err = run(capsys, "sharpness", "--checkpoint", text, "--out", tmp_path / "o.json")
+    assert code == 2 and "truncated or corrupted" in err and "weights_only" not in err
+
+
+def test_a_spec_file_with_a_duplicated_key_names_it_and_its_line(capsys, tmp_path):
+    spec = tmp_path / "run.yaml"
+    spec.write_text("model: mlp\nlr: 0.1\nepochs: 3\nlr: 0.2\n")
+    assert_user_error(capsys, ["train", "--spec", spec, "--out", tmp_path / "out"],
+                      f"--spec: {spec}, line 4, column 1: duplicated key 'lr' (first given on line 2)")
+    spec.write_text("model: mlp\nlr: [0.1\n")
+    assert_user_error(capsys, ["train", "--spec", spec, "--out", tmp_path / "out"], f"{spec}, line 3, column 1")
+    assert not (tmp_path / "out").exists()

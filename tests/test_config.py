@@ -136,3 +136,67 @@ def test_a_sample_of_mutations_fails_the_real_dry_run(tmp_path):
         assert result.returncode != 0, description
         assert key in output and "Traceback" not in output, (description, output[-1500:])
         assert not (workdir / "results").exists() and not (workdir / "logs").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# the YAML itself: duplicated keys and syntax errors (read strictly before Snakemake reads it)
+# ------------------------------------------------------------------------------------------------
+
+
+def _dup_scale(text):
+    """config.yaml with ``scale: quick`` followed by ``scale: paper`` (PyYAML keeps the last)."""
+    lines = text.splitlines(keepends=True)
+    i = next(i for i, line in enumerate(lines) if line.startswith("scale:"))
+    return "".join(lines[:i + 1] + ["scale: paper\n"] + lines[i + 1:]), i + 1
+
+
+@pytest.mark.parametrize("case", ["top", "nested", "syntax", "tab"])
+def test_a_duplicated_key_or_a_yaml_error_names_file_line_and_column(tmp_path, case):
+    from delay_stability.errors import UserError
+    from delay_stability.experiments.config import ConfigError, check_config_files
+
+    text = (REPO / "config.yaml").read_text()
+    lines = text.splitlines(keepends=True)
+    if case == "top":
+        text, first = _dup_scale(text)
+        expected = f"line {first + 1}, column 1: duplicated key 'scale' (first given on line {first})"
+    elif case == "nested":
+        i = next(i for i, line in enumerate(lines) if line.strip().startswith("epochs:") and line.startswith(" "))
+        text = "".join(lines[:i + 1] + [lines[i]] + lines[i + 1:])
+        indent = len(lines[i]) - len(lines[i].lstrip())
+        expected = f"line {i + 2}, column {indent + 1}: duplicated key 'epochs' (first given on line {i + 1})"
+    elif case == "syntax":
+        i = next(i for i, line in enumerate(lines) if line.startswith("data_dir:"))
+        text = "".join(lines[:i + 1] + ["foo: [1, 2\n"] + lines[i + 1:])
+        expected = f"line {i + 3}, column"  # where the unclosed list meets the next key
+    else:
+        i = next(i for i, line in enumerate(lines) if line.startswith("data_dir:"))
+        text = "".join(lines[:i + 1] + ["\tfoo: 1\n"] + lines[i + 1:])
+        expected = f"line {i + 2}, column 1: found character '\\t'"
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        check_config_files([str(path)])
+    assert isinstance(err.value, ConfigError)
+    assert str(path) in str(err.value) and expected in str(err.value), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_yaml_merge_keys_and_repeated_keys_in_different_mappings_are_fine():
+    from delay_stability.files import load_yaml_text
+
+    assert load_yaml_text("a: {x: 1}\nb: {x: 2}\nc: &A {p: 1}\nd:\n  <<: *A\n  p: 2\n") == \
+        {"a": {"x": 1}, "b": {"x": 2}, "c": {"p": 1}, "d": {"p": 2}}
+
+
+@pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake is not installed")
+def test_the_real_dry_run_refuses_a_duplicated_key_naming_it(tmp_path):
+    workdir = copy_workflow(tmp_path / "w")
+    text, first = _dup_scale((workdir / "config.yaml").read_text())
+    (workdir / "config.yaml").write_text(text)
+    result = snakemake(workdir, "-n")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"config.yaml, line {first + 1}, column 1: duplicated key 'scale'" in output, output[-1500:]
+    assert "Traceback" not in output and "paper" not in output.split("duplicated")[0][-200:]
+    assert not (workdir / "results").exists() and not (workdir / "logs").exists()

@@ -30,7 +30,7 @@ def test_run_config_has_a_pilot_then_every_factor_and_repeat():
     assert stop["above"] == pytest.approx(1e-20 + 9 * (2e-5 - 1e-20))  # the kick grew 3-fold
     assert stop["below"] == pytest.approx(1e-20 + (2e-5 - 1e-20) / 100)
     assert cfg["edge_from"] == "pilot" and cfg["jitter"] == 0.004 and cfg["init_checkpoint"] == "kicked.pt"
-    assert rw.torchrun_flags(BLOCK, 4) == "--standalone --nproc-per-node 5 --max-restarts 2"
+    assert rw.launch_flags(BLOCK, 4) == "--nproc 5 --max-restarts 2"
     assert rw.settings(BLOCK) == [(2, 0.0), (2, 0.004), (4, 0.0), (4, 0.004)]
 
 

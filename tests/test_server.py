@@ -14,7 +14,10 @@ test can hang. The checks:
   2× leaves (a margin around the prediction);
 - a worker killed mid-run (SIGKILL): the server goes on with the other and records it;
 - the server killed mid-run (SIGKILL): torchrun restarts the group and the server resumes from its
-  checkpoint (weights, momentum, version counter), ending equal to the replay of the whole log.
+  checkpoint (weights, momentum, version counter), ending equal to the replay of the whole log;
+- ``parameter-server-launch``: every socket its processes listen on is bound to 127.0.0.1 (read from
+  /proc/net/tcp and tcp6, matched to the processes' socket inodes); SIGKILL of the launcher ends
+  every process of the launch; a launch refuses to start while a writer of an earlier one lives.
 """
 
 from __future__ import annotations
@@ -119,6 +122,12 @@ def _torchrun(cfg_path, out, *flags):
             "--out", str(out)]
 
 
+def _launcher(cfg_path, out, *flags):
+    """``delay-stability parameter-server-launch``: torchrun's agent on loopback, in this process."""
+    return [sys.executable, "-m", "delay_stability.cli", "parameter-server-launch", *flags, "--config",
+            str(cfg_path), "--out", str(out)]
+
+
 def _write(path, cfg):
     path.write_text(json.dumps(cfg))
     return path
@@ -219,7 +228,7 @@ def homogeneous_run(kicked):
                          {"name": "x0.5", "factor": 0.5, "updates": 400, "stop": stop},
                          {"name": "x2", "factor": 2.0, "updates": 400, "stop": stop}], edge_from="pilot")
     out = d / "homogeneous"
-    log = _launch([_torchrun(_write(d / "homogeneous.json", cfg), out, "--standalone", "--nproc-per-node", "3")], out)
+    log = _launch([_launcher(_write(d / "homogeneous.json", cfg), out, "--nproc", "3")], out)
     assert (out / "summary.json").exists(), log[-4000:]
     return kick, out
 
@@ -325,3 +334,118 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# the launcher: loopback only, its processes die with it, no rerun over live writers
+# ------------------------------------------------------------------------------------------------
+
+
+def _listening(pids):
+    """(address, port) of every TCP socket in state LISTEN owned by one of ``pids`` (IPv4 and IPv6),
+    from /proc/net/tcp{,6} and the processes' socket inodes."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+        except OSError:
+            continue
+    found = []
+    for table, size in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] != "0A" or int(cols[9]) not in inodes:  # 0A: LISTEN
+                continue
+            hexaddr, port = cols[1].split(":")
+            raw = bytes.fromhex(hexaddr)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, size, 4))  # host-order 32-bit words
+            family = socket.AF_INET if size == 4 else socket.AF_INET6
+            found.append((socket.inet_ntop(family, raw), int(port, 16)))
+    return found
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def _rank_pids(out, n):
+    folder = Path(out) / "pids"
+    files = [folder / str(r) for r in range(n)]
+    if not all(f.exists() and f.read_text().strip() for f in files):
+        return None
+    return [int(f.read_text()) for f in files]
+
+
+def test_a_launch_listens_on_loopback_only_and_dies_with_its_launcher(kicked):
+    """A launch of 3 processes (server + 2 workers) busy for a long phase: every listening socket of
+    the launcher (both c10d stores) and of the ranks (gloo) is 127.0.0.1; kill -9 of the launcher
+    alone (not its group) leaves no process of the launch alive."""
+    kick, d = kicked
+    cfg = _config(kick, [{"name": "long", "lr": 0.1 / kick["sharpness"], "updates": 10**7}], jitter=0.01)
+    out = d / "network"
+    proc = subprocess.Popen(_launcher(_write(d / "network.json", cfg), out, "--nproc", "3"), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT
+        while time.monotonic() < deadline and proc.poll() is None:
+            ranks = _rank_pids(out, 3)
+            if ranks and len(_listening(ranks)) >= 3:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[0][-4000:]
+        time.sleep(1.0)  # the group is formed: every gloo pair listens
+        sockets = _listening([proc.pid, *ranks])
+        assert len(sockets) >= 5, sockets  # two stores (launcher) + a gloo listener per rank
+        assert {addr for addr, _ in sockets} == {"127.0.0.1"}, sockets
+        os.kill(proc.pid, signal.SIGKILL)  # the launcher only: its children are in the same session
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_alive(p) for p in ranks):
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in ranks), [p for p in ranks if _alive(p)]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+
+
+def test_a_launch_refuses_to_start_over_a_live_writer(kicked, tmp_path):
+    """A process that holds the folder's writers' lock (as every rank does while it lives) makes a
+    new launch exit with status 2 naming its pid, before any process starts; once it is gone, the
+    check passes."""
+    kick, d = kicked
+    out = tmp_path / "busy"
+    (out / "pids").mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from delay_stability import server; "
+                               "server.hold_writers_lock(sys.argv[1]); print('held', flush=True); time.sleep(120)",
+                               str(out)], env=_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (out / "pids" / "0").write_text(str(holder.pid))
+        assert server.live_writers(out) == [holder.pid]
+        path = _write(tmp_path / "cfg.json", _config(kick, [{"name": "a", "lr": 0.01, "updates": 10}]))
+        res = subprocess.run(_launcher(path, out, "--nproc", "2"), env=_env(), capture_output=True, text=True,
+                             timeout=60)
+        assert res.returncode == 2, res.stderr
+        assert f"still write there (pids {holder.pid})" in res.stderr and f"kill {holder.pid}" in res.stderr
+        assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1, res.stderr
+        assert not (out / "long").exists() and sorted(os.listdir(out / "pids")) == ["0"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert server.live_writers(out) == []
+
+
+def test_a_launch_names_an_unknown_interface(tmp_path):
+    res = subprocess.run(_launcher(tmp_path / "cfg.json", tmp_path / "o", "--nproc", "2", "--interface", "nosuch0"),
+                         env=_env(), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "--interface nosuch0: no such network interface" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert server.interface_address(server.loopback_interface()) == "127.0.0.1"

@@ -60,6 +60,8 @@ COMMANDS = {
     "audit": ("delay_stability.experiments.audit", "what produced every figure, and what is stale, missing or diverged"),
     "parameter-server": ("delay_stability.server",
                          "run as server (rank 0) or worker of a real parameter server under torchrun"),
+    "parameter-server-launch": ("delay_stability.server",
+                                "launch a real parameter server on this machine (torchrun, loopback)"),
     "real-workers-config": ("delay_stability.experiments.real_workers",
                             "the parameter server's run config of one setting"),
     "real-workers-collect": ("delay_stability.experiments.real_workers", "tables of the real-workers experiment"),
@@ -124,10 +126,45 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     return parser
 
 
+def _unrecognized(parser, argv, extra) -> str:
+    """The error for arguments no flag takes, naming the flag they follow and the fix: a flag that
+    takes one comma-separated list (``--probs 0.5 0.6``) gets the joined list to type instead."""
+    message = f"unrecognized arguments: {' '.join(extra)}"
+    try:
+        i = argv.index(extra[0])
+    except ValueError:
+        return message
+    j = i - 1
+    while j >= 0 and not argv[j].startswith("-"):
+        j -= 1
+    command = _chosen_command(argv)
+    sub = next((a.choices.get(command) for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if j < 0 or sub is None:
+        return message
+    flag = argv[j]
+    action = next((a for a in sub._actions if flag in a.option_strings), None)
+    if action is None or action.nargs not in (None, "?"):
+        return message
+    values = argv[j + 1:i + 1]
+    k = i + 1
+    while k < len(argv) and not argv[k].startswith("-"):
+        values.append(argv[k])
+        k += 1
+    if "," in str(action.metavar or ""):
+        return (f"{flag} takes one comma-separated list without spaces: {flag} {','.join(values)} "
+                f"(got {len(values)} separate values)")
+    return f"{message} ({flag} takes one value: {flag} {values[0]})"
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = _chosen_command(argv)
+        sub = next((a.choices.get(command) for a in parser._actions
+                    if isinstance(a, argparse._SubParsersAction)), None)
+        (sub or parser).error(_unrecognized(parser, argv, extra))
     try:
         result = args.func(args)
     except (UserError, ValueError, FileNotFoundError) as exc:

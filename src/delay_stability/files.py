@@ -49,10 +49,15 @@ def read_json(path, what="file"):
         raise UserError(f"{what} {path} is not valid JSON ({exc})") from None
 
 
-def read_csv(path, what="table", columns=None) -> list[dict]:
+#: What to do about a damaged result of the pipeline: the audit names the command that rebuilds it.
+REBUILD_ADVICE = "`delay-stability audit` names the command that rebuilds it"
+
+
+def read_csv(path, what="table", columns=None, advice=REBUILD_ADVICE) -> list[dict]:
     """A CSV file's rows as dicts of strings. A missing, unreadable or ragged file (a row with more
     or fewer cells than the header: a half-written or damaged table), or one without the
-    ``columns`` asked for, is a UserError naming the file."""
+    ``columns`` asked for, is a UserError naming the file, what is wrong with it and ``advice``
+    (for the pipeline's own results: how to rebuild it; for a user's file: what it must hold)."""
     from .errors import UserError
 
     try:
@@ -63,16 +68,91 @@ def read_csv(path, what="table", columns=None) -> list[dict]:
     except FileNotFoundError:
         raise UserError(f"{what} not found: {path}") from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise UserError(f"{what} {path} cannot be read ({exc})") from None
+        raise UserError(f"{what} {path} cannot be read ({exc}); {advice}") from None
     missing = [c for c in (columns or ()) if c not in header]
     if missing:
-        raise UserError(f"{what} {path} is damaged or not a {what} (no column {', '.join(missing)}); "
-                        "delete it and run again")
+        has = f"its header is {', '.join(header)}" if header else "it is empty"
+        raise UserError(f"{what} {path} has no column {', '.join(missing)} ({has}); {advice}")
     for i, row in enumerate(rows, start=2):
         if None in row or any(v is None for v in row.values()):
-            raise UserError(f"{what} {path} is damaged: line {i} does not have {len(header)} cells; "
-                            "delete it and run again")
+            cells = len(header) + len(row.get(None) or []) - sum(v is None for v in row.values())
+            raise UserError(f"{what} {path}: line {i} has {cells} cells, its header {len(header)} "
+                            f"(a cut or damaged file); {advice}")
     return rows
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes (hex)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _strict_yaml_loader():
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one
+    silently): ``scale: quick`` followed by ``scale: paper`` would switch the whole build."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        first = seen.setdefault(key, key_node.start_mark.line)
+                    except TypeError:  # an unhashable key: SafeLoader reports it
+                        continue
+                    if first != key_node.start_mark.line:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicated key '{key}' (first given on line {first + 1}); keep one",
+                            key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, StrictLoader.construct_mapping)
+    return StrictLoader
+
+
+def yaml_error_message(path, exc) -> str:
+    """One line for a YAML problem: ``FILE, line L, column C: what`` (1-based, as editors count)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{path}{where}: {problem}" + (f" ({context})" if context and "duplicated" not in problem else "")
+
+
+def load_yaml_text(text: str, path="<text>"):
+    """YAML ``text`` parsed strictly (duplicated keys refused); UserError with file, line and column."""
+    import yaml
+
+    from .errors import UserError
+
+    try:
+        return yaml.load(text, Loader=_strict_yaml_loader())  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        raise UserError(yaml_error_message(path, exc)) from None
+
+
+def read_yaml(path, what="YAML file"):
+    """A YAML file's content, parsed strictly (``load_yaml_text``); a missing or unreadable file is a
+    UserError naming it."""
+    from .errors import UserError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} {path} cannot be read ({exc})") from None
+    return load_yaml_text(text, path)
 
 
 def parse_json_object(text, flag):
@@ -143,9 +223,21 @@ def _module_file(name, package_root):
     return base.is_dir(), None
 
 
+_IMPORTS_CACHE: dict = {}
+
+
 def _imported_modules(name, path, top, package_root):
     """The modules of package ``top`` that the source of module ``name`` (file ``path``) imports,
-    lazy imports included."""
+    lazy imports included; cached per process by file, size and mtime (a workflow hashes the same
+    modules for hundreds of rules)."""
+    st = os.stat(path)
+    key = (name, str(path), st.st_size, st.st_mtime_ns, top, str(package_root))
+    if key not in _IMPORTS_CACHE:
+        _IMPORTS_CACHE[key] = frozenset(_parse_imports(name, path, top, package_root))
+    return set(_IMPORTS_CACHE[key])
+
+
+def _parse_imports(name, path, top, package_root):
     import ast
 
     tree = ast.parse(path.read_bytes(), filename=str(path))

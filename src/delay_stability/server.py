@@ -57,6 +57,7 @@ import math
 import os
 import random
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -585,8 +586,10 @@ def serve(config_path: str, out: str) -> int:
     if world < 2:
         raise UserError("parameter-server needs at least 2 processes (1 server + workers)")
     torch.set_num_threads(1)
+    die_with_parent(signal.SIGKILL)  # torchrun's agent (or ``launch``) killed: this process ends too
     out = Path(out)
     (out / "pids").mkdir(parents=True, exist_ok=True)
+    hold_writers_lock(out)  # until this process exits: a new launch on ``out`` waits for it
     (out / "pids" / str(rank)).write_text(str(os.getpid()))
     problem = Problem(cfg["init_checkpoint"], cfg["seed"], cfg["device"])
     _join_group(rank, world, float(cfg["timeout"]))
@@ -619,3 +622,222 @@ def register(subparsers) -> None:
     p.add_argument("--config", required=True, help="run configuration (JSON)")
     p.add_argument("--out", required=True, help="run folder: per phase staleness.csv, histogram.csv, summary.json")
     p.set_defaults(func=_cli)
+    p = subparsers.add_parser(
+        "parameter-server-launch", help="launch a real parameter server on this machine (torchrun, loopback)",
+        description="Run torchrun's agent with NPROC processes of parameter-server (1 server + NPROC-1 "
+                    "workers). The c10d stores and gloo listen on one interface only (default: loopback, "
+                    "127.0.0.1): c10d and gloo have no authentication. Every process ends when this one "
+                    "ends, and a launch refuses to start while a process of an earlier one writes to --out.")
+    p.add_argument("--nproc", type=int, required=True, help="processes: 1 server + workers")
+    p.add_argument("--max-restarts", type=int, default=2, help="torchrun restarts of the group (default 2)")
+    p.add_argument("--interface", help="network interface to listen on (default: the loopback interface); "
+                                       "only on a network you trust")
+    p.add_argument("--config", required=True, help="run configuration (JSON)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.set_defaults(func=_cli_launch)
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. The launch: torchrun's agent, closed to the network, its processes tied to it
+# ------------------------------------------------------------------------------------------------
+#
+# c10d's TCPStore and gloo authenticate nothing: whoever reaches their ports reads and writes the
+# rendezvous, the weights and the gradients. ``torchrun --standalone`` listens on every interface
+# (the rendezvous store and the agent's store bind the wildcard address; gloo binds what the
+# hostname resolves to). ``launch`` runs torchrun's own agent (``torch.distributed.run``) in this
+# process with both stores listening only on one interface's address (127.0.0.1 by default: the
+# loopback interface) and gloo on the same interface (GLOO_SOCKET_IFNAME). Every process of the
+# launch dies with its parent (``PR_SET_PDEATHSIG``), and a launch refuses to start while a process
+# of an earlier launch on the same folder still holds the folder's writers' lock.
+
+LAUNCHER_ENV = "DELAY_STABILITY_LAUNCHER_PID"
+WRITERS_LOCK = ".writers.lock"
+LAUNCH_LOCK = ".launch.lock"
+_PR_SET_PDEATHSIG = 1
+_LISTENING: list = []
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> bool:
+    """Ask the kernel to send ``sig`` to this process when its parent exits (Linux ``prctl``); then,
+    if the parent is already gone (it died before the call: we were re-parented), exit at once.
+    Returns False where the platform has no ``prctl`` (nothing is done there)."""
+    import ctypes
+    import ctypes.util
+
+    expected = os.environ.get(LAUNCHER_ENV)
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if expected and os.getppid() != int(expected):
+        os._exit(1)  # the launcher died before we asked to die with it
+    return True
+
+
+def interface_address(name: str) -> str:
+    """The IPv4 address of network interface ``name`` (SIOCGIFADDR); UserError naming it otherwise."""
+    import fcntl
+    import struct
+
+    names = [n for _, n in socket.if_nameindex()]
+    if name not in names:
+        raise UserError(f"--interface {name}: no such network interface (this machine has: {', '.join(names)})")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
+        except OSError:
+            raise UserError(f"--interface {name}: the interface has no IPv4 address") from None
+    return socket.inet_ntoa(packed[20:24])
+
+
+def loopback_interface() -> str:
+    """The name of the interface whose address is 127.0.0.1 (``lo`` on Linux)."""
+    for _, name in socket.if_nameindex():
+        try:
+            if interface_address(name) == "127.0.0.1":
+                return name
+        except UserError:
+            continue
+    raise UserError("no network interface has the address 127.0.0.1; name one with --interface")
+
+
+def bound_store(address: str, port: int = 0, **kwargs):
+    """A TCPStore *server* listening on ``address`` only (TCPStore itself binds the wildcard address):
+    the socket is bound here and handed over with ``master_listen_fd``."""
+    import torch.distributed as dist
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((address, int(port)))
+    sock.listen(128)
+    sock.set_inheritable(False)
+    kwargs.pop("is_master", None)
+    kwargs.pop("host_name", None)
+    store = dist.TCPStore(address, sock.getsockname()[1], is_master=True, master_listen_fd=sock.fileno(), **kwargs)
+    _LISTENING.append(sock)  # the store serves from this socket: keep it open as long as the process
+    return store
+
+
+def _bind_torchrun_stores(address: str) -> None:
+    """Make torchrun's c10d rendezvous store and its agent store (the one the workers use) listen on
+    ``address`` only. These are the two places torch.distributed.elastic creates a store server."""
+    import torch.distributed as dist
+    from torch.distributed.elastic.rendezvous import c10d_rendezvous_backend as c10d_backend
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous
+
+    real = dist.TCPStore
+
+    def tcp_store(host_name, port, *args, is_master=False, **kwargs):  # as c10d_rendezvous_backend calls it
+        if not is_master:
+            return real(host_name, port, *args, is_master=False, **kwargs)
+        return bound_store(address, port, *args, **kwargs)
+
+    def shared_store_server(self, master_addr, master_port):
+        return bound_store(address, master_port, multi_tenant=True)
+
+    c10d_backend.TCPStore = tcp_store
+    dynamic_rendezvous.DynamicRendezvousHandler._create_tcp_store_server = shared_store_server
+
+
+def _lock(path: Path, mode: int) -> int | None:
+    """An open descriptor holding flock ``mode`` (non-blocking) on ``path``, or None if it is held."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def live_writers(out) -> list[int]:
+    """The pids (``<out>/pids/<rank>``) of processes that still hold ``<out>``'s writers' lock."""
+    import fcntl
+
+    out = Path(out)
+    fd = _lock(out / WRITERS_LOCK, fcntl.LOCK_EX)
+    if fd is not None:
+        os.close(fd)
+        return []
+    pids = []
+    for f in sorted((out / "pids").glob("*")) if (out / "pids").is_dir() else []:
+        try:
+            pid = int(f.read_text())
+            os.kill(pid, 0)
+            pids.append(pid)
+        except (ValueError, OSError):
+            continue
+    return pids or [-1]
+
+
+def hold_writers_lock(out) -> int:
+    """Called by every process of a launch before it writes under ``out``: a shared lock on the
+    folder's writers' lock, held until the process exits (the kernel drops it then)."""
+    import fcntl
+
+    fd = _lock(Path(out) / WRITERS_LOCK, fcntl.LOCK_SH)
+    if fd is None:  # an exclusive holder is a launcher checking: wait for it
+        fd = os.open(Path(out) / WRITERS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def torchrun_args(nproc: int, max_restarts: int, address: str, config: str, out: str) -> list[str]:
+    """torchrun's arguments for one machine: a c10d rendezvous on ``address`` (a free port), the agent
+    and its workers on the same address, ``nproc`` processes running ``parameter-server``."""
+    import uuid
+
+    return ["--nnodes", "1", "--nproc-per-node", str(nproc), "--max-restarts", str(max_restarts),
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{address}:0", "--rdzv-id", str(uuid.uuid4()),
+            "--rdzv-conf", "is_host=1", "--local-addr", address, "--monitor-interval", "0.5",
+            "-m", "delay_stability.cli", "parameter-server", "--config", str(config), "--out", str(out)]
+
+
+def launch(nproc: int, config: str, out: str, max_restarts: int = 2, interface: str | None = None) -> int:
+    """Run one launch of ``nproc`` processes (server + workers) under torchrun's agent in this process:
+    stores and gloo on ``interface`` (default: loopback), every process killed when this one dies,
+    no start while an earlier launch's process still writes to ``out``. Returns torchrun's status."""
+    import fcntl
+
+    if nproc < 2:
+        raise UserError("--nproc must be at least 2 (1 server + workers)")
+    if max_restarts < 0:
+        raise UserError("--max-restarts must be >= 0")
+    name = interface or loopback_interface()
+    address = interface_address(name)
+    out_dir = Path(out)
+    guard = _lock(out_dir / LAUNCH_LOCK, fcntl.LOCK_EX)
+    if guard is None:
+        raise UserError(f"{out_dir}: another launch on this folder is running; wait for it to end")
+    writers = live_writers(out_dir)
+    if writers:
+        alive = " ".join(str(p) for p in writers if p > 0) or "(unknown pids)"
+        raise UserError(f"{out_dir}: processes of an earlier launch still write there (pids {alive}); "
+                        f"end them (kill {alive}) and launch again")
+    die_with_parent(signal.SIGTERM)  # this agent ends (and ends its workers) when whoever started it dies
+    os.environ[LAUNCHER_ENV] = str(os.getpid())
+    os.environ["GLOO_SOCKET_IFNAME"] = name
+    os.environ.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)
+    _bind_torchrun_stores(address)
+    from torch.distributed import run as torchrun
+
+    print(f"launch: {nproc} processes, c10d stores and gloo on {name} ({address}) only", flush=True)
+    try:
+        torchrun.main(torchrun_args(nproc, max_restarts, address, config, out))
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    except Exception as exc:  # torchrun's ChildFailedError: the workers' errors are in the log above
+        print(f"launch: {exc.__class__.__name__}: {str(exc)[:2000]}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        os.close(guard)
+    return 0
+
+
+def _cli_launch(args) -> int:
+    return launch(args.nproc, args.config, args.out, args.max_restarts, args.interface)

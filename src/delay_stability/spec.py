@@ -502,16 +502,22 @@ def deep_merge(base: dict, override: dict | None) -> dict:
 
 
 def read_spec(path: str) -> dict:
-    """A spec from a YAML or JSON file (UserError naming the file if missing or malformed)."""
-    import yaml
-
+    """A spec from a YAML or JSON file (UserError naming the file if missing or malformed, with the
+    line and column of a syntax error or a duplicated key)."""
     if not os.path.isfile(path):
         raise UserError(f"--spec: no such file: {path}")
+    from .files import load_yaml_text
+
     try:
         with open(path) as f:
-            spec = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
-    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"--spec: cannot parse {path}: {str(exc).splitlines()[0]}") from None
+            text = f.read()
+        spec = json.loads(text) if path.endswith(".json") else load_yaml_text(text, path)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--spec: cannot parse {path}, line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"--spec: cannot parse {path}: {exc}") from None
+    except UserError as exc:
+        raise UserError(f"--spec: {exc}") from None
     if not isinstance(spec, dict):
         raise UserError(f"--spec: {path} must hold a mapping of spec keys")
     return spec

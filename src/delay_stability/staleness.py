@@ -36,11 +36,16 @@ def histogram(staleness) -> np.ndarray:
     return counts / counts.sum()
 
 
+#: What a staleness log given by the user must hold.
+STALENESS_FORMAT = ("a staleness log is a CSV file with a header line naming a column staleness and one "
+                    "integer >= 0 per update, as the staleness.csv that parameter-server writes")
+
+
 def read_staleness(path) -> list[int]:
     """The staleness column of a ``staleness.csv``; UserError naming the file and what is wrong."""
-    rows = read_csv(path, "staleness log", columns=("staleness",))
+    rows = read_csv(path, "staleness log", columns=("staleness",), advice=STALENESS_FORMAT)
     if not rows:
-        raise UserError(f"staleness log {path}: no updates (no rows)")
+        raise UserError(f"staleness log {path}: no updates (a header and no rows); {STALENESS_FORMAT}")
     values = []
     for line, row in enumerate(rows, start=2):
         try:

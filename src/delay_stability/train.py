@@ -171,11 +171,20 @@ def load_checkpoint(path: str) -> dict:
     missing, truncated, corrupted or not ours."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path!r} does not exist")
+    import pickle
+    import warnings
+
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's advice about pickle protocols is not for our users
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # a pickle of objects (torch would advise weights_only=False: never)
+        raise UserError(f"{path!r} is not a delay-stability checkpoint (it holds Python objects other than "
+                        "tensors and plain data, which this package never writes nor loads)") from None
     except Exception as exc:  # torch raises many kinds for damaged files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise UserError(f"checkpoint {path!r} is truncated or corrupted ({reason[:200]})") from None
+        raise UserError(f"checkpoint {path!r} is truncated or corrupted ({reason[:120]}); if it is a result "
+                        "of the pipeline, `delay-stability audit` names the command that rebuilds it") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path!r} is not a delay-stability checkpoint")
     if ckpt.get("version") != CHECKPOINT_VERSION:
@@ -763,7 +772,7 @@ def run_training(spec: dict, out_dir: str, callbacks=(), *, code=("delay_stabili
     ``state_dict()``/``load_state_dict(d)`` has its state saved in every checkpoint and restored on
     resume (before its "start"), so that a resumed run's callbacks continue bit for bit.
 
-    A finished run is also kept in ``out_dir/.finished/<key>/`` (hard links, no extra disk), the
+    A finished run is also kept in ``out_dir/.finished/<key>/`` (copies with their SHA-256), the
     key being the spec, ``key_extra`` (a caller's settings that shape its files) and the code
     that computes it (``code``: modules, hashed with everything they import). When the outputs
     are gone (Snakemake deletes a job's outputs before it runs it again, and after it fails) and
@@ -864,24 +873,24 @@ def finished_runs(out_dir: str) -> list[str]:
     return sorted(k for k in os.listdir(root) if not k.startswith(".") and os.path.isfile(os.path.join(root, k, "MANIFEST")))
 
 
-def _link(src: str, dst: str) -> None:
-    """``dst`` becomes a hard link to ``src`` (a copy where the file system has none), atomically."""
+def _copy(src: str, dst: str) -> None:
+    """``dst`` becomes a copy of ``src`` (its own bytes: damage to one in place leaves the other
+    intact; never a hard link), atomically."""
     import shutil
 
-    tmp = os.path.join(os.path.dirname(dst), ".tmp-link-" + os.path.basename(dst))
+    tmp = os.path.join(os.path.dirname(dst), ".tmp-copy-" + os.path.basename(dst))
     if os.path.exists(tmp):
         os.remove(tmp)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copy2(src, tmp)
+    shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
 
 
 def keep_finished(out_dir: str, key: str) -> None:
-    """Keep the result files of the finished run in ``out_dir`` under ``.finished/<key>/`` (a
-    MANIFEST, written last, lists them) and drop the finished runs of other keys."""
+    """Keep copies of the result files of the finished run in ``out_dir`` under ``.finished/<key>/``
+    (a MANIFEST, written last, lists each with its SHA-256) and drop the finished runs of other keys."""
     import shutil
+
+    from .files import sha256_file
 
     root = os.path.join(out_dir, FINISHED_DIR)
     names = sorted(n for n in os.listdir(out_dir)
@@ -889,9 +898,11 @@ def keep_finished(out_dir: str, key: str) -> None:
     work = os.path.join(root, f".tmp-{key}")
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
+    lines = []
     for name in names:
-        _link(os.path.join(out_dir, name), os.path.join(work, name))
-    _atomic_write(os.path.join(work, "MANIFEST"), lambda f: f.write("\n".join(names).encode() + b"\n"))
+        _copy(os.path.join(out_dir, name), os.path.join(work, name))
+        lines.append(f"{name}\t{sha256_file(os.path.join(work, name))}")
+    _atomic_write(os.path.join(work, "MANIFEST"), lambda f: f.write("\n".join(lines).encode() + b"\n"))
     final = os.path.join(root, key)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(work, final)
@@ -900,21 +911,42 @@ def keep_finished(out_dir: str, key: str) -> None:
             shutil.rmtree(os.path.join(root, other), ignore_errors=True)
 
 
+def verified_finished(out_dir: str, key: str):
+    """The file names of the kept finished run of ``key`` when every kept copy still has the
+    SHA-256 its MANIFEST lists; None otherwise (none kept, an old MANIFEST without checksums, or a
+    damaged copy: the run is computed again rather than restored from damaged bytes)."""
+    from .files import sha256_file
+
+    store = os.path.join(out_dir, FINISHED_DIR, key)
+    try:
+        with open(os.path.join(store, "MANIFEST")) as f:
+            rows = [line.split("\t") for line in f.read().splitlines() if line]
+    except OSError:
+        return None
+    if not rows or any(len(r) != 2 for r in rows):
+        return None
+    for name, digest in rows:
+        path = os.path.join(store, name)
+        if not os.path.isfile(path) or sha256_file(path) != digest:
+            print(f"[train {out_dir}] the kept copy {path} is damaged (checksum differs); computing the run again",
+                  file=sys.stderr)
+            return None
+    return [name for name, _ in rows]
+
+
 def restore_finished(out_dir: str, key: str):
     """When ``out_dir`` has lost the result files of a finished run of ``key`` (and holds no run in
-    progress), put them back from ``.finished/<key>/`` and return its summary; else None."""
+    progress), put them back from ``.finished/<key>/`` (copies, checked against their SHA-256) and
+    return its summary; else None."""
     store = os.path.join(out_dir, FINISHED_DIR, key)
-    manifest = os.path.join(store, "MANIFEST")
-    if not os.path.isfile(manifest) or os.path.exists(os.path.join(out_dir, "checkpoint.pt")):
+    if os.path.exists(os.path.join(out_dir, "checkpoint.pt")):
         return None
-    with open(manifest) as f:
-        names = [n for n in f.read().split() if n]
-    if not names or not all(os.path.isfile(os.path.join(store, n)) for n in names):
+    names = verified_finished(out_dir, key)
+    if not names:
         return None
     for name in names:
-        _link(os.path.join(store, name), os.path.join(out_dir, name))
-        os.utime(os.path.join(out_dir, name))  # new outputs for Snakemake: they are this job's
-    print(f"[train {out_dir}] restored the finished run {key} (same spec and code) from {store}",
+        _copy(os.path.join(store, name), os.path.join(out_dir, name))
+    print(f"[train {out_dir}] restored the finished run {key} (same spec and code, checksums verified) from {store}",
           file=sys.stderr)
     from .files import read_json
 

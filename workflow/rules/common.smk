@@ -33,6 +33,26 @@ except UserError as exc:
 
 SCALE = config["scale"]
 FIGURES = Path(config["figures_dir"])
+
+
+def sync_results():
+    """Validity by content (delay_stability.experiments.audit.sync_manifests): record what finished
+    jobs wrote, give copied results back their mtimes and Snakemake's records, and return the
+    outputs whose files are damaged. Only in the main Snakemake process (not inside a cluster job)."""
+    if not workflow.is_main_process or os.environ.get("DELAY_STABILITY_SYNCED"):  # a cluster job, or the audit
+        return {"forcerun": []}
+    from delay_stability.experiments.audit import sync_manifests
+
+    return sync_manifests(".", (config["results_dir"], config["figures_dir"]))
+
+
+_SYNC = sync_results()
+if _SYNC["forcerun"]:  # marked incomplete: their jobs run again
+    from snakemake.logging import logger
+
+    logger.warning("damaged results (checksum differs from the manifest, or a file is gone; their jobs run "
+                   f"again): {', '.join(f for f, _ in _SYNC['damaged'] + _SYNC['missing'])}")
+
 if config["smoke"]:  # the paper's networks and rules on tiny data: results/paper-smoke/, figures/smoke/
     if SCALE != "paper":
         raise WorkflowError("config key 'smoke': smoke mode runs the paper scale; add scale=paper "
@@ -142,6 +162,15 @@ def register_run(folder, spec, key, runtime_quick=30, runtime_paper=24 * 60):
         raise WorkflowError(f"two different specs for the run folder {folder} (config key {key})")
     RUNS[folder] = {"spec": spec, "resources": gpu_resources(runtime_quick, runtime_paper)}
     return folder
+
+
+#: The files of a run folder that tables read (every one a declared input of the rule that reads it).
+RUN_RECORDS = ("summary.json", "metrics.csv", "run.json")
+
+
+def run_records(folder):
+    """The files of a run folder that the tables read (summary.json, metrics.csv, run.json)."""
+    return [run_file(folder, name) for name in RUN_RECORDS]
 
 
 def run_file(folder, name="final.pt"):

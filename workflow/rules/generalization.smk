@@ -55,7 +55,7 @@ rule generalization_tables:
     """fig3.csv (one row per run), claims.csv (per τ: eta_div, best η, eq. 8), fit.csv (1/eta_div vs τ)."""
     input:
         groups=[str(GEN_DIR / f / f"tau{tau}" / "ensemble.json") for f, tau in GEN_GROUPS if f == "fig3"],
-        single=[run_file(r.folder(GEN_DIR / "fig3"), "summary.json") for r in GEN_SINGLE.get("fig3", [])],
+        single=[f for r in GEN_SINGLE.get("fig3", []) for f in run_records(r.folder(GEN_DIR / "fig3"))],
     output:
         fig3=str(GEN_DIR / "fig3.csv"),
         claims=str(GEN_DIR / "claims.csv"),
@@ -78,7 +78,7 @@ rule generalization_fig1_table:
     """fig1.csv: one row per fig1 run (τ = 0 and fig1.tau) and evaluation epoch (fig1 and fig13 read it)."""
     input:
         groups=[str(GEN_DIR / f / f"tau{tau}" / "ensemble.json") for f, tau in GEN_GROUPS if f == "fig1"],
-        single=[run_file(r.folder(GEN_DIR / "fig1"), "summary.json") for r in GEN_SINGLE.get("fig1", [])],
+        single=[f for r in GEN_SINGLE.get("fig1", []) for f in run_records(r.folder(GEN_DIR / "fig1"))],
     output:
         fig1=str(GEN_DIR / "fig1.csv"),
     params:

@@ -24,7 +24,7 @@ rule imagenet_tables:
     """<figure>.csv (one row per run: arm, seed, lr, final errors, status), <figure>_curves.csv and
     <figure>_staleness.csv (every run's realised staleness histogram)."""
     input:
-        lambda wc: [run_file(folder, "summary.json") for _, folder, _ in IMAGENET_RUNS[wc.figure]],
+        lambda wc: [f for _, folder, _ in IMAGENET_RUNS[wc.figure] for f in run_records(folder)],
     output:
         table=str(IMAGENET_DIR / "{figure}.csv"),
         curves=str(IMAGENET_DIR / "{figure}_curves.csv"),

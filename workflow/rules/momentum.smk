@@ -87,7 +87,7 @@ rule momentum_tables:
     """runs, scores, tuned, best, penalty and paper.csv: steps to the target loss, η and μ tuned per M."""
     input:
         groups=[str(MOM_DIR / f"workers{M}" / "ensemble.json") for M in MOM_GROUPS],
-        single=[run_file(r.folder(MOM_DIR), "summary.json") for r in MOM_SINGLE],
+        single=[f for r in MOM_SINGLE for f in run_records(r.folder(MOM_DIR))],
     output:
         [str(MOM_DIR / f"{name}.csv") for name in mom_exp.TABLES],
     params:

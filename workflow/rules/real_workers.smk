@@ -17,7 +17,8 @@ if RW:
 
 
 rule real_workers_run:
-    """One setting: M + 1 processes under torchrun (server + M workers); the server writes every phase."""
+    """One setting: M + 1 processes under torchrun's agent (server + M workers), listening on loopback only;
+    the server writes every phase."""
     input:
         kick=str(SCALE_DIR / "{exp}" / "kick" / "kick.json"),
         ckpt=str(SCALE_DIR / "{exp}" / "kick" / "kicked.pt"),
@@ -26,7 +27,7 @@ rule real_workers_run:
         summary=str(RW_DIR / "from-{exp}" / "M{m}" / "jitter{jitter}" / "summary.json"),
     params:
         options=lambda wc: json.dumps(RW, sort_keys=True),
-        flags=lambda wc: rw_exp.torchrun_flags(RW, int(wc.m)),
+        flags=lambda wc: rw_exp.launch_flags(RW, int(wc.m)),
         device=device_flag(),
         code=src_hash("server", "experiments.real_workers"),
     wildcard_constraints:
@@ -43,7 +44,7 @@ rule real_workers_run:
     shell:
         "delay-stability real-workers-config --kick {input.kick} --workers {wildcards.m} --jitter {wildcards.jitter} "
         "--options {params.options:q} {params.device}--out {output.config} > {log} 2>&1 && "
-        "OMP_NUM_THREADS=1 delay-stability-gpu-slot --gpus {resources.gpu} -- torchrun {params.flags} -m delay_stability.cli parameter-server "
+        "OMP_NUM_THREADS=1 delay-stability-gpu-slot --gpus {resources.gpu} -- delay-stability parameter-server-launch {params.flags} "
         "--config {output.config} --out $(dirname {output.summary}) >> {log} 2>&1"
 
 

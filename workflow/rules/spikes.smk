@@ -21,7 +21,7 @@ if SPIKES:
 rule spikes_tables:
     """spikes.csv (per run: spikes, mean height, final train error) and spikes_curves.csv."""
     input:
-        [run_file(r.folder(SPIKES_DIR), "summary.json") for r in SPIKES_RUNS],
+        [f for r in SPIKES_RUNS for f in run_records(r.folder(SPIKES_DIR))],
     output:
         table=str(SPIKES_DIR / "spikes.csv"),
         curves=str(SPIKES_DIR / "spikes_curves.csv"),

@@ -1,4 +1,10 @@
-"""`delay-stability audit`: what produced every figure, and what is stale, missing or diverged.
+"""`delay-stability audit`: what produced every figure, and what is damaged, stale, missing or diverged.
+
+First the content: every file listed in the folders' manifests (``.manifest.json``, see
+"validity by content" below: ``sync_manifests``) is hashed and compared with its SHA-256; a file
+whose bytes differ is *damaged*, and its job is marked incomplete so that Snakemake reruns it.
+The report starts with a one-line summary, lists every problem file and names the one command
+that repairs them all (``snakemake --cores 2 FILE ...``, one output per job).
 
 Snakemake knows the DAG, so the audit asks it, in two subprocesses run side by side in the project
 folder: ``snakemake --summary`` (one row per output file of the DAG: output_file, date, rule,
@@ -27,7 +33,7 @@ their ``repr``s, without their names, so the rules' ``code=src_hash(...)`` param
 the params value that is a 12-hex-digit string (``files.code_hash``); the record's ``code`` key is
 the rule's shell command, not a hash. ``job_hash`` (Snakemake's hash of the job) is reported too.
 
-Exit status: 0 when every file the figures need is ok, 1 when one is stale or missing (diverged
+Exit status: 0 when every file the figures need is ok, 1 when one is damaged, stale or missing (diverged
 runs are results: listed, they do not fail the audit), 2 for a user error. The dry run's job list
 is Snakemake's console format: a rule with a ``message:`` would print no files (no rule has one).
 """
@@ -44,7 +50,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import UserError
-from ..files import write_json
+from ..files import read_yaml, write_json
 
 #: Snakemake statuses of files that are absent by design (not a problem).
 ABSENT_BY_DESIGN = {"removed temp file", "pipe file", "service file", "file local to node"}
@@ -82,7 +88,8 @@ def _error_line(output):
 def run_snakemake(directory, commands):
     """Run ``commands`` side by side in ``directory``; their outputs (stdout and stderr together
     for all but the first, whose stdout is the summary table). A failure is a UserError."""
-    procs = [subprocess.Popen(cmd, cwd=directory, text=True, stdout=subprocess.PIPE,
+    env = dict(os.environ, DELAY_STABILITY_SYNCED="1")  # the audit has synced the manifests already
+    procs = [subprocess.Popen(cmd, cwd=directory, text=True, stdout=subprocess.PIPE, env=env,
                               stderr=subprocess.PIPE if i == 0 else subprocess.STDOUT)
              for i, cmd in enumerate(commands)]
     outputs = []
@@ -281,10 +288,53 @@ def audit(directory=".", scale=None, config_file=None, targets=()):
         config_file = Path(config_file).resolve()
         if not config_file.is_file():
             raise UserError(f"config file not found: {config_file}")
+    checks = sync_manifests(directory, _result_roots(config_file or directory / "config.yaml"), verify=True)
     summary, dag = run_snakemake(directory, snakemake_commands(scale, config_file, targets))
-    report = build_report(directory, parse_summary(summary), parse_dag(dag), targets)
+    jobs = parse_dag(dag)
+    report = build_report(directory, parse_summary(summary), jobs, targets)
     report["scale"] = scale or _configured_scale(config_file or directory / "config.yaml")
+    add_checks(report, checks, scale, config_file, jobs)
     return report
+
+
+def add_checks(report, checks, scale=None, config_file=None, jobs=()):
+    """Add the checksum verification (``checks``: ``sync_manifests``) to ``report``: the damaged and
+    missing files with the output whose job rewrites them, and the one command that repairs every
+    problem (Snakemake builds exactly the named outputs and what they need that is not up to date)."""
+    damaged = [{"file": f, "state": "damaged", "reason": "checksum differs from its manifest", "rule": None,
+                "owner": o} for f, o in checks["damaged"]]
+    damaged += [{"file": f, "state": "missing", "reason": "a file of a finished job is gone", "rule": None,
+                 "owner": o} for f, o in checks["missing"]]
+    known = {p["file"] for p in report["problems"]}
+    report["problems"] = damaged + [p for p in report["problems"] if p["file"] not in {d["file"] for d in damaged}]
+    report["checked"] = checks["checked"]
+    report["ok"] = not report["problems"]
+    first_output = {f: job["output"][0] for job in jobs for f in job["output"]}  # one file names its job
+    targets = list(dict.fromkeys(first_output.get(f, f) for f in [d["owner"] or d["file"] for d in damaged] +
+                                 [p["file"] for p in report["problems"] if p["file"] in known]))
+    report["repair"] = repair_command(targets, scale, config_file) if targets else None
+    return report
+
+
+def repair_command(files, scale=None, config_file=None) -> str:
+    """``snakemake --cores 2 FILE ...``: rebuild exactly these outputs (their jobs, and any job they
+    need that is not up to date; damaged outputs are marked incomplete, so their jobs run)."""
+    words = ["snakemake", "--cores", "2"]
+    if config_file:
+        words += ["--configfile", str(config_file)]
+    words += list(files)
+    if scale:
+        words += ["--config", f"scale={scale}"]
+    return " ".join(words)
+
+
+def _result_roots(config_path):
+    """results_dir and figures_dir of a config file (defaults: results, figures)."""
+    try:
+        cfg = read_yaml(config_path, "config file") or {}
+    except UserError:
+        cfg = {}
+    return (str(cfg.get("results_dir", "results")), str(cfg.get("figures_dir", "figures")))
 
 
 def _configured_scale(path):
@@ -319,8 +369,16 @@ def _describe_run(run):
 
 def format_report(report):
     """The report as text: one line per figure, table, run and problem, indented."""
-    lines = [f"audit of {report['directory']} (scale: {report['scale']}): {len(report['figures'])} target(s), "
-             f"{report['files']} files in the DAG"]
+    counts = {s: sum(p["state"] == s for p in report["problems"]) for s in ("damaged", "missing", "stale")}
+    lines = [f"audit of {report['directory']} (scale: {report['scale']}): "
+             f"{'ok' if report['ok'] else 'NOT up to date'}: {counts['damaged']} damaged, {counts['missing']} missing, "
+             f"{counts['stale']} stale; {report.get('checked', 0)} files checked by checksum, "
+             f"{report['files']} files in the DAG of {len(report['figures'])} target(s); "
+             f"{len(report['diverged'])} diverged run(s)"]
+    for p in report["problems"]:
+        lines.append(f"  {p['state']}: {p['file']} ({p['reason']})")
+    if report.get("repair"):
+        lines.append(f"repair (reruns exactly these): {report['repair']}")
     for fig in report["figures"]:
         kind = "figure" if fig["figure"].endswith((".pdf", ".png", ".svg")) else "target"
         lines.append(f"{kind} {', '.join(f['file'] for f in fig['files'])}: {_describe(fig)}")
@@ -331,8 +389,8 @@ def format_report(report):
     if report["diverged"]:
         lines.append(f"diverged runs ({len(report['diverged'])}, results, not failures):")
         lines += [f"  {run['folder']}: diverged at epoch {run['diverged_epoch']}" for run in report["diverged"]]
-    counts = {s: sum(p["state"] == s for p in report["problems"]) for s in ("missing", "stale")}
-    lines.append(f"result: {counts['missing']} missing, {counts['stale']} stale of {report['files']} files; "
+    lines.append(f"result: {counts['damaged']} damaged, {counts['missing']} missing, {counts['stale']} stale of "
+                 f"{report['files']} files; "
                  f"{len(report['diverged'])} diverged run(s) -> {'ok' if report['ok'] else 'NOT up to date'}")
     return "\n".join(lines)
 
@@ -363,3 +421,249 @@ def _cli_audit(args) -> int:
     if args.json:
         write_json(args.json, report)
     return 0 if report["ok"] else 1
+
+
+# ------------------------------------------------------------------ validity by content: manifests
+#
+# Snakemake decides what to run from the files' mtimes and, when ``.snakemake/metadata`` holds a
+# record of the job that wrote a file, from the job's params, code (shell command), set of input
+# files and software environment (``--rerun-triggers``; Snakemake 9: a file without a record is
+# judged by mtime alone, persistence.params_changed skips it). Results copied without their mtimes
+# (``cp -r``, scp, rsync without -t, tar without times) into a fresh clone have neither: mtimes in
+# arbitrary order (jobs rerun for nothing) and no records (a changed config is silently ignored).
+#
+# So every folder of results/ and figures/ carries ``.manifest.json``: for each of its files the
+# SHA-256, size and mtime it had when its job finished, the job's output it belongs to ("owner":
+# the file itself for a declared output; else the output of the nearest folder above that has one,
+# e.g. a continuation folder written beside its search's search.json) and, for outputs, Snakemake's
+# record of the job. ``sync_manifests`` runs when Snakemake reads the workflow (common.smk) and after
+# every build (onsuccess/onerror); it
+#
+# - records the files of every job that Snakemake finished since the manifest was written (the
+#   record's endtime differs): manifests follow the builds;
+# - for a file whose size or mtime differs from its entry, compares the SHA-256: the same bytes
+#   (a copy that lost its mtime) get the recorded mtime back; other bytes are *damaged*;
+# - gives back Snakemake's record of every output that has none (a fresh clone), so that Snakemake's
+#   own params/code/input triggers compare the copied results with the current config and code,
+#   exactly as in the folder where they were built;
+# - marks the outputs whose jobs must run again (a damaged file, or a missing side file) incomplete
+#   in Snakemake's own bookkeeping, as a killed job's: Snakemake reruns those jobs (the default
+#   profile sets --rerun-incomplete), and their dependants in the DAG of the targets. (Snakemake's
+#   --forcerun cannot be set from the workflow: the DAG settings are installed after it is read.)
+
+MANIFEST = ".manifest.json"
+MANIFEST_FORMAT = 1
+#: Folder and file names that are no results: kept copies, parked runs, locks, temporary files.
+_SKIP = (".",)
+_SKIP_DIRS = {"pids"}
+
+
+def metadata_record_path(directory, path, kind="metadata") -> Path:
+    """Where Snakemake 9's file persistence keeps the record of output ``path`` (a path relative to
+    the working directory): ``.snakemake/metadata/<urlsafe base64 of path>``, split into folders
+    named ``@<part>`` when longer than the file system's name limit."""
+    metadata = Path(directory) / ".snakemake" / kind
+    max_len = 255
+    if os.name == "posix":
+        try:
+            max_len = os.pathconf(metadata if metadata.is_dir() else directory, "PC_NAME_MAX") or 255
+        except OSError:
+            pass
+    b64 = urlsafe_b64encode(str(path).encode()).decode()
+    parts = [b64[i:i + max_len - 1] for i in range(0, len(b64), max_len - 1)]
+    return metadata.joinpath(*["@" + p for p in parts[:-1]], parts[-1])
+
+
+def _read_record(directory, path):
+    try:
+        record = json.loads(metadata_record_path(directory, path).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and not record.get("incomplete") else None
+
+
+def _in_progress(name) -> bool:
+    """A run's state in progress, not a result: its rolling checkpoint and partial tables."""
+    return name == "checkpoint.pt" or name.endswith(".partial.csv")
+
+
+def _result_files(root):
+    """{folder: [file names]} of the results under ``root`` (hidden names, pids/ and the state of
+    runs in progress skipped)."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(_SKIP) and d not in _SKIP_DIRS)
+        names = sorted(f for f in files if not f.startswith(_SKIP) and not _in_progress(f))
+        if names:
+            found[folder] = names
+    return found
+
+
+def _read_manifest(folder):
+    try:
+        data = json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not isinstance(data.get("files"), dict):
+        return {}
+    return data["files"]
+
+
+def _inputs_not_newer(directory, record, mtime_ns) -> bool:
+    """Whether every input file of the job ``record`` describes is at most as new as ``mtime_ns``."""
+    for name in (record or {}).get("input") or []:
+        try:
+            if (Path(directory) / name).stat().st_mtime_ns > mtime_ns:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _entry_matches_stat(entry, st):
+    return entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns
+
+
+def sync_manifests(directory=".", roots=("results", "figures"), seed=True, restore_times=True, mark=True,
+                   verify=False):
+    """Bring the manifests of the results under ``roots`` (relative to ``directory``) up to date
+    with the files and Snakemake's records, as described above. Returns
+    ``{"checked", "hashed", "recorded", "seeded", "retimed", "damaged": [...], "missing": [...],
+    "forcerun": [...]}``: ``damaged`` and ``missing`` list (file, owner) pairs; ``forcerun`` the
+    owners (declared outputs) whose jobs must run again. ``verify``: hash every file (the audit),
+    not only those whose size or mtime differ from their entry."""
+    from ..files import sha256_file
+
+    directory = Path(directory)
+    stats = {"checked": 0, "hashed": 0, "recorded": 0, "seeded": 0, "retimed": 0, "damaged": [], "missing": []}
+    forcerun = set()
+    for root in roots:
+        base = directory / root
+        if not base.is_dir():
+            continue
+        present = _result_files(base)
+        folders = set(present)
+        for folder, _, files in os.walk(base):
+            if MANIFEST in files:
+                folders.add(folder)
+        records, owners_of = {}, {}
+
+        def record_of(rel):
+            if rel not in records:
+                records[rel] = _read_record(directory, rel)
+            return records[rel]
+
+        def owner_of(folder_rel):
+            """The nearest folder at or above ``folder_rel`` with a declared output: its outputs."""
+            if folder_rel in owners_of:
+                return owners_of[folder_rel]
+            names = present.get(str(directory / folder_rel), [])
+            outs = [str(Path(folder_rel) / n) for n in names if record_of(str(Path(folder_rel) / n))]
+            if not outs and Path(folder_rel) != Path(root) and str(Path(folder_rel).parent) not in ("", "."):
+                outs = owner_of(str(Path(folder_rel).parent))
+            owners_of[folder_rel] = outs
+            return outs
+
+        for folder in sorted(folders):
+            rel_folder = os.path.relpath(folder, directory)
+            old = _read_manifest(folder)
+            new, changed = {}, False
+            names = present.get(folder, [])
+            for name in sorted(set(names) | set(old)):
+                rel = str(Path(rel_folder) / name)
+                path = directory / rel
+                entry = old.get(name)
+                rec = record_of(rel)
+                owner = rel if rec else (entry.get("owner") if entry else None)
+                if owner is None and name in names:
+                    # a file no job declares, written beside an output: it belongs to the job of that
+                    # output only if the job ended after the file was written (a later job's
+                    # half-written folder is not an earlier job's result)
+                    mtime = path.stat().st_mtime_ns
+                    owner = next((o for o in owner_of(rel_folder)
+                                  if (record_of(o) or {}).get("endtime") and record_of(o)["endtime"] * 1e9 >= mtime - 1e6),
+                                 None)
+                owner_rec = record_of(owner) if owner else None
+                if owner and _running_or_killed(directory, owner):
+                    if entry:  # its job runs now (or was killed): Snakemake's business, not damage
+                        new[name] = entry
+                    continue
+                if name not in names:  # listed, gone
+                    if entry and owner and owner != rel and (directory / owner).exists() and owner_rec \
+                            and owner_rec.get("endtime") == entry.get("endtime"):
+                        stats["missing"].append((rel, owner))
+                        forcerun.add(owner)
+                        new[name] = entry
+                    else:
+                        changed = True  # an output Snakemake will plan, or a file its job no longer writes
+                    continue
+                stats["checked"] += 1
+                st = path.stat()
+                rebuilt = owner_rec is not None and (entry is None or owner_rec.get("endtime") != entry.get("endtime"))
+                if entry is None or rebuilt:  # a job finished since the manifest: record its files
+                    if owner_rec is None and entry is None and owner is None:
+                        continue  # not written by a job of the workflow (yet): nothing to vouch for
+                    stats["hashed"] += 1
+                    new[name] = {"sha256": sha256_file(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                 "owner": owner, "endtime": owner_rec.get("endtime") if owner_rec else None}
+                    if entry is not None and entry.get("sha256") == new[name]["sha256"] and restore_times \
+                            and _inputs_not_newer(directory, owner_rec, entry["mtime_ns"]):
+                        # rebuilt to the same bytes (a repair) from unchanged inputs: the same file
+                        os.utime(path, ns=(st.st_atime_ns, entry["mtime_ns"]))
+                        new[name]["mtime_ns"] = entry["mtime_ns"]
+                        stats["retimed"] += 1
+                    if rec is not None:
+                        new[name]["record"] = rec
+                    stats["recorded"] += 1
+                    changed = True
+                    continue
+                new[name] = entry
+                if verify or not _entry_matches_stat(entry, st):
+                    stats["hashed"] += 1
+                    if sha256_file(path) != entry["sha256"]:
+                        stats["damaged"].append((rel, entry.get("owner")))
+                        if entry.get("owner"):
+                            forcerun.add(entry["owner"])
+                        continue
+                    if restore_times and st.st_mtime_ns != entry["mtime_ns"]:
+                        os.utime(path, ns=(st.st_atime_ns, entry["mtime_ns"]))
+                        stats["retimed"] += 1
+                if seed and rec is None and entry.get("record") and entry.get("owner") == rel:
+                    target = metadata_record_path(directory, rel)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    (directory / ".snakemake" / "incomplete").mkdir(exist_ok=True)  # else Snakemake "migrates"
+                    write_json(target, entry["record"])
+                    records[rel] = entry["record"]
+                    stats["seeded"] += 1
+            if changed or set(new) != set(old):
+                if new:
+                    write_json(Path(folder) / MANIFEST, {"format": MANIFEST_FORMAT, "files": new})
+                elif (Path(folder) / MANIFEST).exists():
+                    os.remove(Path(folder) / MANIFEST)
+    stats["forcerun"] = sorted(forcerun)
+    if mark:
+        for owner in stats["forcerun"]:
+            mark_incomplete(directory, owner)
+    return stats
+
+
+def mark_incomplete(directory, path) -> None:
+    """Mark output ``path`` incomplete in Snakemake's own bookkeeping (``.snakemake/incomplete/``,
+    as for a job that was killed): Snakemake then reruns its job (``--rerun-incomplete``, which the
+    default profile sets; without it, Snakemake stops and names the file)."""
+    target = metadata_record_path(directory, path, "incomplete")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (Path(directory) / ".snakemake" / "metadata").mkdir(parents=True, exist_ok=True)
+    write_json(target, {"external_jobid": None, "damaged": True})
+
+
+def _running_or_killed(directory, path) -> bool:
+    """Whether Snakemake itself marked output ``path`` incomplete (its job runs now, or was killed);
+    a mark of ours (``mark_incomplete``: damaged) does not count."""
+    try:
+        marker = json.loads(metadata_record_path(directory, path, "incomplete").read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True
+    return not (isinstance(marker, dict) and marker.get("damaged"))

@@ -66,6 +66,22 @@ def validate(cfg: dict, schema: dict) -> None:
         raise ConfigError(f"config key 'scale': '{cfg['scale']}' has no block '{cfg['scale']}:' in the config")
 
 
+def check_config_files(paths) -> None:
+    """Parse every config file that exists strictly (``files.read_yaml``: a key given twice in one
+    mapping, or a YAML syntax error, is one line with the file, line and column), before Snakemake
+    reads them with a loader that keeps the last of two equal keys; ConfigError otherwise."""
+    import os
+
+    from ..files import read_yaml
+
+    for path in paths:
+        if os.path.exists(path):
+            try:
+                read_yaml(path, "config file")
+            except UserError as exc:
+                raise ConfigError(f"invalid configuration: {exc}") from None
+
+
 # ------------------------------------------------------------------------------------------------
 # Every training spec the config implies
 # ------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 From the minima-stability experiment's kicked minimum (``results/<scale>/stability/kick/``: the
 minimum w* plus a kick of norm ε along the top Hessian eigenvector, and a = λmax(H) at w*), each
-setting (M workers, jitter) is one ``torchrun`` launch of ``delay_stability.server`` with M + 1
+setting (M workers, jitter) is one launch (``parameter-server-launch``: torchrun's agent on loopback) of ``delay_stability.server`` with M + 1
 processes and these phases, each from the kicked minimum:
 
 1. ``pilot``: ``pilot.updates`` updates at η = pilot.factor · α*(τ = M − 1)/a (eq. 6: stable for
@@ -87,9 +87,10 @@ def stop_rule(kick: dict, escape: dict) -> dict:
     return {"above": escape["factor"] * l_kick + escape["delta"]}
 
 
-def torchrun_flags(block: dict, workers: int) -> str:
-    """torchrun's flags for one setting on one machine: M + 1 processes, restarts on failure."""
-    return f"--standalone --nproc-per-node {workers + 1} --max-restarts {int(block['max_restarts'])}"
+def launch_flags(block: dict, workers: int) -> str:
+    """``parameter-server-launch``'s flags for one setting on one machine: M + 1 processes, restarts
+    on failure (torchrun's agent, listening on loopback only: ``server.launch``)."""
+    return f"--nproc {workers + 1} --max-restarts {int(block['max_restarts'])}"
 
 
 # ----------------------------------------------------------------------------- tables

@@ -12,6 +12,7 @@ what it shows and which scale and data made it.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import inspect
 
@@ -59,7 +60,14 @@ def register(subparsers):
         "plot", help="draw a figure from its tidy table(s)",
         description="Draw a figure from tidy tables only (never trains), writing the PDF and its PNG "
                     f"twin. Figures: {', '.join(sorted(load_plotters()))}.")
-    p.add_argument("figure", help="figure name, e.g. fig6")
+    figures = sorted(load_plotters())
+
+    def known_figure(name):  # checked as argparse reads it: before it asks for --table and --out
+        if name not in figures:
+            raise argparse.ArgumentTypeError(f"unknown figure {name!r}; the figures are {', '.join(figures)}")
+        return name
+
+    p.add_argument("figure", type=known_figure, help="figure name, e.g. fig6")
     p.add_argument("--table", action="append", required=True, metavar="CSV",
                    help="a tidy table the figure reads (repeat for several)")
     p.add_argument("--out", required=True, metavar="PDF", help="output PDF; the PNG goes beside it")
