@@ -1,0 +1,235 @@
+"""Random staleness (theory section 8): mean, mean-square and almost-sure edges, and the
+measured-vs-predicted experiment's tables."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from delay_stability import theory as T
+
+FAST = T.LyapunovSettings(chains=24, steps=1500, burn=200, renorm=10, seed=3)
+
+
+# ----------------------------------------------------------------------------- closed forms
+@pytest.mark.parametrize("criterion", ["mean", "mean-square"])
+def test_one_worker_is_undelayed_sgd(criterion):
+    assert T.worker_edge(1, criterion)["alpha"] == pytest.approx(2.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("M", [1, 2, 3, 5])
+def test_round_robin_is_the_constant_delay_edge(M):
+    expected = 2.0 * math.sin(math.pi / (4 * (M - 1) + 2))
+    for criterion in T.CRITERIA:
+        assert T.worker_edge(M, criterion, "round-robin")["alpha"] == pytest.approx(expected, rel=1e-9)
+    # and the rank map of the oldest worker is that recurrence: its radius crosses 1 at the edge
+    for factor, stable in ((0.99, True), (1.01, False)):
+        A = T.worker_maps(M, factor * expected)[M - 1]
+        assert (np.max(np.abs(np.linalg.eigvals(A))) < 1.0) == stable
+
+
+@pytest.mark.parametrize("variant,m", [("momentum", 0.5), ("shifted", 0.5)])
+def test_round_robin_momentum_maps_match_eq26_and_eq11(variant, m):
+    M = 3
+    edge = T.critical_alpha(M - 1, m, variant)
+    A_lo = T.worker_maps(M, 0.995 * edge, m, variant)[M - 1]
+    A_hi = T.worker_maps(M, 1.005 * edge, m, variant)[M - 1]
+    assert np.max(np.abs(np.linalg.eigvals(A_lo))) < 1.0 < np.max(np.abs(np.linalg.eigvals(A_hi)))
+
+
+@pytest.mark.parametrize("M", [2, 3, 6])
+def test_uniform_workers_mean_edge_is_geometric_eq19(M):
+    # E w_t of uniform workers follows eq. 19 with geometric delay q = 1 - 1/M: 2(1+q)/(1-q) = 4M - 2
+    assert T.worker_edge(M, "mean")["alpha"] == pytest.approx(4 * M - 2, rel=1e-5)
+    q = 1.0 - 1.0 / M
+    assert T.critical_alpha(T.geometric_delay(q)) == pytest.approx(4 * M - 2, rel=1e-6)
+
+
+def test_iid_mean_matrix_is_eq19():
+    p = np.array([0.2, 0.5, 0.3])
+    edge = T.critical_alpha(p)
+    for variant, m in (("plain", 0.0), ("momentum", 0.4)):
+        edge = T.critical_alpha(p, m, variant)
+        assert T.iid_radius(p, 0.999 * edge, "mean", m, variant) < 1.0 < T.iid_radius(p, 1.001 * edge, "mean", m, variant)
+    assert T.iid_edge(T.geometric_delay(0.5), "mean")["alpha"] == pytest.approx(6.0, rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- brute force
+def _enumerate_second_moment(maps, probs, x0, n):
+    """E[x_n x_nᵀ] over all switching sequences of length n (i.i.d. modes)."""
+    S = np.zeros((len(x0), len(x0)))
+    for seq in itertools.product(range(len(maps)), repeat=n):
+        x, w = x0.copy(), 1.0
+        for k in seq:
+            x, w = maps[k] @ x, w * probs[k]
+        S += w * np.outer(x, x)
+    return S
+
+
+def _iid_dense_maps(p, alpha, m, variant):
+    D, c, d, _ = T._iid_structure(p, alpha, m, variant)
+    return [D.toarray() + np.outer(c, d[k]) for k in range(len(p))]
+
+
+@pytest.mark.parametrize("variant,m", [("plain", 0.0), ("momentum", 0.3), ("shifted", 0.3)])
+def test_iid_second_moment_operator_by_enumeration(variant, m):
+    p, alpha, n = np.array([0.5, 0.2, 0.3]), 0.7, 5
+    maps = _iid_dense_maps(p, alpha, m, variant)
+    x0 = np.random.default_rng(0).standard_normal(maps[0].shape[0])
+    apply, _ = T.iid_second_moment(p, alpha, m, variant)
+    S = np.outer(x0, x0)
+    for _ in range(n):
+        S = apply(S)
+    np.testing.assert_allclose(S, _enumerate_second_moment(maps, p, x0, n), rtol=1e-10, atol=1e-12)
+    # and the radius is that of the dense E[A ⊗ A]
+    dense = sum(pk * np.kron(A, A) for pk, A in zip(p, maps))
+    assert T.iid_radius(p, alpha, "mean-square", m, variant) == pytest.approx(
+        np.max(np.abs(np.linalg.eigvals(dense))), rel=1e-9)
+
+
+def test_iid_noise_adds_the_curvature_variance():
+    p, alpha, nu = np.array([0.6, 0.4]), 0.5, 0.8
+    base = _iid_dense_maps(p, 0.0, 0.0, "plain")
+    G = [a - b for a, b in zip(_iid_dense_maps(p, 1.0, 0.0, "plain"), base)]
+    A = [b + alpha * g for b, g in zip(base, G)]
+    dense = sum(pk * (np.kron(a, a) + (nu * alpha) ** 2 * np.kron(g, g)) for pk, a, g in zip(p, A, G))
+    assert T.iid_radius(p, alpha, "mean-square", noise=nu) == pytest.approx(
+        np.max(np.abs(np.linalg.eigvals(dense))), rel=1e-9)
+
+
+@pytest.mark.parametrize("variant,m", [("plain", 0.0), ("momentum", 0.5), ("shifted", 0.5)])
+def test_uniform_workers_second_moment_by_enumeration(variant, m):
+    M, alpha, n, nu = 2, 0.6, 6, 0.5
+    A = T.worker_maps(M, alpha, m, variant)
+    G = T.worker_maps(M, 1.0, m, variant) - T.worker_maps(M, 0.0, m, variant)
+    dense = sum((np.kron(a, a) + (nu * alpha) ** 2 * np.kron(g, g)) / M for a, g in zip(A, G))
+    assert T.worker_radius(M, alpha, "mean-square", momentum=m, variant=variant, noise=nu) == pytest.approx(
+        np.max(np.abs(np.linalg.eigvals(dense))), rel=1e-9)
+    x0 = np.random.default_rng(1).standard_normal(A.shape[1])
+    S = _enumerate_second_moment(list(A), [0.5, 0.5], x0, n)
+    vec = np.outer(x0, x0).ravel()
+    mean_sq = sum(np.kron(a, a) / M for a in A)
+    for _ in range(n):
+        vec = mean_sq @ vec
+    np.testing.assert_allclose(vec.reshape(S.shape), S, rtol=1e-10, atol=1e-12)
+
+
+def test_worker_maps_follow_the_ages():
+    # plain M = 3: landing rank 1 (middle) applies w' = w - α u_1, then the order is (w', u_0, u_2)
+    A = T.worker_maps(3, 0.5)[1]
+    x = np.array([1.0, 2.0, 3.0, 4.0])  # w, u_0, u_1, u_2
+    w_new = 1.0 - 0.5 * 3.0
+    np.testing.assert_allclose(A @ x, [w_new, w_new, 2.0, 4.0])
+
+
+def test_gaussian_modes_by_brute_force_moments():
+    # the Markov-jump mean recursion over n steps equals the enumeration of all landing sequences
+    M, alpha, n = 2, 0.5, 6
+    modes, s, r, t, p = T.landing_modes(M, "gaussian")
+    A = T.worker_maps(M, alpha)
+    x0 = np.array([1.0, 0.3, -0.7])
+    index = {mode: i for i, mode in enumerate(modes)}
+    expected = np.zeros(3)
+
+    def walk(ages, x, w, depth):
+        nonlocal expected
+        if depth == n:
+            expected += w * x
+            return
+        weights = T.gaussian_landing_weights(ages, M)
+        weights = weights / weights.sum()
+        for rank in range(M):
+            new = (0,) + tuple(min(a + 1, T.gaussian_age_cap(M)) for k, a in enumerate(ages) if k != rank)
+            walk(new, A[rank] @ x, w * weights[rank], depth + 1)
+
+    walk(tuple(range(M)), x0, 1.0, 0)
+    q = np.zeros((len(modes), 3))
+    q[index[tuple(range(M))]] = x0
+    for _ in range(n):
+        out = np.zeros_like(q)
+        np.add.at(out, t, p[:, None] * np.einsum("kij,kj->ki", A[r], q[s]))
+        q = out
+    np.testing.assert_allclose(q.sum(axis=0), expected, rtol=1e-8, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- the criteria's order, Monte Carlo
+@pytest.mark.parametrize("M", [2, 4])
+def test_mean_square_below_almost_sure_below_mean(M):
+    ms = T.worker_edge(M, "mean-square")["alpha"]
+    a_s = T.worker_edge(M, "almost-sure", settings=FAST)
+    assert ms < a_s["alpha"] - 3 * a_s["stderr"]
+    assert a_s["alpha"] < T.worker_edge(M, "mean")["alpha"]
+    # the rank-ordered staleness of uniform workers is spread; round robin (all at M-1) is the slowest law
+    assert T.worker_edge(M, "mean-square", "round-robin")["alpha"] < ms
+
+
+def test_gaussian_workers_between_round_robin_and_uniform():
+    M = 3
+    rr = T.worker_edge(M, "mean", "round-robin")["alpha"]
+    g_ms = T.worker_edge(M, "mean-square", "gaussian")["alpha"]
+    g_mean = T.worker_edge(M, "mean", "gaussian")["alpha"]
+    assert rr < g_ms <= g_mean < T.worker_edge(M, "mean-square")["alpha"]
+
+
+def _scalar_trajectories(M, alpha, steps, chains, seed):
+    """log|w_T| of M uniform workers simulated directly in slot order (as DelayedSGD does)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(chains):
+        w, u, log_scale = 1.0, np.ones(M), 0.0
+        for t in range(steps):
+            j = rng.integers(M)
+            w = w - alpha * u[j]
+            u[j] = w
+            if t % 50 == 49:
+                s = max(abs(w), np.abs(u).max())
+                w, u, log_scale = w / s, u / s, log_scale + math.log(s)
+        out.append(log_scale + math.log(max(abs(w), 1e-300)))
+    return np.array(out)
+
+
+def test_almost_sure_edge_against_simulated_trajectories():
+    M = 3
+    edge = T.worker_edge(M, "almost-sure", settings=FAST)["alpha"]
+    below = _scalar_trajectories(M, 0.85 * edge, 3000, 12, 7)
+    above = _scalar_trajectories(M, 1.15 * edge, 3000, 12, 7)
+    assert np.median(below) < -10 and np.median(above) > 10
+    # and the iid-delay simulator against the same check
+    p = T.geometric_delay(0.5)
+    iid = T.iid_edge(p, "almost-sure", settings=FAST)["alpha"]
+    lam_lo, _ = T.iid_lyapunov(p, [0.85 * iid], settings=T.LyapunovSettings(chains=16, steps=2000, seed=11))
+    lam_hi, _ = T.iid_lyapunov(p, [1.15 * iid], settings=T.LyapunovSettings(chains=16, steps=2000, seed=11))
+    assert lam_lo[0] < 0 < lam_hi[0]
+
+
+def test_iid_lyapunov_matches_a_direct_recurrence():
+    # one chain, one α: λ̂ from the ring simulator equals log growth of x_{t+1} = x_t - α x_{t-τ_t}
+    # computed directly with the same delays
+    p, alpha = np.array([0.3, 0.3, 0.4]), 0.9
+    S = T.LyapunovSettings(chains=2, steps=400, burn=0, renorm=400, seed=5)
+    lam, _ = T.iid_lyapunov(p, [alpha], settings=S)
+    rng = np.random.default_rng(5)
+    taus = np.minimum(np.searchsorted(np.cumsum(p), rng.random((400, 2)) * 1.0, side="right"), 2)
+    init = rng.standard_normal((2, 2, 3))
+    logs = []
+    for c in range(2):
+        # ring slots hold x_t at t mod 3: x_0 at 0, x_{-1} at 2, x_{-2} at 1
+        hist = {0: init[c, 0, 0], -1: init[c, 0, 2], -2: init[c, 0, 1]}
+        for t in range(400):
+            hist[t + 1] = hist[t] - alpha * hist[t - taus[t, c]]
+        x_end = np.array([hist[400], hist[399], hist[398]])
+        x_start = np.array([hist[0], hist[-1], hist[-2]])
+        logs.append((math.log(np.linalg.norm(x_end)) - math.log(np.linalg.norm(x_start))) / 400)
+    assert lam[0] == pytest.approx(np.mean(logs), rel=1e-9)
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="criterion"):
+        T.worker_edge(2, "median")
+    with pytest.raises(ValueError, match="landing"):
+        T.worker_edge(2, "mean", "fifo")
+    with pytest.raises(ValueError, match="workers"):
+        T.worker_edge(0, "mean")
+    with pytest.raises(ValueError, match="noise"):
+        T.worker_edge(2, "mean", noise=-1.0)
