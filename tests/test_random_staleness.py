@@ -233,3 +233,58 @@ def test_bad_inputs_raise():
         T.worker_edge(0, "mean")
     with pytest.raises(ValueError, match="noise"):
         T.worker_edge(2, "mean", noise=-1.0)
+
+
+# ----------------------------------------------------------------------------- command line
+def _threshold(capsys, *argv):
+    import json
+
+    from delay_stability.cli import main
+
+    rc = main(["threshold", *argv, "--json"])
+    out = capsys.readouterr()
+    return rc, (json.loads(out.out) if rc == 0 else out.err)
+
+
+def test_cli_threshold_by_criterion(capsys):
+    rc, r = _threshold(capsys, "--workers", "3", "--landing", "round-robin", "--criterion", "mean-square")
+    assert rc == 0 and r["alpha_star"] == pytest.approx(2 * math.sin(math.pi / 10), rel=1e-9)
+    rc, r = _threshold(capsys, "--workers", "3", "--criterion", "mean")
+    assert r["alpha_star"] == pytest.approx(10.0, rel=1e-5)
+    rc, r = _threshold(capsys, "--geometric", "0.5", "--criterion", "mean")
+    assert r["alpha_star"] == pytest.approx(6.0, rel=1e-9)
+    rc, r = _threshold(capsys, "--probs", "0.5,0.5", "--criterion", "mean-square")
+    assert r["alpha_star"] == pytest.approx(T.iid_edge([0.5, 0.5], "mean-square")["alpha"], rel=1e-12)
+    rc, r = _threshold(capsys, "--workers", "2", "--criterion", "almost-sure", "--chains", "8", "--steps", "400")
+    assert rc == 0 and r["stderr"] > 0 and r["lyapunov"]["chains"] == 8
+
+
+def test_cli_staleness_log_by_criterion(capsys, tmp_path):
+    log = tmp_path / "staleness.csv"
+    log.write_text("update,worker,step,pulled,staleness,time\n" + "".join(
+        f"{t},0,{t},{t - k},{k},0.0\n" for t, k in enumerate([0, 1, 1, 0, 1, 0])))
+    rc, r = _threshold(capsys, "--staleness", str(log), "--criterion", "mean-square")
+    assert rc == 0 and r["alpha_star"] == pytest.approx(T.iid_edge([0.5, 0.5], "mean-square")["alpha"], rel=1e-12)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--workers", "0", "--criterion", "mean"], "--workers"),
+    (["--tau", "2", "--landing", "gaussian"], "--landing"),
+    (["--tau", "2", "--criterion", "mean", "--landing", "uniform"], "--landing"),
+    (["--workers", "2", "--criterion", "mean", "--noise", "-1"], "--noise"),
+    (["--workers", "9", "--landing", "gaussian", "--criterion", "mean-square"], "almost-sure"),
+    (["--workers", "2", "--criterion", "almost-sure", "--chains", "1"], "--chains"),
+])
+def test_cli_bad_input_is_one_line(capsys, argv, message):
+    rc, err = _threshold(capsys, *argv)
+    assert rc == 2 and message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_cli_threshold_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from delay_stability.cli import main; "
+            "main(['threshold', '--workers', '3', '--criterion', 'mean-square']); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
