@@ -288,3 +288,106 @@ def test_cli_threshold_does_not_import_torch():
             "main(['threshold', '--workers', '3', '--criterion', 'mean-square']); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+# ----------------------------------------------------------------------------- the experiment
+from delay_stability.errors import UserError  # noqa: E402
+from delay_stability.experiments import random_staleness as R  # noqa: E402
+
+BLOCK = {"models": {"geo": {"delay": {"kind": "geometric", "q": 0.5}}, "w2": {"workers": 2, "landing": "uniform"},
+                    "rr3": {"workers": 3, "landing": "round-robin"}, "g2": {"workers": 2, "landing": "gaussian"}},
+         "seeds": [0, 1], "lyapunov": {"chains": 8, "steps": 300, "burn": 50}}
+
+
+def test_models_and_their_schedules():
+    ms = R.models(BLOCK)
+    assert ms["geo"]["probs"][:2] == pytest.approx([0.5, 0.25])
+    assert R.optimizer_overrides(ms["geo"])["schedule"] == "distribution"
+    assert R.optimizer_overrides(ms["w2"]) == {"delay": 1, "schedule": "random", "workers": 2}
+    assert R.optimizer_overrides(ms["rr3"]) == {"delay": 2, "schedule": "round_robin", "workers": None}
+    assert R.nominal_tau(ms["geo"]) == 1 and R.nominal_tau(ms["rr3"]) == 2
+    # the Gaussian landing rule has no DelayedSGD schedule yet: predicted, not searched
+    assert not R.measurable(ms["g2"]) and set(R.searched_models(BLOCK)) == {"geo", "w2", "rr3"}
+    with pytest.raises(UserError, match="Gaussian landing"):
+        R.optimizer_overrides(ms["g2"])
+
+
+def test_probe_specs_of_every_model_validate():
+    from delay_stability.experiments.stability import probe_spec
+    from delay_stability.spec import deep_merge, validate_spec
+
+    base = {"model": "mlp", "dataset": "digits", "loss": "mse", "epochs": 1, "lr": 0.1}
+    for label, model in R.searched_models(BLOCK).items():
+        spec = probe_spec(base, {}, lr=0.1, tau=R.nominal_tau(model), variant="plain", momentum=0.0,
+                          init_checkpoint="kicked.pt", epochs=5)
+        spec = validate_spec(deep_merge(spec, {"seed": 1, "optimizer": R.optimizer_overrides(model)}))
+        assert spec["seed"] == 1 and spec["optimizer"]["schedule"] == R.optimizer_overrides(model)["schedule"]
+
+
+@pytest.mark.parametrize("entry,message", [
+    ({"delay": 3}, "a distribution"),
+    ({"workers": 0}, "workers"),
+    ({"workers": 2, "landing": "fifo"}, "landing"),
+    ({"workers": 2, "delay": {"kind": "geometric", "q": 0.5}}, "exactly one"),
+    ({"workers": 2, "colour": 1}, "unknown keys"),
+])
+def test_bad_models_name_the_key(entry, message):
+    with pytest.raises(UserError, match=f"random_staleness.models.x: .*{message}"):
+        R.check_model("x", entry)
+
+
+def test_interval_is_the_student_t_interval():
+    mean, sd, lo, hi = R.interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and sd == 1.0
+    assert (lo, hi) == pytest.approx((2.0 - 4.303 / math.sqrt(3), 2.0 + 4.303 / math.sqrt(3)))
+    assert R.interval([1.5]) == (1.5, 0.0, 1.5, 1.5)
+
+
+def test_summary_puts_measured_beside_every_criterion():
+    preds = [{"model": "w2", "kind": "workers", "workers": 2, "landing": "uniform", "mean_staleness": 1.0,
+              "criterion": c, "alpha": str(a), "stderr": "0.01" if c == "almost-sure" else "0.0"}
+             for c, a in zip(T.CRITERIA, (6.0, 1.25, 1.5))]
+    edges = [{"model": "w2", "alpha_measured": a} for a in (1.2, 1.4)]
+    (row,) = R.summary_rows(preds, edges)
+    assert row["seeds"] == 2 and row["alpha_mean"] == pytest.approx(1.3)
+    assert row["ratio_mean_square"] == pytest.approx(1.3 / 1.25) and row["ratio_mean"] == pytest.approx(1.3 / 6)
+    assert row["alpha_almost_sure_stderr"] == 0.01
+    (row,) = R.summary_rows(preds, [])
+    assert not row["measured"] and row["ratio_mean"] is None
+
+
+def test_rescore_calls_stay_below_each_edge(tmp_path):
+    from delay_stability.files import write_csv
+
+    conts = tmp_path / "continuations.csv"
+    hists = tmp_path / "histograms.csv"
+    write_csv(conts, ("workers", "jitter", "factor", "repeat", "outcome", "alpha", "alpha_star_sequence_own"),
+              [{"workers": 2, "jitter": 0.0, "factor": f, "repeat": 0, "outcome": o, "alpha": a,
+                "alpha_star_sequence_own": 1.1} for f, o, a in ((0.7, "settled", 0.8), (1.4, "left", 1.6))])
+    write_csv(hists, ("workers", "jitter", "staleness", "measured"),
+              [{"workers": 2, "jitter": 0.0, "staleness": k, "measured": p} for k, p in enumerate([0.5, 0.5, 0.0])])
+    S = T.LyapunovSettings(chains=8, steps=300, burn=50)
+    rows, scores = R.rescore(conts, hists, S)
+    by = {s["predictor"]: s for s in scores}
+    # histogram [0.5, 0.5]: the mean edge (eq. 19) is 2 > 1.6: it calls the leaving run 'stay' (wrong)
+    assert T.critical_alpha([0.5, 0.5]) > 1.6 and by["histogram/mean"]["correct"] == 1
+    # M = 2 round robin: edge 1 — calls 0.8 stay and 1.6 leave (both right); the sequence edge 1.1 too
+    assert by["round-robin"]["correct"] == 2 and by["sequence"]["correct"] == 2
+    assert by["workers/mean"]["total"] == 2 and len(rows) == 2 * len(scores)
+    ms = T.iid_edge([0.5, 0.5], "mean-square")["alpha"]
+    assert by["histogram/mean-square"]["correct"] == (int(0.8 < ms) + int(1.6 >= ms))
+
+
+def test_the_figure_draws_from_the_tables(tmp_path):
+    from delay_stability.files import write_csv
+    from delay_stability.plots import plot_figure
+
+    preds = [{"model": m, "kind": "workers", "workers": 2, "landing": "uniform", "mean_staleness": 1.0,
+              "criterion": c, "alpha": a, "stderr": 0.0} for m in ("a", "b") for c, a in zip(T.CRITERIA, (6, 1.2, 1.5))]
+    rows = R.summary_rows(preds, [{"model": "a", "alpha_measured": x} for x in (1.3, 1.4)])
+    summary, scores = tmp_path / "summary.csv", tmp_path / "scores.csv"
+    write_csv(summary, R.SUMMARY_COLUMNS, rows)
+    write_csv(scores, R.SCORE_COLUMNS, [{"predictor": "workers/mean", "source": "workers", "criterion": "mean",
+                                         "correct": 1, "total": 2, "fraction": 0.5}])
+    pdf, png = plot_figure("random_staleness", [summary, scores], tmp_path / "f.pdf", "quick")
+    assert pdf.stat().st_size > 1000 and png.stat().st_size > 1000

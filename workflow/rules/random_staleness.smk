@@ -74,6 +74,7 @@ rule random_staleness_tables:
     output:
         edges=str(RS_DIR / "edges.csv"),
         summary=str(RS_DIR / "summary.csv"),
+        markdown=str(RS_DIR / "summary.md"),
     params:
         code=src_hash("experiments.random_staleness"),
     localrule: True
@@ -83,7 +84,7 @@ rule random_staleness_tables:
         str(RS_LOGS / "tables.log"),
     shell:
         "delay-stability random-staleness-collect --predictions {input.predictions} --search {input.searches} "
-        "--edges {output.edges} --summary {output.summary} > {log} 2>&1"
+        "--edges {output.edges} --summary {output.summary} --markdown {output.markdown} > {log} 2>&1"
 
 
 rule random_staleness_rescore:
@@ -94,6 +95,7 @@ rule random_staleness_rescore:
     output:
         rescored=str(RS_DIR / "rescored.csv"),
         scores=str(RS_DIR / "scores.csv"),
+        markdown=str(RS_DIR / "scores.md"),
     params:
         lyapunov=lambda wc: json.dumps(RS["lyapunov"], sort_keys=True),
         code=src_hash("experiments.random_staleness"),
@@ -105,7 +107,7 @@ rule random_staleness_rescore:
     shell:
         "delay-stability random-staleness-rescore --continuations {input.continuations} "
         "--histograms {input.histograms} --lyapunov {params.lyapunov:q} --rescored {output.rescored} "
-        "--scores {output.scores} > {log} 2>&1"
+        "--scores {output.scores} --markdown {output.markdown} > {log} 2>&1"
 
 
 rule random_staleness_figure:

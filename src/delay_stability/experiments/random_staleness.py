@@ -49,7 +49,7 @@ import numpy as np
 from .. import spec as spec_mod
 from .. import theory
 from ..errors import UserError
-from ..files import read_csv, read_json, write_csv
+from ..files import atomic_write, read_csv, read_json, write_csv
 from ..files import write_json as write_json_atomic
 
 PREDICTION_COLUMNS = ("model", "kind", "workers", "landing", "mean_staleness", "criterion", "alpha", "stderr")
@@ -244,13 +244,40 @@ def _float_or_none(value):
     return float(value)
 
 
-def collect(predictions_csv, search_files, edges_csv, summary_csv) -> list[dict]:
+def _fmt(value, digits=3):
+    return "–" if value is None or value == "" else f"{float(value):.{digits}g}"
+
+
+def summary_markdown(rows: list[dict]) -> str:
+    """The README's table of summary.csv: measured α (mean over seeds, 95% t-interval) beside the
+    three edges and measured/predicted."""
+    lines = ["| model | E[τ] | measured α = a·η (seeds: mean [95% CI]) | mean (eq. 19) | mean-square | "
+             "almost-sure (± s.e.) | measured / mean-square | measured / almost-sure |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        measured = (f"{_fmt(r['alpha_mean'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] (n = {r['seeds']})"
+                    if r["measured"] else "not measured (no DelayedSGD schedule)")
+        lines.append(f"| {r['model']} | {_fmt(r['mean_staleness'])} | {measured} | {_fmt(r['alpha_mean_edge'])} | "
+                     f"{_fmt(r['alpha_mean_square_edge'])} | {_fmt(r['alpha_almost_sure_edge'])} ± "
+                     f"{_fmt(r['alpha_almost_sure_stderr'], 1)} | {_fmt(r['ratio_mean_square'])} | "
+                     f"{_fmt(r['ratio_almost_sure'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def collect(predictions_csv, search_files, edges_csv, summary_csv, summary_md=None) -> list[dict]:
+    """edges.csv, summary.csv (and summary.md, the README's table) from the predictions and searches."""
     preds = read_csv(predictions_csv, "random-staleness predictions", columns=PREDICTION_COLUMNS)
     edges = edge_rows(search_files)
     write_csv(edges_csv, EDGE_COLUMNS, edges)
     rows = summary_rows(preds, edges)
     write_csv(summary_csv, SUMMARY_COLUMNS, rows)
+    if summary_md:
+        write_text_atomic(summary_md, summary_markdown(rows))
     return rows
+
+
+def write_text_atomic(path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 # ----------------------------------------------------------------------------- real workers, re-scored
@@ -333,11 +360,18 @@ def _cli_search(args):
 
 
 def _cli_collect(args):
-    rows = collect(args.predictions, args.search or [], args.edges, args.summary)
+    rows = collect(args.predictions, args.search or [], args.edges, args.summary, args.markdown)
     for r in rows:
         measured = f"{r['alpha_mean']:.4g} [{r['ci_low']:.4g}, {r['ci_high']:.4g}]" if r["measured"] else "not measured"
         print(f"{r['model']:>16}: measured {measured}; mean-square {r['alpha_mean_square_edge']}, "
               f"almost-sure {r['alpha_almost_sure_edge']}")
+
+
+def scores_markdown(scores: list[dict]) -> str:
+    lines = ["| predictor | source | criterion | correct calls |", "|---|---|---|---|"]
+    for s in scores:
+        lines.append(f"| {s['predictor']} | {s['source']} | {s['criterion']} | {s['correct']}/{s['total']} |")
+    return "\n".join(lines) + "\n"
 
 
 def _cli_rescore(args):
@@ -345,6 +379,8 @@ def _cli_rescore(args):
     rows, scores = rescore(args.continuations, args.histograms, settings)
     write_csv(args.rescored, RESCORE_COLUMNS, rows)
     write_csv(args.scores, SCORE_COLUMNS, scores)
+    if args.markdown:
+        write_text_atomic(args.markdown, scores_markdown(scores))
     for s in scores:
         print(f"{s['predictor']:>24}: {s['correct']}/{s['total']} calls correct")
 
@@ -371,6 +407,7 @@ def register(subparsers) -> None:
     p.add_argument("--search", nargs="*", default=[])
     p.add_argument("--edges", required=True)
     p.add_argument("--summary", required=True)
+    p.add_argument("--markdown", default=None, help="summary.md: the summary as a Markdown table")
     p.set_defaults(func=_cli_collect)
 
     p = subparsers.add_parser("random-staleness-rescore",
@@ -380,4 +417,5 @@ def register(subparsers) -> None:
     p.add_argument("--lyapunov", default="{}", help="JSON: Monte-Carlo settings of the almost-sure edge")
     p.add_argument("--rescored", required=True)
     p.add_argument("--scores", required=True)
+    p.add_argument("--markdown", default=None, help="scores.md: the scores as a Markdown table")
     p.set_defaults(func=_cli_rescore)
