@@ -79,7 +79,8 @@ def check_model(label: str, entry: dict) -> dict:
             extra = set(entry) - {"delay"}
             if extra:
                 raise ValueError(f"unknown keys {', '.join(sorted(extra))}")
-            delay = spec_mod._delay(entry["delay"])  # the spec's optimizer.delay check
+            probe = {"model": "mlp", "dataset": "digits", "epochs": 1, "lr": 1.0, "optimizer": {"delay": entry["delay"]}}
+            delay = spec_mod.validate_spec(probe)["optimizer"]["delay"]  # the spec's check of optimizer.delay
             if not isinstance(delay, dict):
                 raise ValueError("delay: a distribution {kind: geometric|gaussian|uniform|probs, ...}; "
                                  "a constant delay is {workers: tau + 1, landing: round-robin}")
