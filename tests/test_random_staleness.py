@@ -391,3 +391,19 @@ def test_the_figure_draws_from_the_tables(tmp_path):
                                          "correct": 1, "total": 2, "fraction": 0.5}])
     pdf, png = plot_figure("random_staleness", [summary, scores], tmp_path / "f.pdf", "quick")
     assert pdf.stat().st_size > 1000 and png.stat().st_size > 1000
+
+
+def test_the_config_check_names_a_bad_model():
+    import yaml
+
+    from delay_stability.experiments import config as config_check
+    from delay_stability.experiments.config import ConfigError
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    schema = yaml.safe_load((root / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    config_check.check(cfg, schema)  # the shipped blocks pass
+    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    cfg["quick"]["random_staleness"]["models"]["bad"] = {"workers": 2, "landing": "fifo"}
+    with pytest.raises(ConfigError, match="quick.random_staleness.models.bad: .*landing"):
+        config_check.check(cfg, schema)
