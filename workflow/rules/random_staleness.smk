@@ -121,7 +121,7 @@ rule random_staleness_figure:
                    category="Random staleness ({scale})".format(scale=SCALE), labels={"figure": "random_staleness"}),
     params:
         opts=lambda wc: json.dumps({"scale": SCALE}),
-        tables=lambda wc, input: " ".join(f"--table {p}" for p in [input.summary, *input.scores]),
+        tables=lambda wc, input: " ".join(f"--table {p}" for p in input),
         code=src_hash("plots.random_staleness"),
     localrule: True
     conda:

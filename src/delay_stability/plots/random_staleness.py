@@ -39,7 +39,9 @@ def plot_random_staleness(tables, scale=None, options=None):
     ax.set_xticks(x)
     ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=7)
     ax.set(yscale="log", ylabel=r"$\alpha = a\,\eta$ at the edge")
-    ax.legend(fontsize=7, loc="upper right")
+    top = np.nanmax([np.nanmax(summary[col]) for col, *_ in CRITERIA])
+    ax.set_ylim(top=top * 30)  # room for the legend above the points
+    ax.legend(fontsize=7, loc="upper right", ncol=2)
     text = ("Random staleness at fig. 2's minimum: the largest stable a·η measured with DelayedSGD under "
             "each staleness model (black; one search per seed) beside the mean edge (eq. 19, ρ(E[A])), the "
             "mean-square edge (ρ(E[A⊗A])) and the almost-sure edge (top Lyapunov exponent, Monte Carlo). "
