@@ -1032,3 +1032,541 @@ def geometric_momentum_edge(mu_s, momentum, *, method="locus"):
     if method == "companion":
         return _edge_by_companion(P, Q)
     raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. Random staleness: mean, mean-square and almost-sure edges (beyond the paper)
+# ------------------------------------------------------------------------------------------------
+#
+# Eq. 19 is the edge of the *mean* iterate E x_t over delays drawn i.i.d. per step. A random product
+# x_{t+1} = A_t x_t has three stability notions, ordered (for the edges) mean-square ≤ almost-sure
+# and mean-square ≤ mean:
+#
+#   mean          ρ(E[A]) < 1                 (E x_t → 0; eq. 19 for i.i.d. delays)
+#   mean-square   ρ(E[A ⊗ A]) < 1             (E x_t x_tᵀ → 0: S' = E[A S Aᵀ], the second moments)
+#   almost-sure   λ = lim (1/t) log ‖x_t‖ < 0 (top Lyapunov exponent of the product)
+#
+# (E log‖x‖ ≤ ½ log E‖x‖² gives λ ≤ ½ log ρ(E[A⊗A]), so mean-square stable ⇒ a.s. stable.) The mean
+# can be stable while almost every trajectory grows: a geometric delay gives eq. 19's 2(1+q)/(1−q)
+# = 4M − 2 for q = 1 − 1/M, above the undelayed edge 2.
+#
+# Everything is the scalar linearisation along the top Hessian direction, α = a·η, with the step
+# conventions of ``DelayedSGD`` (dampening: the landed gradient enters with β = α(1 − m)).
+#
+# Staleness models.
+# (a) i.i.d. delays P(τ = k) = p_k, k = 0..K (eq. 18's ``schedule="distribution"``): the state is the
+#     history X_t = (x_t, …, x_{t−K}) (and the velocities), and A_k = D + c d_kᵀ is rank one away
+#     from a fixed shift D:
+#       plain     x_{t+1} = x_t − α x_{t−τ}:                  c = e_{x0},          d_k = −α e_{x_k}
+#       momentum  v' = m v − β x_{t−τ}, x_{t+1} = x_t + v':   c = e_{x0} + e_v,    d_k = −β e_{x_k}
+#       shifted   v_{t+1} = m v_{t−τ} − β x_{t−τ}, x_{t+1} = x_t + v_{t+1} (history of v in the state):
+#                                                             c = e_{x0} + e_{v0}, d_k = m e_{v_k} − β e_{x_k}
+#     so E[A S Aᵀ] = D S Dᵀ + D S d̄ cᵀ + c d̄ᵀ S Dᵀ + c cᵀ Σ_k p_k d_kᵀ S d_k with d̄ = Σ_k p_k d_k:
+#     O(n²) per application, and the mean-square radius comes from ARPACK on this operator.
+# (b) M workers with a landing rule (``schedule="random"`` and its relatives): each worker holds one
+#     gradient, taken at the weights u it read; at every step one worker lands, w' = w − α u, and
+#     reads w'. The state is (w, u_1..u_M) — size M + 1 — with the workers *sorted by age* (u_1 the
+#     youngest, age 0: it read the current weights), so that a landing is named by its rank r:
+#       w' = w − α u_r,   u'_1 = w',   u'_{k+1} = u_k (k < r),   u'_k = u_k (k > r).
+#     Server momentum adds one velocity v (v' = m v − β u_r, w' = w + v'); shifted momentum one
+#     velocity per worker, carried with it (v'_r = m v_r − β u_r, w' = w + v'_r, and v'_1 = v'_r).
+#     Landing rules: uniform (the queueing model of *Asynchrony begets Momentum*: r uniform, i.i.d.
+#     — an i.i.d. switched linear system of size M + 1), round robin (always the oldest, r = M: the
+#     constant delay τ = M − 1, all three edges equal eq. 6) and the Gaussian rule
+#     P(r) ∝ Φ((s_r − M)/(M/4)) with s_r the staleness (age) of rank r at landing. The Gaussian rule
+#     depends on the ages, so it is a Markov jump linear system: the mode is the sorted age vector
+#     (0, s_2, …, s_M), which a landing of rank r maps to (0, sorted{s_k + 1, k ≠ r}); the modes are
+#     enumerated from (0, 1, …, M − 1) (reachable from every mode: land the oldest M times), dropping
+#     transitions of probability below ``prune`` (the rest renormalised). The moments then carry the
+#     mode: q_s = E[X 1{mode = s}] and S_s = E[X Xᵀ 1{mode = s}],
+#       q'_{s'} = Σ_{s, r → s'} P(r | s) A_r q_s,     S'_{s'} = Σ_{s, r → s'} P(r | s) A_r S_s A_rᵀ.
+#     The almost-sure edge is indifferent to the mode representation (the simulation draws the ages).
+# Gradient noise (option ``noise`` = ν): the curvature the landing gradient sees is a(1 + ν ξ_t), ξ_t
+# i.i.d. N(0, 1) (the noise-to-signal ratio of the minibatch curvature along the direction), i.e.
+# α_t = α(1 + ν ξ_t): the mean is unchanged, E[A S Aᵀ] gains (ν α)² G S Gᵀ (G = ∂A/∂α).
+#
+# Almost-sure edge (Monte Carlo): ``chains`` independent trajectories from a random start, renormalised
+# every ``renorm`` steps; λ̂_i = (1/T) Σ log(norm before renormalisation) over T = ``steps`` steps after
+# ``burn`` steps of burn-in; λ̂ = mean_i λ̂_i with standard error sd_i(λ̂_i)/√chains. The same random
+# numbers are used for every α (common random numbers), so λ̂(α) is a smooth function of α whose
+# zero is bracketed on a grid, refined on a finer grid and interpolated; the edge's error is the
+# standard error of λ̂ there over the slope |dλ̂/dα|.
+#
+# Edges are found by scanning α upward on a geometric grid (ratio √2) from ``EDGE_ALPHA_MIN``
+# to the first unstable point, then bisection to ``EDGE_REL_TOL``; the criteria are monotone in α
+# only empirically, so a stable window above the first unstable point would be missed (the scan
+# grid is what guards against a bracket that hides one).
+
+CRITERIA = ("mean", "mean-square", "almost-sure")
+LANDINGS = ("uniform", "gaussian", "round-robin")
+EDGE_ALPHA_MIN = 1.0 / 256.0
+EDGE_ALPHA_MAX = 1024.0
+EDGE_REL_TOL = 1e-6
+GAUSSIAN_PRUNE = 1e-12
+MAX_MODES = 3000
+DENSE_DIM = 400
+
+
+def check_criterion(criterion):
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}; got {criterion!r}")
+    return criterion
+
+
+def check_landing(landing):
+    if landing not in LANDINGS:
+        raise ValueError(f"landing must be one of {', '.join(LANDINGS)}; got {landing!r}")
+    return landing
+
+
+def check_workers(workers):
+    if isinstance(workers, (bool, np.bool_)) or not isinstance(workers, Integral) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    return int(workers)
+
+
+def check_noise(noise):
+    if isinstance(noise, (bool, np.bool_)) or not isinstance(noise, Real) or not math.isfinite(noise) \
+            or noise < 0:
+        raise ValueError(f"noise must be a number >= 0, got {noise!r}")
+    return float(noise)
+
+
+def _check_random_variant(variant, momentum):
+    momentum = check_momentum(momentum)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
+    if variant == "plain" and momentum != 0.0:
+        raise ValueError(f"variant 'plain' has no momentum (got momentum={momentum:g})")
+    return momentum
+
+
+# ----------------------------------------------------------------------------- spectral radii
+def _operator_radius(apply, dim, tol=1e-9):
+    """ρ of the linear map ``apply`` (vector → vector) on R^dim: dense eigenvalues up to DENSE_DIM,
+    else ARPACK (largest modulus)."""
+    if dim <= DENSE_DIM:
+        matrix = np.column_stack([apply(col) for col in np.eye(dim)])
+        return float(np.max(np.abs(np.linalg.eigvals(matrix))))
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigs
+
+    op = LinearOperator((dim, dim), matvec=apply, dtype=float)
+    v0 = np.random.default_rng(0).standard_normal(dim)
+    try:
+        vals = eigs(op, k=1, which="LM", v0=v0, tol=tol, maxiter=20000, ncv=min(dim, 40),
+                    return_eigenvectors=False)
+    except ArpackNoConvergence as exc:  # pragma: no cover - reported, not hidden
+        if len(exc.eigenvalues):
+            vals = exc.eigenvalues
+        else:
+            raise RuntimeError(f"ARPACK did not converge on a {dim}-dimensional moment operator") from None
+    return float(np.max(np.abs(vals)))
+
+
+# ----------------------------------------------------------------------------- (a) i.i.d. delays
+def _iid_structure(probs, alpha, momentum, variant):
+    """(D sparse, c, d (K+1, n) rows d_k, index of x_k) of the i.i.d.-delay system (see above)."""
+    from scipy.sparse import lil_matrix
+
+    p = np.asarray(probs, dtype=float)
+    K = len(p) - 1
+    beta = alpha * (1.0 - momentum)
+    xs = np.arange(K + 1)
+    if variant == "plain":
+        n = K + 1
+    elif variant == "momentum":
+        n = K + 2
+    else:
+        n = 2 * K + 2
+    D = lil_matrix((n, n))
+    D[0, 0] = 1.0
+    for i in range(1, K + 1):
+        D[i, i - 1] = 1.0
+    c = np.zeros(n)
+    c[0] = 1.0
+    d = np.zeros((K + 1, n))
+    d[xs, xs] = -beta
+    if variant == "momentum":
+        D[0, K + 1] = momentum
+        D[K + 1, K + 1] = momentum
+        c[K + 1] = 1.0
+    elif variant == "shifted":
+        for i in range(1, K + 1):
+            D[K + 1 + i, K + i] = 1.0
+        c[K + 1] = 1.0
+        d[xs, K + 1 + xs] = momentum
+    return D.tocsr(), c, d, xs
+
+
+def iid_mean_matrix(probs, alpha, momentum=0.0, variant="plain"):
+    """E[A] = D + c d̄ᵀ of the i.i.d.-delay system (its characteristic polynomial is eq. 19/26)."""
+    D, c, d, _ = _iid_structure(probs, alpha, momentum, variant)
+    return D.toarray() + np.outer(c, np.asarray(probs) @ d)
+
+
+def iid_second_moment(probs, alpha, momentum=0.0, variant="plain", noise=0.0):
+    """The map S ↦ E[A S Aᵀ] = D S Dᵀ + D S d̄ cᵀ + c d̄ᵀ S Dᵀ + c cᵀ (Σ_k p_k d_kᵀ S d_k
+    + (ν β)² Σ_k p_k S_{x_k x_k}) on symmetric n × n matrices (β = α(1 − m))."""
+    p = np.asarray(probs, dtype=float)
+    D, c, d, xs = _iid_structure(p, alpha, momentum, variant)
+    dbar = p @ d
+    beta = alpha * (1.0 - momentum)
+    vs = xs + len(p) if variant == "shifted" else None  # v_{t-k} sits at K + 1 + k
+    noise2 = (noise * beta) ** 2
+    Dd = D.toarray() if D.shape[0] <= 2 * DENSE_DIM else D
+
+    def apply(S):
+        DS = Dd @ S
+        out = (Dd @ DS.T).T
+        u = DS @ dbar
+        quad = (beta ** 2 + noise2) * float(p @ S[xs, xs])
+        if vs is not None:
+            quad += float(p @ (momentum ** 2 * S[vs, vs] - 2.0 * momentum * beta * S[vs, xs]))
+        out += np.outer(u, c) + np.outer(c, u) + quad * np.outer(c, c)
+        return out
+
+    return apply, D.shape[0]
+
+
+def iid_radius(probs, alpha, criterion, momentum=0.0, variant="plain", noise=0.0):
+    """ρ(E[A]) ("mean") or ρ(E[A ⊗ A]) ("mean-square") of the i.i.d.-delay system at α."""
+    if criterion == "mean":
+        return float(np.max(np.abs(np.linalg.eigvals(iid_mean_matrix(probs, alpha, momentum, variant)))))
+    apply, n = iid_second_moment(probs, alpha, momentum, variant, noise)
+    return _operator_radius(lambda v: apply(v.reshape(n, n)).ravel(), n * n)
+
+
+# ----------------------------------------------------------------------------- (b) workers
+def worker_state_size(workers, variant="plain"):
+    """M + 1 (plain), M + 2 (server momentum), 2M + 1 (shifted momentum)."""
+    return {"plain": workers + 1, "momentum": workers + 2, "shifted": 2 * workers + 1}[variant]
+
+
+def rank_sources(workers):
+    """src[r, k]: the old rank that moves to rank k after a landing of rank r (0-based; k = 0 is the
+    landed worker, which reads w', so src[r, 0] = r)."""
+    M = workers
+    k = np.arange(M)
+    return np.where(k[None, :] == 0, np.arange(M)[:, None],
+                    np.where(k[None, :] <= np.arange(M)[:, None], k[None, :] - 1, k[None, :]))
+
+
+def worker_maps(workers, alpha, momentum=0.0, variant="plain"):
+    """A_r(α), r = 0..M−1 (0 = youngest), as a (M, n, n) array: the landing of rank r (see above)."""
+    M = check_workers(workers)
+    m = _check_random_variant(variant, momentum)
+    beta = alpha * (1.0 - m)
+    n = worker_state_size(M, variant)
+    src = rank_sources(M)
+    u0 = 1 if variant != "momentum" else 2
+    A = np.zeros((M, n, n))
+    for r in range(M):
+        row = np.zeros(n)  # w' as a function of the state
+        row[0] = 1.0
+        row[u0 + r] = -beta
+        if variant == "momentum":
+            row[1] = m
+            A[r, 1, 1] = m
+            A[r, 1, u0 + r] = -beta
+        if variant == "shifted":
+            vrow = np.zeros(n)  # v'_r
+            vrow[1 + M + r] = m
+            vrow[u0 + r] = -beta
+            row[1 + M + r] = m
+            A[r, 1 + M] = vrow
+            for k in range(1, M):
+                A[r, 1 + M + k, 1 + M + src[r, k]] = 1.0
+        A[r, 0] = row
+        A[r, u0] = row
+        for k in range(1, M):
+            A[r, u0 + k, u0 + src[r, k]] = 1.0
+    return A
+
+
+def gaussian_landing_weights(ages, workers):
+    """Φ((s − M)/(M/4)) for staleness s (the authors' Gaussian landing rule, unnormalised)."""
+    return ndtr((np.asarray(ages, dtype=float) - workers) / (workers / 4.0))
+
+
+def gaussian_age_cap(workers):
+    """The age from which Φ((s − M)/(M/4)) is 1 in double precision (s ≥ M + 9·M/4): older ages are
+    lumped there, exactly, because the landing maps depend on the ranks only."""
+    return int(math.ceil(workers + 9.0 * workers / 4.0))
+
+
+def landing_modes(workers, landing, prune=GAUSSIAN_PRUNE, max_modes=MAX_MODES):
+    """The mode chain of a landing rule: (modes, src_mode, rank, dst_mode, prob) with one entry per
+    transition. Uniform and round robin have one mode (i.i.d. ranks); the Gaussian rule has the
+    sorted age vectors reachable from (0, 1, …, M − 1), transitions below ``prune`` dropped
+    and ages lumped at ``gaussian_age_cap``."""
+    M = check_workers(workers)
+    landing = check_landing(landing)
+    if landing == "uniform":
+        r = np.arange(M)
+        return [None], np.zeros(M, int), r, np.zeros(M, int), np.full(M, 1.0 / M)
+    if landing == "round-robin":
+        return [None], np.zeros(1, int), np.array([M - 1]), np.zeros(1, int), np.ones(1)
+    cap = gaussian_age_cap(M)
+    start = tuple(range(M))
+    index, modes, queue = {start: 0}, [start], [start]
+    src, ranks, dst, probs = [], [], [], []
+    while queue:
+        ages = queue.pop()
+        w = gaussian_landing_weights(ages, M)
+        w = w / w.sum()
+        keep = w >= prune
+        w = np.where(keep, w, 0.0)
+        w = w / w.sum()
+        for r in np.flatnonzero(keep):
+            new = (0,) + tuple(min(a + 1, cap) for k, a in enumerate(ages) if k != r)
+            if new not in index:
+                if len(modes) >= max_modes:
+                    raise ValueError(f"the Gaussian landing rule with {M} workers has more than {max_modes} "
+                                     "age modes; use the almost-sure (Monte Carlo) criterion")
+                index[new] = len(modes)
+                modes.append(new)
+                queue.append(new)
+            src.append(index[ages])
+            ranks.append(r)
+            dst.append(index[new])
+            probs.append(w[r])
+    return modes, np.array(src), np.array(ranks), np.array(dst), np.array(probs)
+
+
+def worker_radius(workers, alpha, criterion, landing="uniform", momentum=0.0, variant="plain", noise=0.0,
+                  chain=None):
+    """ρ of the mean (q' = Σ P A_r q) or second-moment (S' = Σ P (A_r S A_rᵀ + (να)² G_r S G_rᵀ))
+    recursion of M workers over the mode chain (``landing_modes``; pass ``chain`` to reuse it)."""
+    A = worker_maps(workers, alpha, momentum, variant)
+    modes, s, r, t, p = chain if chain is not None else landing_modes(workers, landing)
+    nm, n = len(modes), A.shape[1]
+    Ar = A[r]
+    if criterion == "mean":
+        def apply(v):
+            q = v.reshape(nm, n)
+            out = np.zeros_like(q)
+            np.add.at(out, t, p[:, None] * np.einsum("kij,kj->ki", Ar, q[s]))
+            return out.ravel()
+
+        return _operator_radius(apply, nm * n)
+    G = (worker_maps(workers, 1.0, momentum, variant) - worker_maps(workers, 0.0, momentum, variant))[r]
+    nu2 = (noise * alpha) ** 2
+
+    def apply(v):
+        S = v.reshape(nm, n, n)[s]
+        terms = Ar @ S @ Ar.transpose(0, 2, 1)
+        if nu2:
+            terms = terms + nu2 * (G @ S @ G.transpose(0, 2, 1))
+        out = np.zeros((nm, n, n))
+        np.add.at(out, t, p[:, None, None] * terms)
+        return out.ravel()
+
+    return _operator_radius(apply, nm * n * n)
+
+
+# ----------------------------------------------------------------------------- almost sure: Monte Carlo
+class LyapunovSettings:
+    """Monte-Carlo settings of the top Lyapunov exponent (see the section's comment)."""
+
+    def __init__(self, chains=64, steps=4000, burn=500, renorm=20, seed=0):
+        self.chains, self.steps, self.burn, self.renorm, self.seed = int(chains), int(steps), int(burn), \
+            int(renorm), int(seed)
+        if min(self.chains, self.steps, self.renorm) < 1 or self.burn < 0 or self.chains < 2:
+            raise ValueError("Lyapunov settings: chains >= 2, steps >= 1, renorm >= 1, burn >= 0")
+
+    def as_dict(self):
+        return {"chains": self.chains, "steps": self.steps, "burn": self.burn, "renorm": self.renorm,
+                "seed": self.seed}
+
+
+def _worker_ranks(workers, landing, n_steps, chains, rng):
+    """(n_steps, chains) landing ranks of the mode chain (Gaussian: the ages are simulated)."""
+    M = workers
+    if landing == "uniform":
+        return rng.integers(0, M, size=(n_steps, chains))
+    if landing == "round-robin":
+        return np.full((n_steps, chains), M - 1)
+    src = rank_sources(M)
+    ages = np.tile(np.arange(M), (chains, 1))
+    out = np.empty((n_steps, chains), dtype=int)
+    for t in range(n_steps):
+        w = np.cumsum(gaussian_landing_weights(ages, M), axis=1)
+        r = (w < rng.random(chains)[:, None] * w[:, -1:]).sum(axis=1)
+        out[t] = r
+        ages = np.take_along_axis(ages, src[r], axis=1) + 1
+        ages[:, 0] = 0
+    return out
+
+
+def _lyapunov_run(step, state, settings, alphas, rng_noise, noise):
+    """Run ``step(state, t, alpha_t)`` and return (λ̂ per α, standard error per α)."""
+    S = settings
+    total = S.burn + S.steps
+    logs = np.zeros(state.shape[:2])
+    norm0 = np.sqrt((state ** 2).sum(axis=tuple(range(2, state.ndim))))
+    state = state / norm0.reshape(norm0.shape + (1,) * (state.ndim - 2))
+    for t in range(total):
+        a_t = alphas[:, None]
+        if noise:
+            a_t = a_t * (1.0 + noise * rng_noise.standard_normal(S.chains))[None, :]
+        state = step(state, t, a_t)
+        if (t + 1) % S.renorm == 0 or t + 1 in (S.burn, total):
+            norm = np.sqrt((state ** 2).sum(axis=tuple(range(2, state.ndim))))
+            norm = np.where(norm > 0, norm, 1e-300)
+            state = state / norm.reshape(norm.shape + (1,) * (state.ndim - 2))
+            if t >= S.burn:
+                logs += np.log(norm)
+    per_chain = logs / S.steps
+    return per_chain.mean(axis=1), per_chain.std(axis=1, ddof=1) / math.sqrt(S.chains)
+
+
+def worker_lyapunov(workers, alphas, landing="uniform", momentum=0.0, variant="plain", noise=0.0,
+                    settings=None):
+    """(λ̂(α), standard error) for each α of ``alphas``: M workers, common random numbers."""
+    S = settings or LyapunovSettings()
+    M = check_workers(workers)
+    m = _check_random_variant(variant, momentum)
+    alphas = np.atleast_1d(np.asarray(alphas, dtype=float))
+    rng = np.random.default_rng(S.seed)
+    ranks = _worker_ranks(M, check_landing(landing), S.burn + S.steps, S.chains, rng)
+    F = worker_maps(M, 0.0, m, variant)
+    G = worker_maps(M, 1.0, m, variant) - F
+    state = np.broadcast_to(rng.standard_normal((S.chains, F.shape[1])), (len(alphas), S.chains, F.shape[1])).copy()
+
+    def step(x, t, a_t):
+        r = ranks[t]
+        fx = np.einsum("cij,acj->aci", F[r], x)
+        gx = np.einsum("cij,acj->aci", G[r], x)
+        return fx + a_t[..., None] * gx
+
+    return _lyapunov_run(step, state, S, alphas, np.random.default_rng(S.seed + 1), check_noise(noise))
+
+
+def iid_lyapunov(probs, alphas, momentum=0.0, variant="plain", noise=0.0, settings=None):
+    """(λ̂(α), standard error) of x_{t+1} = x_t − α x_{t−τ_t} (and its momentum variants), τ_t i.i.d."""
+    S = settings or LyapunovSettings()
+    p = check_probabilities(probs)
+    m = _check_random_variant(variant, momentum)
+    alphas = np.atleast_1d(np.asarray(alphas, dtype=float))
+    rng = np.random.default_rng(S.seed)
+    K = len(p) - 1
+    cdf = np.cumsum(p)
+    taus = np.minimum(np.searchsorted(cdf, rng.random((S.burn + S.steps, S.chains)) * cdf[-1], side="right"), K)
+    L = K + 1
+    # state[..., 0, :]: ring of x; [..., 1, :]: ring of v (velocities; server momentum uses slot 0 only)
+    init = rng.standard_normal((S.chains, 2, L))
+    if variant == "plain":
+        init[:, 1] = 0.0
+    state = np.broadcast_to(init, (len(alphas), S.chains, 2, L)).copy()
+    chains = np.arange(S.chains)
+
+    def step(st, t, a_t):
+        beta = a_t * (1.0 - m)
+        now, back, nxt = t % L, (t - taus[t]) % L, (t + 1) % L
+        x_now, x_back = st[:, chains, 0, now], st[:, chains, 0, back]
+        if variant == "plain":
+            st[:, chains, 0, nxt] = x_now - a_t * x_back
+        elif variant == "momentum":
+            v = m * st[:, chains, 1, 0] - beta * x_back
+            st[:, chains, 1, 0] = v
+            st[:, chains, 0, nxt] = x_now + v
+        else:
+            v = m * st[:, chains, 1, back] - beta * x_back
+            st[:, chains, 1, nxt] = v
+            st[:, chains, 0, nxt] = x_now + v
+        return st
+
+    return _lyapunov_run(step, state, S, alphas, np.random.default_rng(S.seed + 1), check_noise(noise))
+
+
+# ----------------------------------------------------------------------------- the edges
+def _first_unstable(unstable, lo=EDGE_ALPHA_MIN, hi=EDGE_ALPHA_MAX, ratio=2.0 ** 0.5):
+    """(last stable, first unstable) α on the geometric scan grid from ``lo``."""
+    prev, a = None, lo
+    while a <= hi:
+        if unstable(a):
+            if prev is None:
+                raise RuntimeError(f"unstable already at alpha = {a:g}")
+            return prev, a
+        prev, a = a, a * ratio
+    return prev, math.inf
+
+
+def _bisect(unstable, lo, hi, rel_tol=EDGE_REL_TOL):
+    while hi - lo > rel_tol * hi:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if unstable(mid) else (mid, hi)
+    return 0.5 * (lo + hi)
+
+
+def _edge_from_radius(radius):
+    lo, hi = _first_unstable(lambda a: radius(a) >= 1.0)
+    if hi == math.inf:
+        return math.inf
+    return _bisect(lambda a: radius(a) >= 1.0, lo, hi)
+
+
+def _edge_from_lyapunov(lyap, lo, points=24):
+    """Zero of λ̂(α) above ``lo`` (where λ̂ < 0): a geometric grid of ``points`` α values from ``lo`` to
+    8·lo (extended 8-fold until λ̂ > 0 at its end), then a linear grid of ``points`` values across the
+    first sign change — one vectorised simulation per grid — and linear interpolation between the two
+    grid points that bracket the zero. Returns (edge, its standard error: max SE of λ̂ there / slope)."""
+    hi = lo
+    while True:
+        grid = np.geomspace(lo, hi * 8.0, points)
+        lam, _ = lyap(grid)
+        if (lam > 0).any():
+            break
+        lo, hi = grid[-1], grid[-1]
+        if lo > EDGE_ALPHA_MAX:
+            return math.inf, 0.0
+    k = int(np.argmax(lam > 0))
+    if k == 0:
+        raise RuntimeError(f"lambda > 0 already at alpha = {grid[0]:g}, the lower bracket")
+    grid = np.linspace(grid[k - 1], grid[k], points)
+    lam, se = lyap(grid)
+    k = int(np.argmax(lam > 0))
+    if lam[k] <= 0 or k == 0:  # the noise moved the crossing to an end of the bracket
+        return float(grid[k]), float(grid[-1] - grid[0])
+    slope = (lam[k] - lam[k - 1]) / (grid[k] - grid[k - 1])
+    edge = grid[k - 1] - lam[k - 1] / slope
+    return float(edge), float(max(se[k - 1], se[k]) / slope)
+
+
+def iid_edge(probs, criterion, momentum=0.0, variant="plain", noise=0.0, settings=None):
+    """The edge α* of i.i.d. delays P(τ = k) by criterion; returns {"alpha": α*, "stderr": …}
+    (stderr 0 for the exact criteria). The mean edge is eq. 19 (eq. 26 with momentum)."""
+    p = check_probabilities(probs)
+    criterion = check_criterion(criterion)
+    m = _check_random_variant(variant, momentum)
+    noise = check_noise(noise)
+    if criterion == "mean":
+        if variant == "shifted":
+            return {"alpha": _edge_from_radius(lambda a: iid_radius(p, a, "mean", m, variant)), "stderr": 0.0}
+        return {"alpha": critical_alpha(p, m, variant), "stderr": 0.0}
+    ms = _edge_from_radius(lambda a: iid_radius(p, a, "mean-square", m, variant, noise))
+    if criterion == "mean-square":
+        return {"alpha": ms, "stderr": 0.0}
+    edge, err = _edge_from_lyapunov(lambda al: iid_lyapunov(p, al, m, variant, noise, settings)[:2], 0.999 * ms)
+    return {"alpha": edge, "stderr": err}
+
+
+def worker_edge(workers, criterion, landing="uniform", momentum=0.0, variant="plain", noise=0.0, settings=None):
+    """The edge α* of M workers with a landing rule by criterion; {"alpha": α*, "stderr": …, "modes": …}."""
+    M = check_workers(workers)
+    criterion = check_criterion(criterion)
+    landing = check_landing(landing)
+    m = _check_random_variant(variant, momentum)
+    noise = check_noise(noise)
+    if landing == "round-robin" and noise == 0.0:
+        # deterministic product: all three criteria are the constant delay τ = M − 1 (eq. 6/26/11)
+        return {"alpha": critical_alpha(M - 1, m, variant), "stderr": 0.0, "modes": 1}
+    if criterion == "almost-sure":
+        lower = worker_edge(M, "mean-square", landing, m, variant, noise)["alpha"] if landing != "gaussian" \
+            else EDGE_ALPHA_MIN
+        edge, err = _edge_from_lyapunov(
+            lambda al: worker_lyapunov(M, al, landing, m, variant, noise, settings), 0.999 * lower)
+        return {"alpha": edge, "stderr": err, "modes": None}
+    chain = landing_modes(M, landing)
+    alpha = _edge_from_radius(lambda a: worker_radius(M, a, criterion, landing, m, variant, noise, chain=chain))
+    return {"alpha": alpha, "stderr": 0.0, "modes": len(chain[0])}

@@ -147,6 +147,8 @@ def training_specs(cfg: dict, scale: str):
                 raise ConfigError(f"invalid configuration: {scale}.{name + ': ' if named else ''}{exc}") from None
     if "mitigations" in exp:
         yield from _mitigation_specs(exp, scale, cfg)
+    if "random_staleness" in exp:
+        yield from _random_staleness_specs(exp, scale, cfg)
 
 
 def _mitigation_specs(exp: dict, scale: str, cfg: dict):
@@ -166,6 +168,26 @@ def _mitigation_specs(exp: dict, scale: str, cfg: dict):
         yield f"mitigations.rules.{label}", stability.probe_spec(
             baseline, exp[source]["continuation"], lr=1.0, tau=1, variant="plain", momentum=0.0,
             init_checkpoint="kicked.pt", epochs=1, mitigation=mitigations.optimizer_mitigation(rule, 1.0))
+
+
+def _random_staleness_specs(exp: dict, scale: str, cfg: dict):
+    """A continuation spec per searched model of the random_staleness block (its source must exist)."""
+    from . import random_staleness, stability
+
+    block = exp["random_staleness"]
+    source = block["from"]
+    if source not in exp:
+        raise ConfigError(f"invalid configuration: {scale}.random_staleness.from: no {source!r} block at this scale")
+    try:
+        models = random_staleness.searched_models(block)
+    except (UserError, ValueError) as exc:
+        raise ConfigError(f"invalid configuration: {scale}.{exc}") from None
+    baseline = with_run_settings(exp[source]["baseline"], cfg)
+    for label, model in models.items():
+        spec = stability.probe_spec(baseline, exp[source]["continuation"], lr=1.0, tau=1, variant="plain",
+                                    momentum=0.0, init_checkpoint="kicked.pt", epochs=1)
+        yield f"random_staleness.models.{label}", deep_merge(
+            spec, {"optimizer": random_staleness.optimizer_overrides(model)})
 
 
 #: The scale blocks of a config.

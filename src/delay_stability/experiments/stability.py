@@ -208,14 +208,16 @@ def run_probe(spec: dict, out_dir: Path) -> dict:
 
 
 def search_threshold(*, base_spec, continuation, kick, search, variant, momentum, tau, out_dir,
-                     log=print, mitigation=None, alpha_theory=None) -> dict:
+                     log=print, mitigation=None, alpha_theory=None, spec_overrides=None) -> dict:
     """Largest stable learning rate for (variant, m, τ): downward scan, then bisection on log η.
 
     Learning rates are handled as α = a·η (a = sharpness at the minimum). The scan starts at
     ``alpha_max`` and divides by ``scan_factor`` until a probe stays; the bracket
     [α_stay, α_escape] is then bisected geometrically until α_escape/α_stay − 1 ≤ ``rel_tol``.
     ``mitigation`` (experiments/mitigations.py): every probe uses that rule, and ``alpha_theory`` is
-    its predicted edge (default: ``theory.critical_alpha`` of the variant).
+    its predicted edge (default: ``theory.critical_alpha`` of the variant). ``spec_overrides``
+    (experiments/random_staleness.py): merged into every probe's spec last (e.g. a random schedule
+    and its seed); ``tau`` then only sets the budget and the settle window.
     """
     a = float(kick["sharpness"])
     out_dir = Path(out_dir)
@@ -229,6 +231,8 @@ def search_threshold(*, base_spec, continuation, kick, search, variant, momentum
         spec = probe_spec(base_spec, continuation, lr=lr, tau=tau, variant=variant, momentum=momentum,
                           init_checkpoint=kick["checkpoint"], epochs=epochs, escape=escape, settle=settle,
                           mitigation=mitigation)
+        if spec_overrides:
+            spec = deep_merge(spec, spec_overrides)
         t0 = time.time()
         summary = run_probe(spec, out_dir / lr_tag(lr))
         escaped = bool(summary.get("escaped") or summary.get("diverged"))

@@ -180,12 +180,14 @@ def _add_delay_arguments(parser):
                        help="P(tau=k) for k = 0, 1, ..., K (must sum to 1)")
     delay.add_argument("--staleness", metavar="FILE",
                        help="the measured histogram of a staleness.csv of real workers (parameter-server)")
+    parser.set_defaults(workers=None, criterion=None, landing=None, noise=None)
     parser.add_argument("--momentum", type=float, default=0.0, metavar="M",
                         help="momentum m in (-1, 1), negative allowed (default 0)")
     parser.add_argument("--variant", choices=theory.VARIANTS, default=None,
                         help="plain (eq. 4/19), momentum (server momentum with dampening, eq. 26) or "
                              "shifted (eq. 11); default: momentum if --momentum != 0, else plain")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    return delay
 
 
 def _flagged(flag, fn, *args):
@@ -243,7 +245,15 @@ def _describe(description, mean):
 
 def cmd_threshold(args):
     if args.mitigation is not None:
+        if args.workers is not None or args.criterion is not None:
+            raise UserError("--mitigation: the mitigation edges are for a constant delay under the mean "
+                            "criterion; drop --workers/--criterion")
         return _mitigation_threshold(args)
+    if args.workers is not None or args.criterion is not None:
+        return _random_threshold(args)
+    for flag, value in (("--landing", args.landing), ("--noise", args.noise)):
+        if value is not None:
+            raise UserError(f"{flag} applies with --workers or --criterion")
     delay, description, momentum, variant, alpha = _edge_from_args(args)
     mean = theory.mean_delay(delay)
     result = {"variant": variant, "momentum": momentum, "delay": description, "mean_delay": mean,
@@ -275,6 +285,88 @@ def cmd_lr(args):
     note = "" if variant == "plain" else "; derived for plain A-SGD"
     print(f"eta = {eta8:.12g}   eq. 8: pi * eta0 / (4 (E[tau] + 0.5)){note}")
     print(f"  {_describe(description, mean)}; variant {variant}, momentum {momentum:g}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Random staleness (theory section 8): `threshold --criterion C [--workers M --landing L]`
+# ------------------------------------------------------------------------------------------------
+
+
+def _add_random_arguments(parser, delay_group):
+    delay_group.add_argument("--workers", type=int, metavar="M",
+                             help="M workers, each with one gradient in flight, landing by --landing")
+    group = parser.add_argument_group("random staleness (theory section 8)")
+    group.add_argument("--criterion", choices=theory.CRITERIA, default=None,
+                       help="mean (rho(E[A]); eq. 19 for i.i.d. delays, the default), mean-square "
+                            "(rho(E[A kron A])) or almost-sure (top Lyapunov exponent, Monte Carlo)")
+    group.add_argument("--landing", choices=theory.LANDINGS, default=None,
+                       help="with --workers: which worker lands (default uniform; gaussian: "
+                            "P ~ Phi((staleness - M)/(M/4)); round-robin: the oldest)")
+    group.add_argument("--noise", type=float, default=None, metavar="NU",
+                       help="noise-to-signal ratio of the curvature the landing gradient sees, "
+                            "alpha_t = alpha (1 + NU xi_t) (default 0)")
+    group.add_argument("--chains", type=int, default=64, help="almost-sure: Monte-Carlo chains (default 64)")
+    group.add_argument("--steps", type=int, default=4000,
+                       help="almost-sure: steps per chain after burn-in (default 4000)")
+    group.add_argument("--seed", type=int, default=0, help="almost-sure: seed of the simulation (default 0)")
+
+
+def random_edge(model, criterion, momentum=0.0, variant="plain", noise=0.0, settings=None):
+    """{"alpha", "stderr", ...} of a staleness model: {"workers": M, "landing": L} or {"probs": p}
+    (a constant delay is {"tau": τ}: every criterion is its deterministic edge)."""
+    if "workers" in model:
+        return theory.worker_edge(model["workers"], criterion, model["landing"], momentum, variant, noise,
+                                  settings)
+    if "tau" in model:
+        if noise:
+            return theory.iid_edge(_point_mass(model["tau"]), criterion, momentum, variant, noise, settings)
+        return {"alpha": theory.critical_alpha(model["tau"], momentum, variant), "stderr": 0.0}
+    return theory.iid_edge(model["probs"], criterion, momentum, variant, noise, settings)
+
+
+def _point_mass(tau):
+    p = [0.0] * (tau + 1)
+    p[tau] = 1.0
+    return p
+
+
+def _random_threshold(args):
+    criterion = args.criterion or "mean"
+    noise = _flagged("--noise", theory.check_noise, args.noise if args.noise is not None else 0.0)
+    momentum = _flagged("--momentum", theory.check_momentum, args.momentum)
+    variant = args.variant or ("momentum" if momentum != 0 else "plain")
+    try:
+        settings = theory.LyapunovSettings(chains=args.chains, steps=args.steps, seed=args.seed)
+    except ValueError as exc:
+        raise UserError(f"--chains/--steps: {exc}") from None
+    if args.workers is not None:
+        workers = _flagged("--workers", theory.check_workers, args.workers)
+        landing = args.landing or "uniform"
+        model, description = {"workers": workers, "landing": landing}, {"kind": "workers", "workers": workers,
+                                                                       "landing": landing}
+        text = f"{workers} workers, {landing} landing"
+    else:
+        if args.landing is not None:
+            raise UserError("--landing applies with --workers")
+        delay, description = _delay_from_args(args)
+        model = {"tau": delay} if isinstance(delay, int) else {"probs": delay}
+        text = _describe(description, theory.mean_delay(delay))
+    try:
+        result = random_edge(model, criterion, momentum, variant, noise, settings)
+    except ValueError as exc:
+        raise UserError(f"--criterion {criterion}: {exc}") from None
+    alpha, err = result["alpha"], result["stderr"]
+    out = {"criterion": criterion, "variant": variant, "momentum": momentum, "noise": noise,
+           "staleness": description, "alpha_star": alpha, "stderr": err, "inv_alpha_star": 1.0 / alpha}
+    if criterion == "almost-sure":
+        out["lyapunov"] = settings.as_dict()
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    pm = f" +- {err:.2g} (Monte-Carlo standard error)" if criterion == "almost-sure" else ""
+    print(f"alpha* = a*eta at the {criterion} stability edge = {alpha:.9g}{pm}   (1/alpha* = {1.0 / alpha:.9g})")
+    print(f"  {text}; variant {variant}, momentum {momentum:g}, curvature noise {noise:g}")
     return 0
 
 
@@ -396,8 +488,10 @@ def register(subparsers):
     p = subparsers.add_parser(
         "threshold", help="alpha* = a*eta at the stability edge",
         description="The smallest alpha = a*eta (a: sharpness, the top Hessian eigenvalue) at which the "
-                    "largest root of the characteristic equation reaches the unit circle.")
-    _add_delay_arguments(p)
+                    "largest root of the characteristic equation reaches the unit circle; with --criterion "
+                    "or --workers, the mean, mean-square or almost-sure edge of random staleness.")
+    group = _add_delay_arguments(p)
+    _add_random_arguments(p, group)
     _add_mitigation_arguments(p)
     p.set_defaults(func=cmd_threshold)
 

@@ -22,7 +22,7 @@ from .style import PLOTTERS, read_table, save_figure
 
 #: The plots modules, one per experiment (importing one registers its figures).
 MODULES = ("theory", "stability", "eos", "generalization", "table1", "imagenet", "spikes", "momentum", "mitigations",
-           "real_workers")
+           "real_workers", "random_staleness")
 
 
 def load_plotters() -> dict:
