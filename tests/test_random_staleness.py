@@ -302,14 +302,13 @@ BLOCK = {"models": {"geo": {"delay": {"kind": "geometric", "q": 0.5}}, "w2": {"w
 def test_models_and_their_schedules():
     ms = R.models(BLOCK)
     assert ms["geo"]["probs"][:2] == pytest.approx([0.5, 0.25])
-    assert R.optimizer_overrides(ms["geo"])["schedule"] == "distribution"
+    assert R.optimizer_overrides(ms["geo"])["schedule"] == "iid"
     assert R.optimizer_overrides(ms["w2"]) == {"delay": 1, "schedule": "random", "workers": 2}
     assert R.optimizer_overrides(ms["rr3"]) == {"delay": 2, "schedule": "round_robin", "workers": None}
     assert R.nominal_tau(ms["geo"]) == 1 and R.nominal_tau(ms["rr3"]) == 2
-    # the Gaussian landing rule has no DelayedSGD schedule yet: predicted, not searched
-    assert not R.measurable(ms["g2"]) and set(R.searched_models(BLOCK)) == {"geo", "w2", "rr3"}
-    with pytest.raises(UserError, match="Gaussian landing"):
-        R.optimizer_overrides(ms["g2"])
+    # the Gaussian landing rule is DelayedSGD's worker schedule "gaussian" (spread M/4, as the theory)
+    assert R.optimizer_overrides(ms["g2"]) == {"delay": 1, "schedule": "gaussian", "workers": 2}
+    assert R.measurable(ms["g2"]) and set(R.searched_models(BLOCK)) == {"geo", "w2", "rr3", "g2"}
 
 
 def test_probe_specs_of_every_model_validate():

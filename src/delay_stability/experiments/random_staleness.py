@@ -11,13 +11,13 @@ edge, and the seeds give its interval).
 Staleness models (``models``: label -> one of)
 
     {delay: {kind: geometric, q} | {kind: gaussian, mean} | {kind: probs, probs}}
-        i.i.d. delays, ``schedule="distribution"`` (the model of eq. 18);
+        i.i.d. delays, ``schedule="iid"`` (the model of eq. 18);
     {workers: M, landing: uniform | round-robin | gaussian}
         uniform: ``schedule="random"`` (the queueing model of *Asynchrony begets Momentum*);
         round-robin: ``schedule="round_robin"`` with τ = M − 1;
-        gaussian: the authors' landing rule P ∝ Φ((s − M)/(M/4)). ``DelayedSGD`` has no such
-        schedule yet: ``measurable`` says so, the model gets its predictions and no search, and its
-        rows say ``measured: false`` (enable it in ``optimizer_overrides`` when the schedule exists).
+        gaussian: the authors' landing rule P ∝ Φ((s − M)/(M/4)), ``schedule="gaussian"`` (the
+        staleness s of a worker is its gradient's age, 0 for the worker that just read, as in the
+        theory's age modes).
 
 Each search's budget and settle window use the nominal delay ⌈E[τ]⌉ (M − 1 for workers).
 
@@ -111,23 +111,25 @@ def nominal_tau(model: dict) -> int:
 
 
 def measurable(model: dict) -> bool:
-    """Whether ``DelayedSGD`` has this schedule (the Gaussian landing rule: not yet)."""
-    return not (model["kind"] == "workers" and model["landing"] == "gaussian"
-                and "gaussian" not in getattr(spec_mod, "LANDINGS", ()))
+    """Whether ``DelayedSGD`` has this model's schedule (every model here has one)."""
+    if model["kind"] == "iid":
+        return True
+    return {"uniform": "random", "round-robin": "round_robin", "gaussian": "gaussian"}[model["landing"]] \
+        in spec_mod.WORKER_SCHEDULES
 
 
 def optimizer_overrides(model: dict) -> dict:
     """The spec's ``optimizer`` of a model's continuations (merged over the stability probe's)."""
     if not measurable(model):
-        raise UserError("the Gaussian landing rule is not a DelayedSGD schedule yet: no measured edge")
+        raise UserError(f"no DelayedSGD schedule for {model}: no measured edge")
     if model["kind"] == "iid":
-        return {"delay": dict(model["delay"]), "schedule": "distribution", "workers": None}
+        return {"delay": dict(model["delay"]), "schedule": "iid", "workers": None}
     M = model["workers"]
     if model["landing"] == "round-robin":
         return {"delay": M - 1, "schedule": "round_robin", "workers": None}
     if model["landing"] == "uniform":
         return {"delay": M - 1, "schedule": "random", "workers": M}
-    return {"delay": M - 1, "schedule": "random", "workers": M, "landing": "gaussian"}  # pragma: no cover
+    return {"delay": M - 1, "schedule": "gaussian", "workers": M}  # spread M/4, as the theory
 
 
 def searched_models(block: dict) -> dict:

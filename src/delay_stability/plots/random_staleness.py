@@ -44,8 +44,7 @@ def plot_random_staleness(tables, scale=None, options=None):
     ax.legend(fontsize=7, loc="upper right", ncol=2)
     text = ("Random staleness at fig. 2's minimum: the largest stable a·η measured with DelayedSGD under "
             "each staleness model (black; one search per seed) beside the mean edge (eq. 19, ρ(E[A])), the "
-            "mean-square edge (ρ(E[A⊗A])) and the almost-sure edge (top Lyapunov exponent, Monte Carlo). "
-            "Models without a black marker have no DelayedSGD schedule yet.")
+            "mean-square edge (ρ(E[A⊗A])) and the almost-sure edge (top Lyapunov exponent, Monte Carlo).")
     if scores is not None:
         ax_s = axes[1]
         order = np.argsort(scores["fraction"])
