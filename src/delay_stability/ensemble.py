@@ -40,13 +40,14 @@ import time
 from types import SimpleNamespace
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from . import __version__
 from .errors import UserError
 from .files import write_json
-from .models import build_model
+from .models import CifarResNet, DigitsResNet, _CifarBasicBlock, build_model
 from .spec import BATCHED_MODELS, ENSEMBLE_SHARED_KEYS as SHARED_KEYS, can_ensemble, validate_spec  # noqa: F401
 from .spec import ensemble_problem as _why_not
 from .train import (
@@ -68,6 +69,10 @@ from .train import (
 )
 
 CODE = ("delay_stability.ensemble",)
+#: How the members' forward and backward passes are batched: "stacked" (members along the channel
+#: axis, grouped convolutions; every quick stand-in), "vmap" (torch.func over any network), or
+#: "auto" (stacked where every layer has a stacked form).
+KERNELS = ("auto", "stacked", "vmap")
 FALLBACK = "; use train.run_training for each spec"
 
 
@@ -178,13 +183,122 @@ class Member:
         }
 
 
+# ================================================================ members stacked along the channel axis
+#
+# The fast kernel for convolutional members (the default where every layer is known; vmap otherwise):
+# R members of one network run as ONE network whose convolutions have R groups. Images are
+# (N, R*C, H, W), member r owning channels r*C..(r+1)*C-1, so that per-channel layers (BatchNorm,
+# ReLU, pooling) act on every member at once with no reshuffling, and BatchNorm's batch and running
+# statistics are per member by construction; features are (R, N, F) and linear layers are batched
+# matrix products. The result is the same network function for each member (the sums run in another
+# order), and autograd of sum_r L_r gives each member its own gradient.
+
+
+def _to_image(x, R: int):
+    """Per-member inputs (R, N, C, H, W) as stacked images (N, R*C, H, W)."""
+    R, N, C, H, W = x.shape
+    return x.transpose(0, 1).reshape(N, R * C, H, W)
+
+
+class _Stacked:
+    """The forward pass of R members of ``template`` at once (see above); ``supports(template)``
+    says whether every module of it is known here."""
+
+    LEAVES = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Tanh, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Linear)
+    BLOCKS = (nn.Sequential, _CifarBasicBlock, DigitsResNet, CifarResNet)
+    channels_last = False  # NHWC images (measured in benchmarks/ensemble.py: slower on this CPU)
+
+    @classmethod
+    def supports(cls, template: nn.Module) -> bool:
+        return all(isinstance(m, cls.LEAVES + cls.BLOCKS) for m in template.modules())
+
+    def __init__(self, template: nn.Module):
+        self.template = template
+        self.path = {m: name for name, m in template.named_modules()}
+
+    def __call__(self, params: dict, bufs: dict, x, train: bool):
+        """Logits (R, N, classes) of every member; x: (R, N, ...) per member or (N, ...) shared;
+        BatchNorm in training mode updates ``bufs`` (stacked (R, ...)) in place."""
+        self.p, self.b, self.train = params, bufs, train
+        self.R = next(iter(params.values())).shape[0]
+        self.shared = x.dim() == 4  # one batch of images (N, C, H, W) for every member (full batch)
+        return self.run(self.template, x, None)[0]
+
+    def q(self, m, name):
+        key = f"{self.path[m]}.{name}" if self.path[m] else name
+        return self.p[key] if key in self.p else self.b.get(key)
+
+    def run(self, m, x, image):
+        """(output, image?) of module m on x; image None = the raw input, not yet converted."""
+        R = self.R
+        if isinstance(m, nn.Sequential):
+            for child in m:
+                x, image = self.run(child, x, image)
+            return x, image
+        if isinstance(m, nn.Conv2d):
+            groups = m.groups * R
+            if image is None and self.shared:  # the members' filters side by side on the one input
+                groups = m.groups
+            elif image is None:
+                x = _to_image(x, R)
+            if self.channels_last and image is None:
+                x = x.contiguous(memory_format=torch.channels_last)
+            w, b = self.q(m, "weight"), self.q(m, "bias")
+            out = F.conv2d(x, w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1),
+                           m.stride, m.padding, m.dilation, groups)
+            return out, True
+        if isinstance(m, nn.BatchNorm2d):
+            rm, rv = self.q(m, "running_mean"), self.q(m, "running_var")
+            if self.train and m.track_running_stats:
+                self.q(m, "num_batches_tracked").add_(1)
+            out = F.batch_norm(x, rm.view(-1), rv.view(-1), self.q(m, "weight").reshape(-1),
+                               self.q(m, "bias").reshape(-1), self.train, m.momentum, m.eps)
+            return out, image
+        if isinstance(m, (nn.ReLU, nn.Tanh)):
+            return (torch.relu(x) if isinstance(m, nn.ReLU) else torch.tanh(x)), image
+        if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+            return m(x), image
+        if isinstance(m, nn.Flatten):
+            if image:
+                return x.reshape(x.shape[0], R, -1).transpose(0, 1), False
+            if self.shared:  # one input for every member: (N, F), broadcast by the first linear layer
+                return x.reshape(x.shape[0], -1), False
+            return x.reshape(R, x.shape[1], -1), False
+        if isinstance(m, nn.Linear):
+            w, b = self.q(m, "weight"), self.q(m, "bias")
+            if x.dim() == 2:  # shared input (N, F): one matrix product for all members
+                out = torch.matmul(x, w.transpose(1, 2))
+            else:
+                out = torch.bmm(x, w.transpose(1, 2))
+            return (out if b is None else out + b.unsqueeze(1)), False
+        if isinstance(m, _CifarBasicBlock):
+            out, _ = self.run(m.conv1, x, True)
+            out, _ = self.run(m.bn1, out, True)
+            out, _ = self.run(m.conv2, torch.relu(out), True)
+            out, _ = self.run(m.bn2, out, True)
+            shortcut = x
+            if m.stride != 1 or m.pad:
+                shortcut = x[:, :, :: m.stride, :: m.stride]
+                N, RC, H, W = shortcut.shape
+                shortcut = F.pad(shortcut.reshape(N, R, RC // R, H, W),
+                                 (0, 0, 0, 0, m.pad // 2, m.pad - m.pad // 2)).reshape(N, -1, H, W)
+            return torch.relu(out + shortcut), True
+        if isinstance(m, (DigitsResNet, CifarResNet)):
+            out, _ = self.run(m.conv, x, image)
+            out, _ = self.run(m.bn, out, True)
+            out, _ = self.run(m.blocks, torch.relu(out), True)
+            out = F.adaptive_avg_pool2d(out, 1)
+            return self.run(m.fc, out.reshape(out.shape[0], R, -1).transpose(0, 1), False)
+        raise TypeError(f"no stacked form of {type(m).__name__}")  # supports() rules this out
+
+
 # ================================================================ the engine
 
 
 class _Family:
     """What all members share: the data, the template network, its parameter layout, the loss."""
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, kernel: str = "auto"):
         self.spec = spec
         setup = training_setup(spec)  # Run's own set-up: device, dtype, data, batch sizes, intervals
         self.device, self.dtype, self.data = setup.device, setup.dtype, setup.data
@@ -226,6 +340,49 @@ class _Family:
 
         self._grad_fns = {d: grad(lambda p, b, x, t, d=d: total_loss(p, b, x, t, d), has_aux=True) for d in (0, None)}
         self._eval_fn = vmap(member_loss, in_dims=(0, 0, None, None))
+        if kernel not in KERNELS:
+            raise UserError(f"ensemble kernel {kernel!r}: choose {', '.join(KERNELS)}")
+        if kernel == "auto":
+            kernel = "stacked" if _Stacked.supports(self.template) else "vmap"
+        elif kernel == "stacked" and not _Stacked.supports(self.template):
+            raise UserError(f"model {spec['model']!r} has layers with no stacked form; use kernel vmap")
+        self.kernel = kernel
+        self._stacked = _Stacked(self.template) if kernel == "stacked" else None
+
+    # ---- the batched loss, gradient and evaluation (either kernel)
+
+    def _losses(self, out, target):
+        """Per-member mean loss (R,) of logits (R, N, K): train.build_loss's, member by member."""
+        if self.mse:
+            return 0.5 * (out - target).pow(2).sum(dim=-1).mean(dim=-1)
+        R, N, K = out.shape
+        target = target.expand(R, N) if target.dim() == 1 else target
+        return F.cross_entropy(out.reshape(R * N, K), target.reshape(R * N), reduction="none").view(R, N).mean(dim=1)
+
+    def grads(self, params: dict, bufs: dict, x, target, x_dim):
+        """({name: dL_r/dw_r stacked (R, *shape)}, (losses (R,), logits (R, N, K))) at the
+        members' weights, BatchNorm in training mode (its running statistics in ``bufs`` updated);
+        x: (R, N, ...) per member (x_dim 0) or (N, ...) shared (x_dim None)."""
+        if self._stacked is None:
+            return self._grad_fns[x_dim](params, bufs, x, target)
+        leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
+        with torch.enable_grad():
+            out = self._stacked(leaves, bufs, x, True)
+            losses = self._losses(out, target)
+            gs = torch.autograd.grad(losses.sum(), [leaves[n] for n in self.names])
+        return dict(zip(self.names, gs)), (losses.detach(), out.detach())
+
+    def evaluate(self, params: dict, bufs: dict, x, target, train: bool):
+        """(losses (R,), logits (R, N, K)) on one batch shared by every member, BatchNorm in
+        training mode (updating ``bufs``) or in eval mode."""
+        if self._stacked is not None:
+            out = self._stacked(params, bufs, x, train)
+            return self._losses(out, target), out
+        self.template.train(train)
+        try:
+            return self._eval_fn(params, bufs, x, target)
+        finally:
+            self.template.train(True)
 
     # ---- layout
 
@@ -264,19 +421,17 @@ class _Family:
         params = self.views(w)
         if train:
             bufs = {n: b.clone() for n, b in bufs.items()}
-        self.template.train(train)
         total = torch.zeros(R, dtype=torch.float64, device=self.device)
         wrong = torch.zeros(R, dtype=torch.int64, device=self.device)
         n = count = 0
         loss = None
         for x, y in batches:
-            loss, out = self._eval_fn(params, bufs, x, self.target(y))
+            loss, out = self.evaluate(params, bufs, x, self.target(y), train)
             loss = loss.double()
             total += loss * len(y)
             wrong += (out.argmax(-1) != y).sum(dim=1)
             n += len(y)
             count += 1
-        self.template.train(True)
         means = loss.tolist() if count == 1 else [v / n for v in total.tolist()]
         return means, [v / n for v in wrong.tolist()]
 
@@ -405,7 +560,7 @@ class _Batch:
         """One DelayedSGD step (round robin or random workers) for every member; returns (losses (R,), outputs)."""
         fam = self.fam
         with torch.enable_grad():
-            grads, (losses, outs) = fam._grad_fns[x_dim](fam.views(self.w), self.bufs, x, target)
+            grads, (losses, outs) = fam.grads(fam.views(self.w), self.bufs, x, target, x_dim)
         R, K = self.w.shape[0], self.K
         flat = torch.cat([grads[n].reshape(R, -1) for n in fam.names], dim=1)
         if self.grad_norms:
@@ -597,7 +752,7 @@ def _train_group(fam: _Family, members: list[Member], total_members: int, summar
         summaries[m.index] = _finish(fam, m, total_members)
 
 
-def run_ensemble(specs, out_dirs) -> list[dict]:
+def run_ensemble(specs, out_dirs, *, kernel: str = "auto") -> list[dict]:
     """Train every spec as one batched ensemble, member r writing ``out_dirs[r]`` as
     ``train.run_training(specs[r], out_dirs[r])`` would (resuming each from its checkpoint of the
     same spec); returns the summaries in order. UserError when the specs cannot be batched
@@ -612,7 +767,7 @@ def run_ensemble(specs, out_dirs) -> list[dict]:
     if reason is not None:
         raise UserError(f"cannot train these specs as one ensemble: {reason}{FALLBACK}")
     R = len(specs)
-    fam = _Family(specs[0])
+    fam = _Family(specs[0], kernel)
     summaries: dict[int, dict] = {}
     pending = []
     code_part = run_key(specs[0], CODE).rsplit("-", 1)[1]  # hashing the code costs ~0.5 s: once
