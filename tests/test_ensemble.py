@@ -385,3 +385,45 @@ def test_sigkill_while_member_checkpoints_are_written(tmp_path):
             assert torch.equal(a["model"][name], b["model"][name]), name
         assert torch.equal(a["optimizer"]["delayed"]["grads"], b["optimizer"]["delayed"]["grads"])
         assert [r["epoch"] for r in json.load(open(os.path.join(k, "run.json")))["resumed"]] == [epoch]
+
+
+def test_the_vmap_kernel_agrees_with_the_single_runs_too(tmp_path):
+    """torch.func's kernel (the fallback for layers with no stacked form) on a BatchNorm ResNet."""
+    specs = every_option(2, **BN_MODELS["resnet_digits"])
+    outs = [str(tmp_path / f"e{i}") for i in range(len(specs))]
+    run_ensemble(specs, outs, kernel="vmap")
+    for i, spec in enumerate(specs):
+        run_training(spec, str(tmp_path / f"s{i}"))
+        compare(outs[i], str(tmp_path / f"s{i}"), 1e-12)
+    with pytest.raises(UserError, match="kernel"):
+        run_ensemble(specs, outs, kernel="fast")
+
+
+def test_the_quick_figures_batch_their_seeds():
+    """Figures 11 and 5 (A-SGD arms) and Table 1's CNN at the quick scale: their runs of one delay and
+    batch size train as one ensemble; fig9's Gaussian delay does not batch and says why."""
+    import yaml
+
+    from delay_stability.experiments import imagenet as im
+    from delay_stability.experiments import spikes as sp
+    from delay_stability.experiments import table1 as t1
+    from delay_stability.spec import can_ensemble as decide
+
+    config = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "config.yaml")))["quick"]
+    fig11 = [r.spec for r in sp.runs(config["fig11"], config["fig11"]["train"])]
+    assert len(fig11) >= 3 and decide(fig11) == (True, "")
+    block = config["imagenet"]
+    groups = {}
+    for name, run in im.runs(block, "fig5", block["train"]):
+        spec = run.spec
+        groups.setdefault((json.dumps(spec["optimizer"].get("delay")), spec["batch_size"]), []).append(spec)
+    asgd = max(groups.values(), key=len)
+    assert len(asgd) >= 3 and decide(asgd) == (True, "")
+    gaussian = [run.spec for _, run in im.runs(block, "fig9", block["train"])
+                if isinstance(run.spec["optimizer"].get("delay"), dict)]
+    if gaussian:
+        ok, reason = decide(gaussian)
+        assert not ok and "constant delay" in reason
+    cnn = next(n for n in config["table1"]["networks"] if n["train"]["model"] == "cnn_digits")
+    scan = [dict(cnn["train"], lr=lr, seed=s) for lr in config["table1"]["sb_lrs"] for s in config["table1"]["seeds"]]
+    assert len(scan) >= t1.MIN_ENSEMBLE and t1.can_batch(scan)

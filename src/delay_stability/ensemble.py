@@ -17,17 +17,29 @@ threads, and the delay: a constant tau (round robin) or M random workers (``sche
 geometric staleness of *Asynchrony begets Momentum*). What they may differ in: lr, seed
 (initialisation, minibatch order and, with random workers, the landing worker of every step: each
 member draws it from ``random.Random(seed)`` exactly as its DelayedSGD does), lr_schedule, momentum,
-variant (plain / momentum / shifted), dampening, weight_decay and the divergence loss_factor.
+variant (plain / momentum / shifted), dampening, weight_decay and the stop rules.
 
-What batches: the networks without BatchNorm or dropout -- mlp, fc3x1024, mnist_cnn, cifar10_quick and cnn_digits
-with ``batchnorm: false`` -- on the in-memory datasets (digits, mnist, cifar10, cifar100) without
-augmentation. What falls back (``can_ensemble`` says why; run each spec with ``run_training``):
-BatchNorm models (vgg11, resnet44, wrn16_4, c3, resnet50, cnn_digits with batchnorm), imagenet
-streaming, augment, delay distributions, the stop rules other than
-divergence and settle (steady_state, escape), init_checkpoint and perturb.
+What batches: the quick stand-ins (mlp, cnn_digits with or without BatchNorm, resnet_digits) and the
+paper-scale networks without BatchNorm (fc3x1024, mnist_cnn, cifar10_quick) on the in-memory datasets
+(digits, mnist, cifar10, cifar100) without augmentation. BatchNorm is per member: batch statistics of
+its own minibatch in training (and for L0), its own running statistics (stacked buffers, updated in
+place) in evaluation, as a single run's model.train()/model.eval(). What falls back (``can_ensemble``
+says why, and the workflow trains each spec with ``run_training``): the paper-scale BatchNorm networks,
+imagenet streaming, augment, delay distributions, mitigations, performance settings, init_checkpoint
+and perturb.
+
+One engine: the loop state (train.LoopState), the stop rules (train.check_stop via end_epoch: divergence,
+escape, settle, steady state), the metrics row (train.metrics_row), the learning rate (train.get_lr) and
+the set-up (train.training_setup) are Run's own; the loop below follows Run.train's phases.
+
+Kernels (``KERNELS``): "stacked" runs the R members as one network with R groups in every convolution
+(members along the channel axis; see _Stacked), "vmap" uses torch.func (any network); "auto" takes
+stacked where every layer has a stacked form. benchmarks/ensemble.py measures them.
 
 Divergence: a member whose epoch train loss is NaN/inf or > loss_factor * L0 is recorded "diverged"
 at that epoch, its outputs are written and it leaves the batch (no more updates); the others go on.
+Likewise a member that stops by another rule. Resume: members whose checkpoints stand at different
+epochs (a kill while the members' checkpoints were being written) train as separate batches.
 """
 
 from __future__ import annotations
