@@ -534,3 +534,18 @@ def can_ensemble(specs) -> tuple[bool, str]:
         return False, str(exc)
     reason = ensemble_problem(specs)
     return (reason is None), (reason or "")
+
+
+def ensemble_groups(specs: list[dict], min_members: int = 2) -> list[list[int]]:
+    """Indices of ``specs`` grouped into ensembles: the specs that share what members must
+    share (ENSEMBLE_SHARED_KEYS, the delay and the schedule), in order of first appearance, each group
+    of at least ``min_members`` that ``ensemble_problem`` accepts; the specs of no group train one by one."""
+    specs = [validate_spec(s) for s in specs]
+    by_key: dict = {}
+    for i, s in enumerate(specs):
+        o = s["optimizer"]
+        key = json.dumps([[s[k] for k in ENSEMBLE_SHARED_KEYS], o["schedule"], o["delay"], o["workers"]],
+                         sort_keys=True, default=str)
+        by_key.setdefault(key, []).append(i)
+    return [idx for idx in by_key.values()
+            if len(idx) >= min_members and ensemble_problem([specs[i] for i in idx]) is None]
