@@ -427,3 +427,14 @@ def test_the_quick_figures_batch_their_seeds():
     cnn = next(n for n in config["table1"]["networks"] if n["train"]["model"] == "cnn_digits")
     scan = [dict(cnn["train"], lr=lr, seed=s) for lr in config["table1"]["sb_lrs"] for s in config["table1"]["seeds"]]
     assert len(scan) >= t1.MIN_ENSEMBLE and t1.can_batch(scan)
+
+
+def test_convolutional_members_train_in_batches_of_at_most_max_conv_members(tmp_path, monkeypatch):
+    import delay_stability.ensemble as ens
+
+    monkeypatch.setattr(ens, "MAX_CONV_MEMBERS", 3)
+    seen = []
+    real = ens._train_group
+    monkeypatch.setattr(ens, "_train_group", lambda fam, ms, *a: (seen.append(len(ms)), real(fam, ms, *a)))
+    check_against_single(tmp_path, every_option(2, batch_size=0, **BN_MODELS["cnn_digits_bn"]), 1e-12)
+    assert seen == [3, 1]

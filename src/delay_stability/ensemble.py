@@ -85,6 +85,10 @@ CODE = ("delay_stability.ensemble",)
 #: axis, grouped convolutions; every quick stand-in), "vmap" (torch.func over any network), or
 #: "auto" (stacked where every layer has a stacked form).
 KERNELS = ("auto", "stacked", "vmap")
+#: Convolutional members train in batches of at most this many (benchmarks/results/ensemble.json:
+#: with 1 thread, 64 stacked cnn_digits members ran slower than one by one, 16 faster; the grouped
+#: convolutions are compute-bound, and larger batches only add memory traffic). None: no limit.
+MAX_CONV_MEMBERS = 16
 FALLBACK = "; use train.run_training for each spec"
 
 
@@ -360,6 +364,8 @@ class _Family:
             raise UserError(f"model {spec['model']!r} has layers with no stacked form; use kernel vmap")
         self.kernel = kernel
         self._stacked = _Stacked(self.template) if kernel == "stacked" else None
+        convolutional = any(isinstance(m, nn.Conv2d) for m in self.template.modules())
+        self.max_members = MAX_CONV_MEMBERS if convolutional else None
 
     # ---- the batched loss, gradient and evaluation (either kernel)
 
@@ -807,7 +813,10 @@ def run_ensemble(specs, out_dirs, *, kernel: str = "auto") -> list[dict]:
     for m in active:  # members resumed from checkpoints of different epochs train as separate batches
         by_step.setdefault(m.loop.step, []).append(m)
     for step in sorted(by_step):
-        _train_group(fam, by_step[step], R, summaries)
+        group = by_step[step]
+        size = fam.max_members or len(group)
+        for start in range(0, len(group), size):  # convolutional members: batches of at most MAX_CONV_MEMBERS
+            _train_group(fam, group[start:start + size], R, summaries)
     return [summaries[r] for r in range(R)]
 
 
