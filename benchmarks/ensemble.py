@@ -240,13 +240,7 @@ def main() -> None:
         "engine": {"default_kernel": "stacked (auto)", "max_conv_members": MAX_CONV_MEMBERS,
                    "why": "convolutional members train in batches of at most max_conv_members: R = 64 stacked "
                           "cnn_digits ran at or below one by one with 1 thread; an ensemble of 64 runs as 4 of 16"},
-        "why_goals_are_missed": "per step the work of R members is R times one member's: the batched kernels save "
-                                "the per-step overhead (Python, dispatch, the optimizer loop), not arithmetic. "
-                                "A single cnn_digits / resnet_digits step is ~70 ms here, almost all of it convolution "
-                                "arithmetic (single-threaded oneDNN runs near its peak already), and grouped "
-                                "convolutions over R members do the same arithmetic, so the ratio stays near "
-                                "1.2-1.5x; the MLP gains more (its steps are smaller) but its stacked step is bound by "
-                                "the batched matrix products and the (R, P) update's memory traffic.",
+        "why_goals_are_missed": "per step the work of R members is R times one member's: the batched kernels save the per-step overhead (Python, dispatch, the optimizer loop), not arithmetic. A single cnn_digits / resnet_digits step is ~40-70 ms here, mostly convolution arithmetic, and grouped convolutions over R members repeat it R times, so the ratio stays near 1-3x; the MLP's stacked step is bound by the batched matrix products and the (R, P) update's memory traffic. Under this load (see load_average) the ratios move by about 2x between runs.",
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
