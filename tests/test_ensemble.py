@@ -59,7 +59,9 @@ def compare(ens_dir, single_dir, tol):
     wa, wb = load_checkpoint(os.path.join(ens_dir, "final.pt"))["model"], load_checkpoint(os.path.join(single_dir, "final.pt"))["model"]
     assert wa.keys() == wb.keys()
     for k in wa:
-        if torch.isfinite(wb[k]).all():
+        if not wb[k].is_floating_point():  # BatchNorm's num_batches_tracked
+            assert torch.equal(wa[k], wb[k]), k
+        elif torch.isfinite(wb[k]).all():
             worst = max(worst, float((wa[k] - wb[k]).norm() / wb[k].norm().clamp_min(1e-300)))
     assert worst <= tol, worst
     sa = json.load(open(os.path.join(ens_dir, "summary.json")))
@@ -127,13 +129,15 @@ def test_a_member_stopped_by_the_nan_check_inside_an_epoch(tmp_path):
 def test_can_ensemble_refuses_with_a_reason(tmp_path):
     ok, reason = can_ensemble(members(3))
     assert ok and reason == ""
+    for model in BN_MODELS.values():  # BatchNorm stand-ins and every stop rule batch now
+        ok, reason = can_ensemble(members(3, **model, stop={"steady_state": {"window": 3}, "escape": {"factor": 2}}))
+        assert ok, reason
     cases = [
         ([base(), base(model="cnn_digits", model_args={})], "model"),
         ([base(), base(optimizer={"delay": 2})], "delay"),
-        ([base(model="cnn_digits", model_args={"batchnorm": True})] * 2, "batchnorm"),
-        ([base(model="vgg11", model_args={})], "BatchNorm"),
+        ([base(model="vgg11", model_args={})], "paper-scale"),
         ([base(optimizer={"delay": {"kind": "probs", "probs": [0.5, 0.5]}})], "constant delay"),
-        ([base(stop={"steady_state": {"window": 3}})], "steady_state"),
+        ([base(dataset="mnist", dataset_args={}, augment=True)], "augment"),
         ([base(), base(batch_size=64)], "batch_size"),
         ([base(perturb=0.1)], "perturb"),
     ]
@@ -261,3 +265,176 @@ def test_settle_stops_a_member_as_its_single_run(tmp_path):
     outs, _ = check_against_single(tmp_path, specs, 1e-10)
     statuses = [json.load(open(os.path.join(o, "summary.json")))["status"] for o in outs]
     assert "settled" in statuses and statuses != ["settled"] * 4
+
+
+# ---------------------------------------------------------------- BatchNorm stand-ins, every option
+
+BN_MODELS = {
+    "cnn_digits_bn": dict(model="cnn_digits", model_args={"batchnorm": True, "channels": [4, 8], "hidden": 16}),
+    "resnet_digits": dict(model="resnet_digits", model_args={"width": 4}),
+}
+STEP_LR = {"kind": "step", "milestones": [2], "gamma": 0.5, "warmup_epochs": 1}
+
+
+def every_option(tau, **overrides):
+    """Four members covering each variant, dampening on and off, weight decay and an LR schedule."""
+    b = base(**{"epochs": 3, **overrides})
+    return [
+        dict(b, lr=0.05, seed=1, optimizer={"delay": tau, "weight_decay": 1e-2}, lr_schedule=STEP_LR),
+        dict(b, lr=0.1, seed=2, optimizer={"delay": tau, "variant": "momentum", "momentum": 0.9, "dampening": False}),
+        dict(b, lr=0.2, seed=3, optimizer={"delay": tau, "variant": "shifted", "momentum": 0.5, "weight_decay": 1e-3},
+             lr_schedule=STEP_LR),
+        dict(b, lr=0.03, seed=4, optimizer={"delay": tau, "variant": "momentum", "momentum": -0.3, "weight_decay": 5e-3}),
+    ]
+
+
+@pytest.mark.parametrize("batch_size", [32, 0], ids=["minibatch", "fullbatch"])
+@pytest.mark.parametrize("model", list(BN_MODELS))
+def test_batchnorm_members_equal_their_single_runs(tmp_path, model, batch_size):
+    """Per-member BatchNorm: batch statistics in training (and for L0), running statistics of each
+    member's own in evaluation; weights, running statistics and every metric as the single runs."""
+    outs, _ = check_against_single(tmp_path, every_option(2, batch_size=batch_size, **BN_MODELS[model]), 1e-12)
+    for i, out in enumerate(outs):
+        state = load_checkpoint(os.path.join(out, "final.pt"))["model"]
+        means = [k for k in state if k.endswith("running_mean")]
+        assert means and all(state[k].abs().sum() > 0 for k in means)  # the running statistics moved
+        assert int(state[means[0].replace("running_mean", "num_batches_tracked")]) == json.load(
+            open(os.path.join(out, "summary.json")))["steps"]
+
+
+def test_batchnorm_random_workers_equal_their_single_runs(tmp_path):
+    check_against_single(tmp_path, random_members(3, epochs=3, **BN_MODELS["resnet_digits"]), 1e-12)
+
+
+def test_batchnorm_float32_within_1e_6(tmp_path):
+    """float32 over 16 steps (the batched kernels sum in another order; the gap grows with the steps:
+    ~1.3e-6 after 24)."""
+    check_against_single(tmp_path, every_option(2, dtype="float32", epochs=2, **BN_MODELS["cnn_digits_bn"]), 1e-6)
+
+
+def test_a_diverging_batchnorm_member_leaves_the_batch(tmp_path):
+    specs = every_option(1, epochs=6, **BN_MODELS["resnet_digits"])
+    specs[2] = dict(specs[2], lr=200.0)
+    outs = [str(tmp_path / f"e{i}") for i in range(len(specs))]
+    run_ensemble(specs, outs)
+    for i, spec in enumerate(specs):
+        run_training(spec, str(tmp_path / f"s{i}"))
+        # the diverging member's loss reaches ~1e12: rounding differences grow with it
+        compare(outs[i], str(tmp_path / f"s{i}"), 1e-6 if i == 2 else 1e-12)
+    statuses = [json.load(open(os.path.join(o, "summary.json")))["status"] for o in outs]
+    assert statuses[2] == "diverged" and statuses.count("completed") == 3
+
+
+def test_steady_state_and_escape_stop_members_as_their_single_runs(tmp_path):
+    """Every stop rule of train.check_stop batches: a steady state (with and without the gradient
+    norm), an escape that stops, a divergence; each member stops at its single run's epoch."""
+    specs = members(2, epochs=12, eval_every=5)
+    specs[0] = dict(specs[0], stop={"steady_state": {"window": 3, "rel_tol": 0.2}})
+    specs[1] = dict(specs[1], stop={"steady_state": {"window": 2, "rel_tol": 0.5, "grad_norm_tol": 10.0}})
+    specs[2] = dict(specs[2], lr=3.0, stop={"escape": {"factor": 1.0, "delta": 0.0}, "divergence": {"loss_factor": 1e300}})
+    outs, _ = check_against_single(tmp_path, specs, 1e-10)
+    summaries = [json.load(open(os.path.join(o, "summary.json"))) for o in outs]
+    assert [s["status"] for s in summaries] == ["steady", "steady", "escaped", "completed"]
+    assert summaries[2]["escaped"] and summaries[2]["epochs_to_escape"] == summaries[2]["epochs_run"]
+    for s, o in zip(summaries[:2], outs[:2]):
+        single = json.load(open(os.path.join(str(tmp_path / f"s{outs.index(o)}"), "summary.json")))
+        assert s["steady_state_epoch"] == single["steady_state_epoch"] < 12
+
+
+KILL_WHILE_WRITING = r"""
+import os, signal, sys, json
+import delay_stability.ensemble as ens
+real, calls, kill_at = ens.save_checkpoint, [0], int(sys.argv[2])
+def save(path, payload):
+    calls[0] += 1
+    if calls[0] == kill_at:  # killed while writing this member's checkpoint: a partial temporary file
+        with open(os.path.join(os.path.dirname(path), ".tmp-partial"), "wb") as f:
+            f.write(b"half a checkpoint")
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(path, payload)
+ens.save_checkpoint = save
+ens.run_ensemble(json.load(open(sys.argv[1])), sys.argv[3:])
+"""
+
+
+def test_sigkill_while_member_checkpoints_are_written(tmp_path):
+    """Killed between (and inside) the members' checkpoint writes, members resume at different
+    epochs (two at epoch 4, two at epoch 2) and end bit for bit as an uninterrupted ensemble."""
+    specs = every_option(2, epochs=6, checkpoint_every=2, **BN_MODELS["resnet_digits"])
+    spec_file = tmp_path / "specs.json"
+    spec_file.write_text(json.dumps(specs))
+    killed = [str(tmp_path / f"k{i}") for i in range(len(specs))]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-c", KILL_WHILE_WRITING, str(spec_file), "7", *killed]  # 4 saves at epoch 2, 2 at epoch 4
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    epochs = [load_checkpoint(os.path.join(k, "checkpoint.pt"))["epoch"] for k in killed]
+    assert epochs == [4, 4, 2, 2]
+    assert os.path.exists(os.path.join(killed[2], ".tmp-partial"))
+    done = subprocess.run([sys.executable, "-m", "delay_stability.ensemble", str(spec_file), *killed],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    whole = [str(tmp_path / f"w{i}") for i in range(len(specs))]
+    run_ensemble(specs, whole)
+    strip = lambda rows: [{c: v for c, v in r.items() if c != "seconds"} for r in rows]  # noqa: E731
+    for k, w, epoch in zip(killed, whole, epochs):
+        assert not os.path.exists(os.path.join(k, ".tmp-partial"))
+        assert strip(read_metrics(os.path.join(k, "metrics.csv"))) == strip(read_metrics(os.path.join(w, "metrics.csv")))
+        a, b = load_checkpoint(os.path.join(k, "final.pt")), load_checkpoint(os.path.join(w, "final.pt"))
+        for name in b["model"]:
+            assert torch.equal(a["model"][name], b["model"][name]), name
+        assert torch.equal(a["optimizer"]["delayed"]["grads"], b["optimizer"]["delayed"]["grads"])
+        assert [r["epoch"] for r in json.load(open(os.path.join(k, "run.json")))["resumed"]] == [epoch]
+
+
+def test_the_vmap_kernel_agrees_with_the_single_runs_too(tmp_path):
+    """torch.func's kernel (the fallback for layers with no stacked form) on a BatchNorm ResNet."""
+    specs = every_option(2, **BN_MODELS["resnet_digits"])
+    outs = [str(tmp_path / f"e{i}") for i in range(len(specs))]
+    run_ensemble(specs, outs, kernel="vmap")
+    for i, spec in enumerate(specs):
+        run_training(spec, str(tmp_path / f"s{i}"))
+        compare(outs[i], str(tmp_path / f"s{i}"), 1e-12)
+    with pytest.raises(UserError, match="kernel"):
+        run_ensemble(specs, outs, kernel="fast")
+
+
+def test_the_quick_figures_batch_their_seeds():
+    """Figures 11 and 5 (A-SGD arms) and Table 1's CNN at the quick scale: their runs of one delay and
+    batch size train as one ensemble; fig9's Gaussian delay does not batch and says why."""
+    import yaml
+
+    from delay_stability.experiments import imagenet as im
+    from delay_stability.experiments import spikes as sp
+    from delay_stability.experiments import table1 as t1
+    from delay_stability.spec import can_ensemble as decide
+
+    config = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "config.yaml")))["quick"]
+    fig11 = [r.spec for r in sp.runs(config["fig11"], config["fig11"]["train"])]
+    assert len(fig11) >= 3 and decide(fig11) == (True, "")
+    block = config["imagenet"]
+    groups = {}
+    for name, run in im.runs(block, "fig5", block["train"]):
+        spec = run.spec
+        groups.setdefault((json.dumps(spec["optimizer"].get("delay")), spec["batch_size"]), []).append(spec)
+    asgd = max(groups.values(), key=len)
+    assert len(asgd) >= 3 and decide(asgd) == (True, "")
+    gaussian = [run.spec for _, run in im.runs(block, "fig9", block["train"])
+                if isinstance(run.spec["optimizer"].get("delay"), dict)]
+    if gaussian:
+        ok, reason = decide(gaussian)
+        assert not ok and "constant delay" in reason
+    cnn = next(n for n in config["table1"]["networks"] if n["train"]["model"] == "cnn_digits")
+    scan = [dict(cnn["train"], lr=lr, seed=s) for lr in config["table1"]["sb_lrs"] for s in config["table1"]["seeds"]]
+    assert len(scan) >= t1.MIN_ENSEMBLE and t1.can_batch(scan)
+
+
+def test_convolutional_members_train_in_batches_of_at_most_max_conv_members(tmp_path, monkeypatch):
+    import delay_stability.ensemble as ens
+
+    monkeypatch.setattr(ens, "MAX_CONV_MEMBERS", 3)
+    seen = []
+    real = ens._train_group
+    monkeypatch.setattr(ens, "_train_group", lambda fam, ms, *a: (seen.append(len(ms)), real(fam, ms, *a)))
+    check_against_single(tmp_path, every_option(2, batch_size=0, **BN_MODELS["cnn_digits_bn"]), 1e-12)
+    assert seen == [3, 1]

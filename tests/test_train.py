@@ -492,3 +492,36 @@ def test_compute_time_law_is_checked_in_the_spec():
     with pytest.raises(UserError, match="optimizer.compute_time"):
         validate_spec({"model": "mlp", "epochs": 1, "lr": 0.1, "optimizer": {
             "workers": 3, "schedule": "compute_time", "compute_time": {"law": "uniform", "low": 2.0, "high": 1.0}}})
+
+
+# ---------------------------------------------------------------- the stop rules, shared with the ensemble
+
+
+def test_check_stop_is_pure_and_applies_each_rule_in_order():
+    from delay_stability.spec import validate_spec
+    from delay_stability.train import LoopState, check_stop, end_epoch
+
+    def stop(**rules):
+        return validate_spec({"model": "mlp", "dataset": "digits", "epochs": 1, "lr": 0.1, "stop": rules})["stop"]
+
+    state = LoopState(initial_train_loss=2.0, losses=[1.0, 1.0, 1.0])
+    before = state.to_dict()
+    assert check_stop(state, stop(), float("nan"), None) == "diverged"
+    assert check_stop(state, stop(divergence={"loss_factor": 3}), 6.5, None) == "diverged"  # 6.5 > 3 * 2
+    assert check_stop(state, stop(divergence={"loss_factor": 3}), 5.5, None) is None
+    steady = stop(steady_state={"window": 3, "rel_tol": 0.0})
+    assert check_stop(state, steady, 1.0, None) == "steady"  # max - min = 0 over the last 3
+    tol = stop(steady_state={"window": 3, "rel_tol": 0.0, "grad_norm_tol": 0.1})
+    assert check_stop(state, tol, 1.0, 0.2) is None and check_stop(state, tol, 1.0, 0.05) == "steady"
+    assert check_stop(state, tol, 1.0, None) is None
+    assert state.to_dict() == before  # pure
+    # end_epoch counts the settle run and the escape, then records the status
+    rules = stop(settle={"below": 0.5, "window": 2}, escape={"factor": 1.0, "delta": 0.5, "stop": False})
+    s = LoopState(initial_train_loss=2.0)
+    assert [end_epoch(s, rules, e, loss, None) for e, loss in enumerate([0.4, 3.0, 0.4, 0.3], 1)] == [
+        None, None, None, "settled"]
+    assert (s.escaped, s.epochs_to_escape, s.settled_epoch, s.settle_run, s.epoch) == (True, 2, 4, 2, 4)
+    assert s.losses == [0.4, 3.0, 0.4, 0.3]
+    s = LoopState(initial_train_loss=2.0)
+    assert end_epoch(s, stop(escape={"factor": 1.0, "delta": 0.5}), 1, 2.6, None) == "escaped"
+    assert LoopState.from_dict(s.to_dict()).resumed[-1]["epoch"] == 1

@@ -17,17 +17,29 @@ threads, and the delay: a constant tau (round robin) or M random workers (``sche
 geometric staleness of *Asynchrony begets Momentum*). What they may differ in: lr, seed
 (initialisation, minibatch order and, with random workers, the landing worker of every step: each
 member draws it from ``random.Random(seed)`` exactly as its DelayedSGD does), lr_schedule, momentum,
-variant (plain / momentum / shifted), dampening, weight_decay and the divergence loss_factor.
+variant (plain / momentum / shifted), dampening, weight_decay and the stop rules.
 
-What batches: the networks without BatchNorm or dropout -- mlp, fc3x1024, mnist_cnn, cifar10_quick and cnn_digits
-with ``batchnorm: false`` -- on the in-memory datasets (digits, mnist, cifar10, cifar100) without
-augmentation. What falls back (``can_ensemble`` says why; run each spec with ``run_training``):
-BatchNorm models (vgg11, resnet44, wrn16_4, c3, resnet50, cnn_digits with batchnorm), imagenet
-streaming, augment, delay distributions, the stop rules other than
-divergence and settle (steady_state, escape), init_checkpoint and perturb.
+What batches: the quick stand-ins (mlp, cnn_digits with or without BatchNorm, resnet_digits) and the
+paper-scale networks without BatchNorm (fc3x1024, mnist_cnn, cifar10_quick) on the in-memory datasets
+(digits, mnist, cifar10, cifar100) without augmentation. BatchNorm is per member: batch statistics of
+its own minibatch in training (and for L0), its own running statistics (stacked buffers, updated in
+place) in evaluation, as a single run's model.train()/model.eval(). What falls back (``can_ensemble``
+says why, and the workflow trains each spec with ``run_training``): the paper-scale BatchNorm networks,
+imagenet streaming, augment, delay distributions, mitigations, performance settings, init_checkpoint
+and perturb.
+
+One engine: the loop state (train.LoopState), the stop rules (train.check_stop via end_epoch: divergence,
+escape, settle, steady state), the metrics row (train.metrics_row), the learning rate (train.get_lr) and
+the set-up (train.training_setup) are Run's own; the loop below follows Run.train's phases.
+
+Kernels (``KERNELS``): "stacked" runs the R members as one network with R groups in every convolution
+(members along the channel axis; see _Stacked), "vmap" uses torch.func (any network); "auto" takes
+stacked where every layer has a stacked form. benchmarks/ensemble.py measures them.
 
 Divergence: a member whose epoch train loss is NaN/inf or > loss_factor * L0 is recorded "diverged"
 at that epoch, its outputs are written and it leaves the batch (no more updates); the others go on.
+Likewise a member that stops by another rule. Resume: members whose checkpoints stand at different
+epochs (a kill while the members' checkpoints were being written) train as separate batches.
 """
 
 from __future__ import annotations
@@ -37,39 +49,47 @@ import os
 import random
 import sys
 import time
-from datetime import datetime, timezone
 from types import SimpleNamespace
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from . import __version__
 from .asgd import optimizer_state, update, velocity_rows
-from .data import DTYPES, load_dataset
 from .errors import UserError
 from .files import write_json
-from .models import build_model
+from .models import CifarResNet, DigitsResNet, _CifarBasicBlock, build_model
 from .spec import BATCHED_MODELS, ENSEMBLE_SHARED_KEYS as SHARED_KEYS, can_ensemble, validate_spec  # noqa: F401
 from .spec import ensemble_problem as _why_not
 from .train import (
     NAN_CHECK_EVERY,
+    LoopState,
     Run,
+    end_epoch,
+    get_lr,
     keep_finished,
-    lr_factor,
+    metrics_row,
+    needs_grad_norm,
     prepare_folder,
-    resolve_device,
     restore_finished,
     run_key,
-    checkpoint_interval,
-    eval_batch_size,
-    fresh_loop,
     save_checkpoint,
     summary_record,
+    training_setup,
     write_metrics,
 )
 
 CODE = ("delay_stability.ensemble",)
+#: How the members' forward and backward passes are batched: "stacked" (members along the channel
+#: axis, grouped convolutions; every quick stand-in), "vmap" (torch.func over any network), or
+#: "auto" (stacked where every layer has a stacked form).
+KERNELS = ("auto", "stacked", "vmap")
+#: Convolutional members train in batches of at most this many (benchmarks/results/ensemble.json:
+#: with 1 thread, 64 stacked cnn_digits members ran slower than one by one, 16 faster; the grouped
+#: convolutions are compute-bound, and larger batches only add memory traffic). None: no limit.
+MAX_CONV_MEMBERS = 16
 FALLBACK = "; use train.run_training for each spec"
 
 
@@ -83,10 +103,6 @@ def _tau(spec: dict) -> int:
 
 
 # ================================================================ one member's bookkeeping
-
-
-def _fresh_loop() -> dict:
-    return fresh_loop()
 
 
 def _histogram(t: int, tau: int) -> list[int]:
@@ -116,9 +132,10 @@ class Member:
         self.last_staleness = None
         self.landed: set[int] = set()  # random workers that have landed (their velocity rows are written)
         self.generator = torch.Generator().manual_seed(spec["seed"])
-        self.loop = _fresh_loop()
+        self.loop = LoopState()
         self.rng_torch = None  # the global torch RNG as the single run leaves it after building its model
         self.w = self.w0 = self.ring = self.vel = None  # flat weights (P,), initial (P,), (K, P), (rows, P)
+        self.bufs: dict = {}  # the network's buffers (BatchNorm running statistics), by name
         self.lr_now = spec["lr"]
         self.t0 = time.time()
         self.epoch_result = None  # (loss, error, lr) of an epoch cut short by a NaN check
@@ -126,7 +143,7 @@ class Member:
     # ---- the single run's summaries
 
     def histogram(self) -> list[int]:
-        return list(self.hist) if self.random else _histogram(self.loop["step"], self.tau)
+        return list(self.hist) if self.random else _histogram(self.loop.step, self.tau)
 
     def staleness(self) -> tuple[int, int]:
         hist = self.histogram()
@@ -170,7 +187,7 @@ class Member:
 
     def optimizer_state(self, n_params: int) -> dict:
         """This member's DelayedSGD.state_dict() (asgd.optimizer_state), t steps taken."""
-        t, K = self.loop["step"], self.slots
+        t, K = self.loop.step, self.slots
         groups = [{"lr": self.lr_now, "momentum": self.m, "dampening": self.dampening,
                    "weight_decay": self.wd, "params": list(range(n_params))}]
         common = dict(param_groups=groups, variant=self.variant, num_slots=K, grads=self.ring.clone(),
@@ -186,24 +203,127 @@ class Member:
                                last_staleness=min(t - 1, self.tau) if t else None, **common)
 
 
+# ================================================================ members stacked along the channel axis
+#
+# The fast kernel for convolutional members (the default where every layer is known; vmap otherwise):
+# R members of one network run as ONE network whose convolutions have R groups. Images are
+# (N, R*C, H, W), member r owning channels r*C..(r+1)*C-1, so that per-channel layers (BatchNorm,
+# ReLU, pooling) act on every member at once with no reshuffling, and BatchNorm's batch and running
+# statistics are per member by construction; features are (R, N, F) and linear layers are batched
+# matrix products. The result is the same network function for each member (the sums run in another
+# order), and autograd of sum_r L_r gives each member its own gradient.
+
+
+def _to_image(x, R: int):
+    """Per-member inputs (R, N, C, H, W) as stacked images (N, R*C, H, W)."""
+    R, N, C, H, W = x.shape
+    return x.transpose(0, 1).reshape(N, R * C, H, W)
+
+
+class _Stacked:
+    """The forward pass of R members of ``template`` at once (see above); ``supports(template)``
+    says whether every module of it is known here."""
+
+    LEAVES = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Tanh, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Linear)
+    BLOCKS = (nn.Sequential, _CifarBasicBlock, DigitsResNet, CifarResNet)
+    channels_last = False  # NHWC images (measured in benchmarks/ensemble.py: slower on this CPU)
+
+    @classmethod
+    def supports(cls, template: nn.Module) -> bool:
+        return all(isinstance(m, cls.LEAVES + cls.BLOCKS) for m in template.modules())
+
+    def __init__(self, template: nn.Module):
+        self.template = template
+        self.path = {m: name for name, m in template.named_modules()}
+
+    def __call__(self, params: dict, bufs: dict, x, train: bool):
+        """Logits (R, N, classes) of every member; x: (R, N, ...) per member or (N, ...) shared;
+        BatchNorm in training mode updates ``bufs`` (stacked (R, ...)) in place."""
+        self.p, self.b, self.train = params, bufs, train
+        self.R = next(iter(params.values())).shape[0]
+        self.shared = x.dim() == 4  # one batch of images (N, C, H, W) for every member (full batch)
+        return self.run(self.template, x, None)[0]
+
+    def q(self, m, name):
+        key = f"{self.path[m]}.{name}" if self.path[m] else name
+        return self.p[key] if key in self.p else self.b.get(key)
+
+    def run(self, m, x, image):
+        """(output, image?) of module m on x; image None = the raw input, not yet converted."""
+        R = self.R
+        if isinstance(m, nn.Sequential):
+            for child in m:
+                x, image = self.run(child, x, image)
+            return x, image
+        if isinstance(m, nn.Conv2d):
+            groups = m.groups * R
+            if image is None and self.shared:  # the members' filters side by side on the one input
+                groups = m.groups
+            elif image is None:
+                x = _to_image(x, R)
+            if self.channels_last and image is None:
+                x = x.contiguous(memory_format=torch.channels_last)
+            w, b = self.q(m, "weight"), self.q(m, "bias")
+            out = F.conv2d(x, w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1),
+                           m.stride, m.padding, m.dilation, groups)
+            return out, True
+        if isinstance(m, nn.BatchNorm2d):
+            rm, rv = self.q(m, "running_mean"), self.q(m, "running_var")
+            if self.train and m.track_running_stats:
+                self.q(m, "num_batches_tracked").add_(1)
+            out = F.batch_norm(x, rm.view(-1), rv.view(-1), self.q(m, "weight").reshape(-1),
+                               self.q(m, "bias").reshape(-1), self.train, m.momentum, m.eps)
+            return out, image
+        if isinstance(m, (nn.ReLU, nn.Tanh)):
+            return (torch.relu(x) if isinstance(m, nn.ReLU) else torch.tanh(x)), image
+        if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+            return m(x), image
+        if isinstance(m, nn.Flatten):
+            if image:
+                return x.reshape(x.shape[0], R, -1).transpose(0, 1), False
+            if self.shared:  # one input for every member: (N, F), broadcast by the first linear layer
+                return x.reshape(x.shape[0], -1), False
+            return x.reshape(R, x.shape[1], -1), False
+        if isinstance(m, nn.Linear):
+            w, b = self.q(m, "weight"), self.q(m, "bias")
+            if x.dim() == 2:  # shared input (N, F): one matrix product for all members
+                out = torch.matmul(x, w.transpose(1, 2))
+            else:
+                out = torch.bmm(x, w.transpose(1, 2))
+            return (out if b is None else out + b.unsqueeze(1)), False
+        if isinstance(m, _CifarBasicBlock):
+            out, _ = self.run(m.conv1, x, True)
+            out, _ = self.run(m.bn1, out, True)
+            out, _ = self.run(m.conv2, torch.relu(out), True)
+            out, _ = self.run(m.bn2, out, True)
+            shortcut = x
+            if m.stride != 1 or m.pad:
+                shortcut = x[:, :, :: m.stride, :: m.stride]
+                N, RC, H, W = shortcut.shape
+                shortcut = F.pad(shortcut.reshape(N, R, RC // R, H, W),
+                                 (0, 0, 0, 0, m.pad // 2, m.pad - m.pad // 2)).reshape(N, -1, H, W)
+            return torch.relu(out + shortcut), True
+        if isinstance(m, (DigitsResNet, CifarResNet)):
+            out, _ = self.run(m.conv, x, image)
+            out, _ = self.run(m.bn, out, True)
+            out, _ = self.run(m.blocks, torch.relu(out), True)
+            out = F.adaptive_avg_pool2d(out, 1)
+            return self.run(m.fc, out.reshape(out.shape[0], R, -1).transpose(0, 1), False)
+        raise TypeError(f"no stacked form of {type(m).__name__}")  # supports() rules this out
+
+
 # ================================================================ the engine
 
 
 class _Family:
     """What all members share: the data, the template network, its parameter layout, the loss."""
 
-    def __init__(self, spec: dict):
-        if spec["threads"] is not None:
-            torch.set_num_threads(spec["threads"])
+    def __init__(self, spec: dict, kernel: str = "auto"):
         self.spec = spec
-        self.device = resolve_device(spec["device"])
-        self.dtype = DTYPES[spec["dtype"]]
-        self.data = load_dataset(spec, self.device)
-        self.batch_size = spec["batch_size"]
-        self.steps_per_epoch = self.data.steps_per_epoch(self.batch_size)
-        self.full_batch = self.steps_per_epoch == 1
-        self.eval_batch = eval_batch_size(spec, self.full_batch)
-        self.checkpoint_every = checkpoint_interval(spec)
+        setup = training_setup(spec)  # Run's own set-up: device, dtype, data, batch sizes, intervals
+        self.device, self.dtype, self.data = setup.device, setup.dtype, setup.data
+        self.batch_size, self.steps_per_epoch, self.full_batch = setup.batch_size, setup.steps_per_epoch, setup.full_batch
+        self.eval_batch, self.checkpoint_every = setup.eval_batch, setup.checkpoint_every
         self.template = build_model(spec["model"], **spec["model_args"]).to(self.device, self.dtype)
         self.names, self.shapes, self.offsets = [], [], []
         off = 0
@@ -213,14 +333,18 @@ class _Family:
             self.offsets.append((off, p.numel()))
             off += p.numel()
         self.numel = off
+        self.buffer_names = [name for name, _ in self.template.named_buffers()]
+        self.keys = list(self.template.state_dict().keys())  # the single run's state_dict order
         self.mse = spec["loss"] == "mse"
         self.num_classes = self.data.num_classes if hasattr(self.data, "num_classes") else None
 
-        def forward(params, x):
-            return functional_call(self.template, params, (x,))
+        def forward(params, buffers, x):
+            # BatchNorm in training mode normalises by this member's batch statistics and updates its
+            # running statistics in place: ``buffers`` are this member's slice of the stacked buffers
+            return functional_call(self.template, (params, buffers), (x,))
 
-        def member_loss(params, x, target):
-            out = forward(params, x)
+        def member_loss(params, buffers, x, target):
+            out = forward(params, buffers, x)
             if self.mse:  # train.build_loss's mse, with the one-hot target made outside vmap
                 loss = 0.5 * (out - target).pow(2).sum(dim=1).mean()
             else:
@@ -230,12 +354,57 @@ class _Family:
         self._member_loss = member_loss
         self._forward = forward
 
-        def total_loss(params, x, target, x_dim):
-            losses, outs = vmap(member_loss, in_dims=(0, x_dim, x_dim))(params, x, target)
+        def total_loss(params, buffers, x, target, x_dim):
+            losses, outs = vmap(member_loss, in_dims=(0, 0, x_dim, x_dim))(params, buffers, x, target)
             return losses.sum(), (losses, outs)  # d(sum_r L_r)/dw_r = dL_r/dw_r: the members are independent
 
-        self._grad_fns = {d: grad(lambda p, x, t, d=d: total_loss(p, x, t, d), has_aux=True) for d in (0, None)}
-        self._eval_fn = vmap(member_loss, in_dims=(0, None, None))
+        self._grad_fns = {d: grad(lambda p, b, x, t, d=d: total_loss(p, b, x, t, d), has_aux=True) for d in (0, None)}
+        self._eval_fn = vmap(member_loss, in_dims=(0, 0, None, None))
+        if kernel not in KERNELS:
+            raise UserError(f"ensemble kernel {kernel!r}: choose {', '.join(KERNELS)}")
+        if kernel == "auto":
+            kernel = "stacked" if _Stacked.supports(self.template) else "vmap"
+        elif kernel == "stacked" and not _Stacked.supports(self.template):
+            raise UserError(f"model {spec['model']!r} has layers with no stacked form; use kernel vmap")
+        self.kernel = kernel
+        self._stacked = _Stacked(self.template) if kernel == "stacked" else None
+        convolutional = any(isinstance(m, nn.Conv2d) for m in self.template.modules())
+        self.max_members = MAX_CONV_MEMBERS if convolutional else None
+
+    # ---- the batched loss, gradient and evaluation (either kernel)
+
+    def _losses(self, out, target):
+        """Per-member mean loss (R,) of logits (R, N, K): train.build_loss's, member by member."""
+        if self.mse:
+            return 0.5 * (out - target).pow(2).sum(dim=-1).mean(dim=-1)
+        R, N, K = out.shape
+        target = target.expand(R, N) if target.dim() == 1 else target
+        return F.cross_entropy(out.reshape(R * N, K), target.reshape(R * N), reduction="none").view(R, N).mean(dim=1)
+
+    def grads(self, params: dict, bufs: dict, x, target, x_dim):
+        """({name: dL_r/dw_r stacked (R, *shape)}, (losses (R,), logits (R, N, K))) at the
+        members' weights, BatchNorm in training mode (its running statistics in ``bufs`` updated);
+        x: (R, N, ...) per member (x_dim 0) or (N, ...) shared (x_dim None)."""
+        if self._stacked is None:
+            return self._grad_fns[x_dim](params, bufs, x, target)
+        leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
+        with torch.enable_grad():
+            out = self._stacked(leaves, bufs, x, True)
+            losses = self._losses(out, target)
+            gs = torch.autograd.grad(losses.sum(), [leaves[n] for n in self.names])
+        return dict(zip(self.names, gs)), (losses.detach(), out.detach())
+
+    def evaluate(self, params: dict, bufs: dict, x, target, train: bool):
+        """(losses (R,), logits (R, N, K)) on one batch shared by every member, BatchNorm in
+        training mode (updating ``bufs``) or in eval mode."""
+        if self._stacked is not None:
+            out = self._stacked(params, bufs, x, train)
+            return self._losses(out, target), out
+        self.template.train(train)
+        try:
+            return self._eval_fn(params, bufs, x, target)
+        finally:
+            self.template.train(True)
 
     # ---- layout
 
@@ -244,8 +413,14 @@ class _Family:
         R = flat.shape[0]
         return {n: flat[:, o:o + k].view(R, *s) for n, s, (o, k) in zip(self.names, self.shapes, self.offsets)}
 
-    def state_dict(self, w: torch.Tensor) -> dict:
-        return {n: w[o:o + k].view(s).clone() for n, s, (o, k) in zip(self.names, self.shapes, self.offsets)}
+    def state_dict(self, w: torch.Tensor, bufs: dict) -> dict:
+        """The single run's ``model.state_dict()`` from flat weights (P,) and buffers, in its order."""
+        params = {n: w[o:o + k].view(s).clone() for n, s, (o, k) in zip(self.names, self.shapes, self.offsets)}
+        return {k: params[k] if k in params else bufs[k].clone() for k in self.keys}
+
+    def stack_buffers(self, members) -> dict:
+        """The members' buffers stacked along a leading member axis (R, *shape)."""
+        return {n: torch.stack([m.bufs[n] for m in members]) for n in self.buffer_names}
 
     def flatten(self, state: dict) -> torch.Tensor:
         return torch.cat([state[n].to(self.device, self.dtype).reshape(-1) for n in self.names])
@@ -260,15 +435,20 @@ class _Family:
     # ---- evaluation, as Run._mean_loss does it
 
     @torch.no_grad()
-    def mean_loss(self, w: torch.Tensor, batches) -> tuple[list[float], list[float]]:
+    def mean_loss(self, w: torch.Tensor, bufs: dict, batches, train: bool) -> tuple[list[float], list[float]]:
+        """Per member: mean loss and error over ``batches``, with BatchNorm in training mode (batch
+        statistics; the running statistics are left untouched, as Run._initial_train_loss does) or in
+        eval mode (the running statistics, as Run._row's validation)."""
         R = w.shape[0]
         params = self.views(w)
+        if train:
+            bufs = {n: b.clone() for n, b in bufs.items()}
         total = torch.zeros(R, dtype=torch.float64, device=self.device)
         wrong = torch.zeros(R, dtype=torch.int64, device=self.device)
         n = count = 0
         loss = None
         for x, y in batches:
-            loss, out = self._eval_fn(params, x, self.target(y))
+            loss, out = self.evaluate(params, bufs, x, self.target(y), train)
             loss = loss.double()
             total += loss * len(y)
             wrong += (out.argmax(-1) != y).sum(dim=1)
@@ -285,44 +465,39 @@ class _Family:
         return [math.sqrt(sum(row)) for row in sums]
 
 
-def _row(fam: _Family, members: list[Member], w: torch.Tensor, epoch: int, stats) -> list[dict]:
-    """Run._row for these members (weights ``w``, one row each), stats = [(train_loss, error, lr)]."""
-    val_loss, val_error = fam.mean_loss(w, fam.data.val_batches(fam.eval_batch))
+def _rows(fam: _Family, members: list[Member], w: torch.Tensor, bufs: dict, epoch: int, stats) -> None:
+    """Append the metrics row of ``epoch`` (train.metrics_row) to each member's loop; ``w`` (R, P)
+    and ``bufs`` are their weights and buffers, stats = [(train_loss, error, lr)] one per member."""
+    val_loss, val_error = fam.mean_loss(w, bufs, fam.data.val_batches(fam.eval_batch), train=False)
     w0 = torch.stack([m.w0 for m in members])
     weight_norm, dist = fam.norms(w), fam.norms(w - w0)
-    rows = []
+    now = time.time()
     for i, m in enumerate(members):
-        total, count = m.staleness()
-        prev_total, prev_count = m.loop["staleness_at_row"]
-        m.loop["staleness_at_row"] = (total, count)
-        landed = count - prev_count
         loss, error, lr = stats[i]
-        row = {
-            "epoch": epoch, "step": m.loop["step"], "lr": lr, "train_loss": loss, "train_error": error,
-            "val_loss": val_loss[i], "val_error": val_error[i], "weight_norm": weight_norm[i],
-            "dist_from_init": dist[i], "mean_staleness": (total - prev_total) / landed if landed else None,
-            "seconds": round(m.loop["seconds"] + time.time() - m.t0, 3),
-        }
-        m.loop["rows"].append(row)
-        rows.append(row)
-    return rows
+        m.loop.rows.append(metrics_row(m.loop, epoch, lr, (loss, error), (val_loss[i], val_error[i]), weight_norm[i],
+                                       dist[i], m.staleness(), m.loop.seconds + now - m.t0))
+
+
+def _one(m: Member) -> tuple[torch.Tensor, dict]:
+    """A member out of the batch as a batch of one: weights (1, P) and buffers (1, ...)."""
+    return m.w.unsqueeze(0), {n: b.unsqueeze(0) for n, b in m.bufs.items()}
 
 
 def _payload(fam: _Family, m: Member) -> dict:
     """The single run's checkpoint of member ``m`` (Run.save's keys)."""
     now = time.time()
-    m.loop["seconds"] += now - m.t0
+    m.loop.seconds += now - m.t0
     m.t0 = now
     return {
         "spec": m.spec,
-        "model": fam.state_dict(m.w),
+        "model": fam.state_dict(m.w, m.bufs),
         "optimizer": m.optimizer_state(len(fam.names)),
-        "init_params": [t.clone() for t in fam.state_dict(m.w0).values()],
+        "init_params": [m.w0[o:o + k].view(s).clone() for s, (o, k) in zip(fam.shapes, fam.offsets)],
         "rng": {"torch": m.rng_torch, "cuda": None, "data": m.generator.get_state()},
-        "loop": m.loop,
-        "epoch": m.loop["epoch"],
-        "step": m.loop["step"],
-        "metrics": m.loop["rows"],
+        "loop": m.loop.to_dict(),
+        "epoch": m.loop.epoch,
+        "step": m.loop.step,
+        "metrics": m.loop.rows,
         "package_version": __version__,
         "callbacks": [],
     }
@@ -338,7 +513,7 @@ def _finish(fam: _Family, m: Member, members: int) -> dict:
     """Run.finish for one member: final.pt, metrics.csv, summary.json, run.json; drop checkpoint.pt."""
     out = m.out_dir
     save_checkpoint(os.path.join(out, "final.pt"), _payload(fam, m))
-    write_metrics(os.path.join(out, "metrics.csv"), m.loop["rows"])
+    write_metrics(os.path.join(out, "metrics.csv"), m.loop.rows)
     summary = _summary(fam, m)
     write_json(os.path.join(out, "summary.json"), summary)
     prov = Run.provenance(SimpleNamespace(spec=m.spec, device=fam.device, loop=m.loop))
@@ -351,20 +526,6 @@ def _finish(fam: _Family, m: Member, members: int) -> dict:
     return summary
 
 
-def _check_stop(m: Member, epoch: int, loss: float) -> None:
-    """Run._check_stop with the divergence and settle rules (the others are refused): a member
-    that settled (train loss below ``settle.below`` for ``window`` epochs) leaves the batch."""
-    l0, loop = m.loop["initial_train_loss"], m.loop
-    if not math.isfinite(loss) or loss > m.spec["stop"]["divergence"]["loss_factor"] * l0:
-        loop["diverged"], loop["diverged_epoch"], loop["status"] = True, epoch, "diverged"
-        return
-    settle = m.spec["stop"]["settle"]
-    if settle is not None:
-        loop["settle_run"] = loop["settle_run"] + 1 if loss < settle["below"] else 0
-        if loop["settle_run"] >= settle["window"]:
-            loop["settled_epoch"], loop["status"] = epoch, "settled"
-
-
 class _Batch:
     """The members still training, as stacked tensors: weights (R, P), ring (K, R, P), velocities."""
 
@@ -373,6 +534,9 @@ class _Batch:
         self.K = members[0].slots
         self.random = members[0].random
         self.w = torch.stack([m.w for m in members])
+        self.bufs = fam.stack_buffers(members)
+        self.grad_norms = any(needs_grad_norm(m.spec["stop"]) for m in members)
+        self.last_grads = None  # (R, P): the last step's gradients, for the steady-state rule's norm
         self.ring = torch.stack([m.ring for m in members], dim=1).contiguous()
         variants = {m.variant for m in members}
         rows = self.K if "shifted" in variants else (1 if "momentum" in variants else 0)
@@ -416,9 +580,11 @@ class _Batch:
         """One DelayedSGD step (round robin or random workers) for every member; returns (losses (R,), outputs)."""
         fam = self.fam
         with torch.enable_grad():
-            grads, (losses, outs) = fam._grad_fns[x_dim](fam.views(self.w), x, target)
+            grads, (losses, outs) = fam.grads(fam.views(self.w), self.bufs, x, target, x_dim)
         R, K = self.w.shape[0], self.K
         flat = torch.cat([grads[n].reshape(R, -1) for n in fam.names], dim=1)
+        if self.grad_norms:
+            self.last_grads = flat
         if self.random:  # each member's own landing worker (DelayedSGD's draws), gathered per member
             slots = [m.random_step(t) for m in self.members]
             write = torch.tensor([w for w, _ in slots], device=fam.device)
@@ -462,6 +628,7 @@ class _Batch:
         """Copy member i's state out of the batch (into its Member)."""
         m = self.members[i]
         m.w = self.w[i].clone()
+        m.bufs = {n: b[i].clone() for n, b in self.bufs.items()}
         m.ring = self.ring[:, i].clone()
         if m.variant == "plain" or self.vel is None:
             m.vel = None
@@ -473,43 +640,52 @@ class _Batch:
         idx = torch.tensor(keep, device=self.fam.device)
         self.members = [self.members[i] for i in keep]
         self.w = self.w.index_select(0, idx)
+        self.bufs = {n: b.index_select(0, idx) for n, b in self.bufs.items()}
+        if self.last_grads is not None:
+            self.last_grads = self.last_grads.index_select(0, idx)
         self.ring = self.ring.index_select(1, idx).contiguous()
         if self.vel is not None:
             self.vel = self.vel.index_select(1, idx).contiguous()
         self._set_hyper()
 
 
+def _batch_order(fam: _Family, members: list[Member]):
+    """Each member's permutation of the training set for one epoch, drawn from its own generator as
+    TensorDataset.train_batches draws it, stacked (R, N); None when training is full batch (the
+    stored tensor, no permutation, no generator draw)."""
+    if fam.full_batch:
+        return None
+    orders = torch.stack([torch.randperm(fam.data.num_train, generator=m.generator) for m in members])
+    return orders.to(fam.data.train_x.device)
+
+
 def _train_group(fam: _Family, members: list[Member], total_members: int, summaries: dict) -> None:
-    """Train members that stand at the same epoch and step to the end, as one batch."""
+    """Train members that stand at the same epoch and step to the end, as one batch: Run.train's
+    loop (one epoch per pass, in the same phases), every member's state stacked along axis 0."""
     epochs = fam.spec["epochs"]
     for m in members:
         m.t0 = time.time()
     batch = _Batch(fam, members)
-    spe = fam.steps_per_epoch
-    while batch.members and batch.members[0].loop["epoch"] < epochs:
+    spe, data = fam.steps_per_epoch, fam.data
+    while batch.members and batch.members[0].loop.epoch < epochs:
         ms = batch.members
-        epoch = ms[0].loop["epoch"] + 1
-        t = ms[0].loop["step"]
+        epoch = ms[0].loop.epoch + 1
+        t = ms[0].loop.step
         R = len(ms)
+        # ---- train one epoch: every member's minibatch, one batched forward/backward, the DelayedSGD step
         total = torch.zeros(R, dtype=torch.float64, device=fam.device)
         wrong = torch.zeros(R, dtype=torch.int64, device=fam.device)
         n, loss, lrs = 0, None, None
-        cut = []  # members whose epoch a NaN check ended early
-        data = fam.data
-        if fam.full_batch:  # train_batches: the stored tensor, no permutation, no generator draw
-            starts, orders = [None], None
-        else:  # each member's permutation, drawn from its generator as TensorDataset.train_batches draws it
-            starts = range(0, data.num_train, fam.batch_size)
-            orders = torch.stack([torch.randperm(data.num_train, generator=m.generator) for m in ms])
-            orders = orders.to(data.train_x.device)
-        for start in starts:
+        cut = []  # members whose epoch a NaN check ended early (Run._train_epoch breaks out)
+        orders = _batch_order(fam, ms)
+        for start in ([None] if orders is None else range(0, data.num_train, fam.batch_size)):
             ms = batch.members
             if orders is None:
                 x, y, x_dim = data.train_x, data.train_y, None
             else:
                 idx = orders[:, start:start + fam.batch_size]
                 x, y, x_dim = data.train_x[idx], data.train_y[idx], 0
-            lrs = [m.spec["lr"] * lr_factor(m.spec["lr_schedule"], epoch - 1, t, spe) for m in ms]
+            lrs = [get_lr(m.spec, epoch - 1, t, spe) for m in ms]
             batch.set_lrs(lrs)
             loss, out = batch.step(t, x, fam.target(y), x_dim)
             t += 1
@@ -518,13 +694,13 @@ def _train_group(fam: _Family, members: list[Member], total_members: int, summar
             n += y.shape[-1]
             if not fam.full_batch and t % NAN_CHECK_EVERY == 0:
                 bad = (~torch.isfinite(loss)).nonzero().flatten().tolist()
-                if bad:  # Run._train_epoch breaks out of the epoch: these members stop here
+                if bad:  # these members' epochs end here, as their single runs' do; they leave the batch
                     sums, wr = total.tolist(), wrong.tolist()
                     for i in bad:
                         m = ms[i]
-                        m.lr_now, m.loop["step"] = lrs[i], t
+                        m.lr_now, m.loop.step = lrs[i], t
                         batch.extract(i)
-                        m.epoch_result = (sums[i] / n, wr[i] / n, lrs[i])
+                        m.epoch_result = (sums[i] / n, wr[i] / n, lrs[i], None)
                         cut.append(m)
                     keep = [i for i in range(len(ms)) if i not in bad]
                     if not keep:
@@ -536,31 +712,29 @@ def _train_group(fam: _Family, members: list[Member], total_members: int, summar
                     orders = orders.index_select(0, k.to(orders.device))
                     lrs = [lrs[i] for i in keep]
         ms = batch.members
-        # epoch stats of the members that ran the whole epoch
-        if ms:
-            if fam.full_batch:
-                losses = loss.double().tolist()
-            else:
-                losses = [v / n for v in total.tolist()]
+        if ms:  # the epoch's train loss and error of the members that ran all of it
+            losses = loss.double().tolist() if fam.full_batch else [v / n for v in total.tolist()]
             errors = [v / n for v in wrong.tolist()]
+            grad_norms = fam.norms(batch.last_grads) if batch.last_grads is not None else [None] * len(ms)
             for i, m in enumerate(ms):
-                m.lr_now, m.loop["step"] = lrs[i], t
-                m.epoch_result = (losses[i], errors[i], lrs[i])
-        everyone = ms + cut
-        for m in everyone:
-            loss_e = m.epoch_result[0]
-            m.loop["epoch"] = epoch
-            m.loop["losses"].append(loss_e)
-            _check_stop(m, epoch, loss_e)
-        # metric rows: members stopping, and everyone on eval epochs / the last epoch
+                m.lr_now, m.loop.step = lrs[i], t
+                m.epoch_result = (losses[i], errors[i], lrs[i], grad_norms[i])
+        # ---- stop rules (train.check_stop, as Run's)
+        for m in ms + cut:
+            loss_e, _, _, grad_norm = m.epoch_result
+            end_epoch(m.loop, m.spec["stop"], epoch, loss_e, grad_norm)
+        # ---- evaluate: rows for every member on eval epochs and the last one, and for members that stop
         eval_epoch = epoch % fam.spec["eval_every"] == 0 or epoch == epochs
-        need = [i for i, m in enumerate(ms) if eval_epoch or m.loop["status"] is not None]
+        need = [i for i, m in enumerate(ms) if eval_epoch or m.loop.status is not None]
         if need:
-            _row(fam, [ms[i] for i in need], batch.w[need], epoch, [ms[i].epoch_result for i in need])
+            sel = torch.tensor(need, device=fam.device)
+            _rows(fam, [ms[i] for i in need], batch.w.index_select(0, sel),
+                  {k: b.index_select(0, sel) for k, b in batch.bufs.items()}, epoch,
+                  [ms[i].epoch_result[:3] for i in need])
         for m in cut:
-            _row(fam, [m], m.w.unsqueeze(0), epoch, [m.epoch_result])
-        # members that stopped leave the batch and are finished
-        stopped = [i for i, m in enumerate(ms) if m.loop["status"] is not None]
+            _rows(fam, [m], *_one(m), epoch, [m.epoch_result[:3]])
+        # ---- members that stopped leave the batch and are finished
+        stopped = [i for i, m in enumerate(ms) if m.loop.status is not None]
         for i in stopped:
             batch.extract(i)
         if stopped:
@@ -569,19 +743,20 @@ def _train_group(fam: _Family, members: list[Member], total_members: int, summar
             summaries[m.index] = _finish(fam, m, total_members)
         for m in batch.members:
             m.epoch_result = None
+        # ---- checkpoint every member (each its single run's checkpoint.pt)
         if batch.members and epoch % fam.checkpoint_every == 0 and epoch < epochs:
             for i, m in enumerate(batch.members):
                 batch.extract(i)
                 save_checkpoint(os.path.join(m.out_dir, "checkpoint.pt"), _payload(fam, m))
-                write_metrics(os.path.join(m.out_dir, "metrics.csv"), m.loop["rows"])
+                write_metrics(os.path.join(m.out_dir, "metrics.csv"), m.loop.rows)
     for i, m in enumerate(batch.members):
         batch.extract(i)
-        if m.loop["status"] is None:
-            m.loop["status"] = "completed"
+        if m.loop.status is None:
+            m.loop.status = "completed"
         summaries[m.index] = _finish(fam, m, total_members)
 
 
-def run_ensemble(specs, out_dirs) -> list[dict]:
+def run_ensemble(specs, out_dirs, *, kernel: str = "auto") -> list[dict]:
     """Train every spec as one batched ensemble, member r writing ``out_dirs[r]`` as
     ``train.run_training(specs[r], out_dirs[r])`` would (resuming each from its checkpoint of the
     same spec); returns the summaries in order. UserError when the specs cannot be batched
@@ -596,7 +771,7 @@ def run_ensemble(specs, out_dirs) -> list[dict]:
     if reason is not None:
         raise UserError(f"cannot train these specs as one ensemble: {reason}{FALLBACK}")
     R = len(specs)
-    fam = _Family(specs[0])
+    fam = _Family(specs[0], kernel)
     summaries: dict[int, dict] = {}
     pending = []
     code_part = run_key(specs[0], CODE).rsplit("-", 1)[1]  # hashing the code costs ~0.5 s: once
@@ -614,17 +789,20 @@ def run_ensemble(specs, out_dirs) -> list[dict]:
         else:
             _init(fam, m)
         pending.append(m)
-    fresh = [m for m in pending if m.loop["rows"] == []]
+    fresh = [m for m in pending if m.loop.rows == []]
     if fresh:
         _start(fam, fresh)
-    for m in [m for m in pending if m.loop["status"] is not None]:  # a finished run found as final.pt
+    for m in [m for m in pending if m.loop.status is not None]:  # a finished run found as final.pt
         summaries[m.index] = _finish(fam, m, R)
-    active = [m for m in pending if m.loop["status"] is None]
+    active = [m for m in pending if m.loop.status is None]
     by_step: dict[int, list[Member]] = {}
     for m in active:  # members resumed from checkpoints of different epochs train as separate batches
-        by_step.setdefault(m.loop["step"], []).append(m)
+        by_step.setdefault(m.loop.step, []).append(m)
     for step in sorted(by_step):
-        _train_group(fam, by_step[step], R, summaries)
+        group = by_step[step]
+        size = fam.max_members or len(group)
+        for start in range(0, len(group), size):  # convolutional members: batches of at most MAX_CONV_MEMBERS
+            _train_group(fam, group[start:start + size], R, summaries)
     return [summaries[r] for r in range(R)]
 
 
@@ -643,6 +821,7 @@ def _init(fam: _Family, m: Member) -> None:
     model = build_model(m.spec["model"], **m.spec["model_args"]).to(fam.device, fam.dtype)
     m.rng_torch = torch.get_rng_state()
     m.w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    m.bufs = {n: b.detach().clone() for n, b in model.named_buffers()}
     m.w0 = m.w.clone()
     m.ring = torch.zeros(m.slots, fam.numel, dtype=fam.dtype, device=fam.device)
     rows = {"plain": 0, "momentum": 1, "shifted": m.slots}[m.variant]
@@ -650,20 +829,23 @@ def _init(fam: _Family, m: Member) -> None:
 
 
 def _start(fam: _Family, members: list[Member]) -> None:
-    """Run.start for fresh members: L0 over unshuffled training batches, then the row of epoch 0."""
-    w = torch.stack([m.w for m in members])
-    losses, errors = fam.mean_loss(w, fam.data.train_batches(fam.batch_size, shuffle=False, augment=False))
+    """Run.start for fresh members: L0 over unshuffled training batches in the training step's mode
+    (BatchNorm batch statistics, running statistics untouched), then the row of epoch 0."""
+    w, bufs = torch.stack([m.w for m in members]), fam.stack_buffers(members)
+    batches = fam.data.train_batches(fam.batch_size, shuffle=False, augment=False)
+    losses, errors = fam.mean_loss(w, bufs, batches, train=True)
     stats = []
     for m, loss, error in zip(members, losses, errors):
-        m.loop["initial_train_loss"], m.loop["initial_train_error"] = loss, error
+        m.loop.initial_train_loss, m.loop.initial_train_error = loss, error
         m.t0 = time.time()
-        stats.append((loss, error, m.spec["lr"] * lr_factor(m.spec["lr_schedule"], 0, 0, fam.steps_per_epoch)))
-    _row(fam, members, w, 0, stats)
+        stats.append((loss, error, get_lr(m.spec, 0, 0, fam.steps_per_epoch)))
+    _rows(fam, members, w, bufs, 0, stats)
 
 
 def _restore(fam: _Family, m: Member, ckpt: dict) -> None:
     """Run._restore for one member from its checkpoint (the single run's format)."""
     m.w = fam.flatten(ckpt["model"])
+    m.bufs = {n: ckpt["model"][n].to(fam.device).clone() for n in fam.buffer_names}
     m.w0 = torch.cat([t.to(fam.device, fam.dtype).reshape(-1) for t in ckpt["init_params"]])
     opt = ckpt["optimizer"]
     delayed = opt["delayed"]
@@ -683,10 +865,7 @@ def _restore(fam: _Family, m: Member, ckpt: dict) -> None:
     m.ring = delayed["grads"].to(fam.device, fam.dtype).clone()
     m.vel = None if delayed["velocity"] is None else delayed["velocity"].to(fam.device, fam.dtype).clone()
     m.lr_now = opt["param_groups"][0]["lr"]
-    m.loop = ckpt["loop"]
-    m.loop["resumed"] = list(m.loop["resumed"]) + [
-        {"epoch": m.loop["epoch"], "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    ]
+    m.loop = LoopState.from_dict(ckpt["loop"])
     m.rng_torch = ckpt["rng"]["torch"]
     m.generator.set_state(ckpt["rng"]["data"])
     m.t0 = time.time()

@@ -551,8 +551,9 @@ def apply_overrides(spec: dict, assignments) -> dict:
 # of the specs alone, and the workflow asks it when it builds the DAG (without importing torch).
 # ------------------------------------------------------------------------------------------------
 
-#: Models that batch (no BatchNorm, no dropout); cnn_digits only with batchnorm false.
-BATCHED_MODELS = ("mlp", "cnn_digits", "mnist_cnn", "fc3x1024", "cifar10_quick")
+#: Models that batch: the quick stand-ins (BatchNorm per member: batch and running statistics of its
+#: own) and the paper-scale networks without BatchNorm.
+BATCHED_MODELS = ("mlp", "cnn_digits", "resnet_digits", "mnist_cnn", "fc3x1024", "cifar10_quick")
 #: Spec keys every member of an ensemble must share.
 ENSEMBLE_SHARED_KEYS = ("model", "model_args", "dataset", "dataset_args", "dtype", "device", "loss",
                         "batch_size", "epochs", "eval_every", "checkpoint_every", "threads")
@@ -565,9 +566,8 @@ def ensemble_problem(specs: list[dict]) -> str | None:
     first = specs[0]
     for i, s in enumerate(specs):
         if s["model"] not in BATCHED_MODELS:
-            return f"spec {i}: model {s['model']!r} has BatchNorm and is not batched (batched: {', '.join(BATCHED_MODELS)})"
-        if s["model"] == "cnn_digits" and s["model_args"].get("batchnorm", False):
-            return f"spec {i}: cnn_digits with batchnorm is not batched (BatchNorm statistics are per member state)"
+            return (f"spec {i}: model {s['model']!r} is a paper-scale network, trained one run per job "
+                    f"(batched: {', '.join(BATCHED_MODELS)})")
         if s["dataset"] == "imagenet":
             return f"spec {i}: imagenet is streamed from disk and is not batched"
         if s["augment"]:
@@ -586,9 +586,6 @@ def ensemble_problem(specs: list[dict]) -> str | None:
         if o["schedule"] != first["optimizer"]["schedule"]:
             return (f"spec {i} has schedule {o['schedule']!r} but spec 0 has {first['optimizer']['schedule']!r}; "
                     "members must share the schedule")
-        for rule in ("steady_state", "escape"):
-            if s["stop"][rule] is not None:
-                return f"spec {i}: stop rule {rule!r} is not batched (only divergence and settle)"
         if s["init_checkpoint"]:
             return f"spec {i}: init_checkpoint is not batched"
         if s["perturb"]:
@@ -615,3 +612,18 @@ def can_ensemble(specs) -> tuple[bool, str]:
         return False, str(exc)
     reason = ensemble_problem(specs)
     return (reason is None), (reason or "")
+
+
+def ensemble_groups(specs: list[dict], min_members: int = 2) -> list[list[int]]:
+    """Indices of ``specs`` grouped into ensembles: the specs that share what members must
+    share (ENSEMBLE_SHARED_KEYS, the delay and the schedule), in order of first appearance, each group
+    of at least ``min_members`` that ``ensemble_problem`` accepts; the specs of no group train one by one."""
+    specs = [validate_spec(s) for s in specs]
+    by_key: dict = {}
+    for i, s in enumerate(specs):
+        o = s["optimizer"]
+        key = json.dumps([[s[k] for k in ENSEMBLE_SHARED_KEYS], o["schedule"], o["delay"], o["workers"]],
+                         sort_keys=True, default=str)
+        by_key.setdefault(key, []).append(i)
+    return [idx for idx in by_key.values()
+            if len(idx) >= min_members and ensemble_problem([specs[i] for i in idx]) is None]

@@ -37,7 +37,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
@@ -354,6 +354,33 @@ class _Progress:
 # ================================================================ the run
 
 
+@dataclass
+class TrainingSetup:
+    """What a run's loop needs besides its model and optimizer (``training_setup``); an ensemble's
+    members share one."""
+
+    device: torch.device
+    dtype: torch.dtype
+    data: object
+    batch_size: int
+    steps_per_epoch: int
+    full_batch: bool  # one step per epoch: the stored training set, no shuffling
+    eval_batch: int
+    checkpoint_every: int
+
+
+def training_setup(spec: dict) -> TrainingSetup:
+    """Threads, device, dtype, dataset and the loop's batch sizes and intervals for a validated spec."""
+    if spec["threads"] is not None:
+        torch.set_num_threads(spec["threads"])
+    device = resolve_device(spec["device"])
+    data = load_dataset(spec, device)
+    steps = data.steps_per_epoch(spec["batch_size"])
+    return TrainingSetup(device, DTYPES[spec["dtype"]], data, spec["batch_size"], steps, steps == 1,
+                         eval_batch_size(spec, steps == 1), checkpoint_interval(spec))
+
+
+
 class Run:
     """One training run: set-up, the epoch loop, evaluation, checkpoints and outputs."""
 
@@ -361,15 +388,10 @@ class Run:
         self.spec = spec
         self.out_dir = out_dir
         self.callbacks = list(callbacks)
-        if spec["threads"] is not None:
-            torch.set_num_threads(spec["threads"])
-        self.device = resolve_device(spec["device"])
-        self.dtype = DTYPES[spec["dtype"]]
-        self.data = load_dataset(spec, self.device)
-        self.batch_size = spec["batch_size"]
-        self.steps_per_epoch = self.data.steps_per_epoch(self.batch_size)
-        self.full_batch = self.steps_per_epoch == 1
-        self.eval_batch = eval_batch_size(spec, self.full_batch)
+        setup = training_setup(spec)
+        self.device, self.dtype, self.data = setup.device, setup.dtype, setup.data
+        self.batch_size, self.steps_per_epoch, self.full_batch = setup.batch_size, setup.steps_per_epoch, setup.full_batch
+        self.eval_batch, self.checkpoint_every = setup.eval_batch, setup.checkpoint_every
         self.loss_fn = build_loss(spec)
 
         torch.manual_seed(spec["seed"])
@@ -382,8 +404,7 @@ class Run:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(spec, self.model)
         self.generator = torch.Generator().manual_seed(spec["seed"])
-        self.checkpoint_every = checkpoint_interval(spec)
-        self.loop = fresh_loop()
+        self.loop = LoopState()
 
     # ------------------------------------------------------------ start or resume
 
@@ -398,9 +419,9 @@ class Run:
             self._perturb(self.spec["perturb"])
         self.init_params = [p.detach().clone() for p in self.params]
         loss, error = self._initial_train_loss()
-        self.loop["initial_train_loss"], self.loop["initial_train_error"] = loss, error
+        self.loop.initial_train_loss, self.loop.initial_train_error = loss, error
         self.t0 = time.time()
-        self.loop["rows"].append(self._row(0, loss, error, lr=self.spec["lr"] * self._lr_factor(0)))
+        self.loop.rows.append(self._row(0, loss, error, lr=self._lr(0)))
 
     def _existing_checkpoint(self):
         """The checkpoint to resume from: checkpoint.pt (an interrupted run) or final.pt (a finished
@@ -439,10 +460,7 @@ class Run:
         except ValueError as exc:  # e.g. velocities of another convention: never load them silently
             raise UserError(f"{self.out_dir}: its checkpoint does not fit this spec's optimizer ({exc})") from None
         self.init_params = [t.to(self.device) for t in ckpt["init_params"]]
-        self.loop = ckpt["loop"]
-        self.loop["resumed"] = list(self.loop["resumed"]) + [
-            {"epoch": self.loop["epoch"], "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        ]
+        self.loop = LoopState.from_dict(ckpt["loop"])
         rng = ckpt["rng"]
         torch.set_rng_state(rng["torch"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
@@ -509,15 +527,16 @@ class Run:
             out = self.forward(x)
         return out.float()
 
-    def _lr_factor(self, epoch: int) -> float:
-        return lr_factor(self.spec["lr_schedule"], epoch, self.loop["step"], self.steps_per_epoch)
+    def _lr(self, epoch: int) -> float:
+        """The learning rate of the next step, in (0-based) ``epoch``."""
+        return get_lr(self.spec, epoch, self.loop.step, self.steps_per_epoch)
 
     def _emit(self, event: str, **fields) -> None:
         if not self.callbacks:
             return
         state = SimpleNamespace(
             model=self.model, optimizer=self.optimizer, dataset=self.data, spec=self.spec,
-            loss_fn=self.loss_fn, out_dir=self.out_dir, step=self.loop["step"], epoch=self.loop["epoch"], **fields,
+            loss_fn=self.loss_fn, out_dir=self.out_dir, step=self.loop.step, epoch=self.loop.epoch, **fields,
         )
         for cb in self.callbacks:
             cb(event, state)
@@ -526,35 +545,38 @@ class Run:
         epochs = self.spec["epochs"]
         if _TRAINING_START[0] is None:
             _TRAINING_START[0] = time.monotonic()
-        progress = _Progress(epochs, self.loop["epoch"], self.out_dir)
-        self._emit("start", loss=self.loop["initial_train_loss"])
+        loop = self.loop
+        progress = _Progress(epochs, loop.epoch, self.out_dir)
+        self._emit("start", loss=loop.initial_train_loss)
         try:
-            while self.loop["status"] is None and self.loop["epoch"] < epochs:
-                epoch = self.loop["epoch"] + 1
+            while loop.status is None and loop.epoch < epochs:
+                epoch = loop.epoch + 1
+                # ---- train one epoch (forward, backward, DelayedSGD step, per minibatch)
                 loss, error, grad_norm, lr = self._train_epoch(epoch)
-                self.loop["epoch"] = epoch
-                self.loop["losses"].append(loss)
-                self._check_stop(epoch, loss, grad_norm)
+                # ---- stop rules (check_stop, shared with the ensemble)
+                end_epoch(loop, self.spec["stop"], epoch, loss, grad_norm)
+                # ---- evaluate: a metrics row on eval epochs, the last epoch and the epoch the run stops
                 row = None
-                if self.loop["status"] is not None or epoch % self.spec["eval_every"] == 0 or epoch == epochs:
+                if loop.status is not None or epoch % self.spec["eval_every"] == 0 or epoch == epochs:
                     row = self._row(epoch, loss, error, lr)
-                    self.loop["rows"].append(row)
+                    loop.rows.append(row)
                 self._emit("epoch", loss=loss, row=row)
                 progress.update(epoch, loss, row)
-                if self.loop["status"] is None and epoch % self.checkpoint_every == 0 and epoch < epochs:
+                # ---- checkpoint: every checkpoint_every epochs, and at the job's time limit
+                if loop.status is None and epoch % self.checkpoint_every == 0 and epoch < epochs:
                     self.save(os.path.join(self.out_dir, "checkpoint.pt"))
-                    write_metrics(os.path.join(self.out_dir, "metrics.csv"), self.loop["rows"])
-                if self.loop["status"] is None and epoch < epochs and past_job_time_limit():
+                    write_metrics(os.path.join(self.out_dir, "metrics.csv"), loop.rows)
+                if loop.status is None and epoch < epochs and past_job_time_limit():
                     self.save(os.path.join(self.out_dir, "checkpoint.pt"))
-                    write_metrics(os.path.join(self.out_dir, "metrics.csv"), self.loop["rows"])
+                    write_metrics(os.path.join(self.out_dir, "metrics.csv"), loop.rows)
                     raise TimeLimitReached(
                         f"{self.out_dir}: stopped at the job's time limit after epoch {epoch} of {epochs}; "
                         "checkpoint saved, the next attempt resumes from it")
         finally:
             progress.close()
-        if self.loop["status"] is None:
-            self.loop["status"] = "completed"
-        self._emit("end", loss=self.loop["losses"][-1] if self.loop["losses"] else self.loop["initial_train_loss"])
+        if loop.status is None:
+            loop.status = "completed"
+        self._emit("end", loss=loop.losses[-1] if loop.losses else loop.initial_train_loss)
 
     def _train_epoch(self, epoch: int):
         """One pass over the training set: (mean train loss, mean train error, last grad norm, lr)."""
@@ -563,7 +585,7 @@ class Run:
         wrong = torch.zeros((), dtype=torch.int64, device=self.device)
         n, lr, loss = 0, None, None
         for x, y in self.data.train_batches(self.batch_size, shuffle=True, generator=self.generator):
-            lr = self.spec["lr"] * self._lr_factor(epoch - 1)
+            lr = self._lr(epoch - 1)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             out = self._logits(x)
@@ -571,81 +593,40 @@ class Run:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            self.loop["step"] += 1
+            self.loop.step += 1
             total += loss.detach().double() * len(y)
             wrong += (out.detach().argmax(1) != y).sum()
             n += len(y)
             self._emit("step", loss=loss.detach())
-            if not self.full_batch and self.loop["step"] % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss):
-                break  # diverged: the epoch's mean loss is not finite, _check_stop ends the run
+            if not self.full_batch and self.loop.step % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss):
+                break  # diverged: the epoch's mean loss is not finite, check_stop ends the run
         grad_norm = None
-        if self.spec["stop"]["steady_state"] and self.spec["stop"]["steady_state"]["grad_norm_tol"] is not None:
+        if needs_grad_norm(self.spec["stop"]):
             grad_norm = _flat_norm([p.grad for p in self.params if p.grad is not None])
         if self.full_batch:  # the step's own loss, exactly (no sum-and-divide rounding)
             total = loss.detach().double()
         loss_sum, wrong_sum = torch.stack([total, wrong.double()]).tolist()  # one host sync per epoch
         return (loss_sum if self.full_batch else loss_sum / n), wrong_sum / n, grad_norm, lr
 
-    def _check_stop(self, epoch: int, loss: float, grad_norm) -> None:
-        loop, stop = self.loop, self.spec["stop"]
-        l0 = loop["initial_train_loss"]
-        finite = math.isfinite(loss)
-        escape = stop["escape"]
-        if escape is not None and not loop["escaped"] and (not finite or loss > escape["factor"] * l0 + escape["delta"]):
-            loop["escaped"], loop["epochs_to_escape"] = True, epoch
-        if not finite or loss > stop["divergence"]["loss_factor"] * l0:
-            loop["diverged"], loop["diverged_epoch"], loop["status"] = True, epoch, "diverged"
-            return
-        if escape is not None and loop["escaped"] and escape["stop"]:
-            loop["status"] = "escaped"
-            return
-        settle = stop["settle"]
-        if settle is not None:  # settled: the loss stayed below a level for `window` epochs in a row
-            loop["settle_run"] = loop["settle_run"] + 1 if loss < settle["below"] else 0
-            if loop["settle_run"] >= settle["window"]:
-                loop["settled_epoch"], loop["status"] = epoch, "settled"
-                return
-        steady = stop["steady_state"]
-        if steady is not None and len(loop["losses"]) >= steady["window"]:
-            window = loop["losses"][-steady["window"] :]
-            mean = sum(window) / len(window)
-            flat = max(window) - min(window) <= steady["rel_tol"] * abs(mean)
-            small = steady["grad_norm_tol"] is None or (grad_norm is not None and grad_norm <= steady["grad_norm_tol"])
-            if flat and small:
-                loop["steady_state_epoch"], loop["status"] = epoch, "steady"
-
     @torch.no_grad()
     def _row(self, epoch: int, train_loss: float, train_error, lr: float) -> dict:
         """A metrics row: validation pass (eval mode), weight norm, distance from the start, staleness."""
         was_training = self.model.training
         self.model.eval()
-        val_loss, val_error = self._mean_loss(self.data.val_batches(self.eval_batch))
+        val = self._mean_loss(self.data.val_batches(self.eval_batch))
         self.model.train(was_training)
         counts = self.optimizer.staleness_histogram()
-        total = int(sum(k * c for k, c in enumerate(counts.tolist())))
-        count = int(counts.sum())
-        prev_total, prev_count = self.loop["staleness_at_row"]
-        self.loop["staleness_at_row"] = (total, count)
-        landed = count - prev_count
-        return {
-            "epoch": epoch,
-            "step": self.loop["step"],
-            "lr": lr,
-            "train_loss": train_loss,
-            "train_error": train_error,
-            "val_loss": val_loss,
-            "val_error": val_error,
-            "weight_norm": _flat_norm(self.params),
-            "dist_from_init": _flat_norm([p - p0 for p, p0 in zip(self.params, self.init_params)]),
-            "mean_staleness": (total - prev_total) / landed if landed else None,
-            "seconds": round(self.loop["seconds"] + time.time() - self.t0, 3),
-        }
+        staleness = (int(sum(k * c for k, c in enumerate(counts.tolist()))), int(counts.sum()))
+        return metrics_row(
+            self.loop, epoch, lr, (train_loss, train_error), val, _flat_norm(self.params),
+            _flat_norm([p - p0 for p, p0 in zip(self.params, self.init_params)]), staleness,
+            self.loop.seconds + time.time() - self.t0)
 
     # ------------------------------------------------------------ outputs
 
     def save(self, path: str) -> None:
         now = time.time()
-        self.loop["seconds"] += now - self.t0
+        self.loop.seconds += now - self.t0
         self.t0 = now
         save_checkpoint(path, {
             "spec": self.spec,
@@ -657,10 +638,10 @@ class Run:
                 "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
                 "data": self.generator.get_state(),
             },
-            "loop": self.loop,
-            "epoch": self.loop["epoch"],
-            "step": self.loop["step"],
-            "metrics": self.loop["rows"],
+            "loop": self.loop.to_dict(),
+            "epoch": self.loop.epoch,
+            "step": self.loop.step,
+            "metrics": self.loop.rows,
             "package_version": __version__,
             # callbacks that carry state across steps (the sharpness tracker's warm start) keep it here
             "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in self.callbacks],
@@ -669,7 +650,7 @@ class Run:
     def finish(self) -> dict:
         out = self.out_dir
         self.save(os.path.join(out, "final.pt"))
-        write_metrics(os.path.join(out, "metrics.csv"), self.loop["rows"])
+        write_metrics(os.path.join(out, "metrics.csv"), self.loop.rows)
         summary = self.summary()
         write_json(os.path.join(out, "summary.json"), summary)
         write_json(os.path.join(out, "run.json"), self.provenance())
@@ -695,9 +676,9 @@ class Run:
             "threads": torch.get_num_threads(),
             "performance": performance_settings(self.spec, self.device),
             "hostname": socket.gethostname(),
-            "start_time": self.loop["started"],
+            "start_time": self.loop.started,
             "end_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "resumed": self.loop["resumed"],
+            "resumed": self.loop.resumed,
         }
 
 
@@ -724,40 +705,148 @@ def checkpoint_interval(spec: dict) -> int:
     return every if every is not None else max(1, spec["epochs"] // 20)
 
 
-def fresh_loop() -> dict:
-    """Everything the epoch loop carries from one epoch to the next, at the start of a run."""
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class LoopState:
+    """Everything the epoch loop carries from one epoch to the next, for one run (``Run.loop``) or
+    one ensemble member (``Member.loop``): a checkpoint holds it as a dict (``to_dict``), so that
+    checkpoints load with ``weights_only=True``."""
+
+    epoch: int = 0
+    step: int = 0
+    rows: list = field(default_factory=list)  # metrics rows so far (row 0 = starting weights)
+    losses: list = field(default_factory=list)  # train loss of every epoch so far
+    status: str | None = None  # None while training; then completed | diverged | escaped | settled | steady
+    initial_train_loss: float | None = None  # L0
+    initial_train_error: float | None = None
+    escaped: bool = False
+    epochs_to_escape: int | None = None
+    diverged: bool = False
+    diverged_epoch: int | None = None
+    steady_state_epoch: int | None = None
+    seconds: float = 0.0  # training time of the finished parts (a resumed run adds its own)
+    staleness_at_row: tuple = (0, 0)  # (sum of staleness, updates landed) at the last row
+    settled_epoch: int | None = None
+    settle_run: int = 0  # epochs in a row with train loss below settle.below
+    started: str = field(default_factory=_now)
+    resumed: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoopState":
+        """The state a checkpoint's ``loop`` holds, marked as resumed now."""
+        state = cls(**{f.name: d[f.name] for f in fields(cls)})
+        state.staleness_at_row = tuple(state.staleness_at_row)
+        state.resumed = list(state.resumed) + [{"epoch": state.epoch, "at": _now()}]
+        return state
+
+
+def get_lr(spec: dict, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of global ``step`` in (0-based) ``epoch``: lr * lr_factor (pure)."""
+    return spec["lr"] * lr_factor(spec["lr_schedule"], epoch, step, steps_per_epoch)
+
+
+def check_stop(state: LoopState, stop: dict, loss: float, grad_norm) -> str | None:
+    """The status that ends the run after an epoch of train loss ``loss`` (already the last of
+    ``state.losses``, with ``state.escaped`` and ``state.settle_run`` counted by ``end_epoch``), or
+    None to go on. Pure. The rules, first match wins (L0 = state.initial_train_loss):
+
+        diverged   L is NaN/inf, or L > divergence.loss_factor * L0
+        escaped    the run has escaped (L > escape.factor * L0 + escape.delta at some epoch) and escape.stop
+        settled    L < settle.below for settle.window epochs in a row
+        steady     over the last steady_state.window losses, max - min <= rel_tol * |mean|, and
+                   ``grad_norm`` (of the epoch's last step) <= grad_norm_tol when that is given
+    """
+    if not math.isfinite(loss) or loss > stop["divergence"]["loss_factor"] * state.initial_train_loss:
+        return "diverged"
+    escape = stop["escape"]
+    if escape is not None and state.escaped and escape["stop"]:
+        return "escaped"
+    settle = stop["settle"]
+    if settle is not None and state.settle_run >= settle["window"]:
+        return "settled"
+    steady = stop["steady_state"]
+    if steady is not None and len(state.losses) >= steady["window"]:
+        window = state.losses[-steady["window"]:]
+        mean = sum(window) / len(window)
+        flat = max(window) - min(window) <= steady["rel_tol"] * abs(mean)
+        tol = steady["grad_norm_tol"]
+        if flat and (tol is None or (grad_norm is not None and grad_norm <= tol)):
+            return "steady"
+    return None
+
+
+def needs_grad_norm(stop: dict) -> bool:
+    """Whether ``check_stop`` reads the last step's gradient norm (a steady state with grad_norm_tol)."""
+    return stop["steady_state"] is not None and stop["steady_state"]["grad_norm_tol"] is not None
+
+
+def end_epoch(state: LoopState, stop: dict, epoch: int, loss: float, grad_norm) -> str | None:
+    """Record epoch ``epoch`` (train loss ``loss``) in ``state``: the loss, the escape and the
+    settle counts, and the status ``check_stop`` gives with the epoch it happened at; returns it."""
+    state.epoch = epoch
+    state.losses.append(loss)
+    finite = math.isfinite(loss)
+    escape = stop["escape"]
+    if escape is not None and not state.escaped and (
+            not finite or loss > escape["factor"] * state.initial_train_loss + escape["delta"]):
+        state.escaped, state.epochs_to_escape = True, epoch
+    if stop["settle"] is not None:
+        state.settle_run = state.settle_run + 1 if loss < stop["settle"]["below"] else 0
+    status = check_stop(state, stop, loss, grad_norm)
+    if status == "diverged":
+        state.diverged, state.diverged_epoch = True, epoch
+    elif status == "settled":
+        state.settled_epoch = epoch
+    elif status == "steady":
+        state.steady_state_epoch = epoch
+    state.status = status
+    return status
+
+
+def metrics_row(state: LoopState, epoch: int, lr: float, train: tuple, val: tuple, weight_norm: float,
+                dist_from_init: float, staleness: tuple, seconds: float) -> dict:
+    """The metrics row (METRIC_COLUMNS) of ``epoch``: ``train`` and ``val`` = (loss, error),
+    ``staleness`` = (sum of staleness, updates landed) so far; mean_staleness is over the updates
+    landed since the previous row (state.staleness_at_row, which this advances)."""
+    total, count = staleness
+    prev_total, prev_count = state.staleness_at_row
+    state.staleness_at_row = (total, count)
+    landed = count - prev_count
     return {
-        "epoch": 0, "step": 0, "rows": [], "losses": [], "status": None,
-        "initial_train_loss": None, "initial_train_error": None,
-        "escaped": False, "epochs_to_escape": None, "diverged": False, "diverged_epoch": None,
-        "steady_state_epoch": None, "seconds": 0.0, "staleness_at_row": (0, 0),
-        "settled_epoch": None, "settle_run": 0,
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed": [],
+        "epoch": epoch, "step": state.step, "lr": lr, "train_loss": train[0], "train_error": train[1],
+        "val_loss": val[0], "val_error": val[1], "weight_norm": weight_norm, "dist_from_init": dist_from_init,
+        "mean_staleness": (total - prev_total) / landed if landed else None, "seconds": round(seconds, 3),
     }
 
 
-def summary_record(loop: dict, mean_staleness, buffer_bytes: int, staleness_histogram=None) -> dict:
-    """summary.json of a run from its loop state (``Run.loop``), the optimizer's mean staleness,
-    in-flight buffer size and realised staleness histogram (counts, index = staleness): the one
-    place its keys are named."""
-    final = loop["rows"][-1]
+def summary_record(loop: LoopState, mean_staleness, buffer_bytes: int, staleness_histogram=None) -> dict:
+    """summary.json of a run from its loop state (``Run.loop``, ``Member.loop``), the optimizer's mean
+    staleness, in-flight buffer size and realised staleness histogram (counts, index = staleness): the
+    one place its keys are named."""
+    final = loop.rows[-1]
     return {
-        "status": loop["status"],
-        "epochs_run": loop["epoch"],
-        "steps": loop["step"],
+        "status": loop.status,
+        "epochs_run": loop.epoch,
+        "steps": loop.step,
         "final": {c: final[c] for c in METRIC_COLUMNS},
-        "diverged": loop["diverged"],
-        "diverged_epoch": loop["diverged_epoch"],
-        "escaped": loop["escaped"],
-        "epochs_to_escape": loop["epochs_to_escape"],
-        "initial_train_loss": loop["initial_train_loss"],
-        "initial_train_error": loop["initial_train_error"],
-        "steady_state_epoch": loop["steady_state_epoch"],
-        "settled_epoch": loop["settled_epoch"],
+        "diverged": loop.diverged,
+        "diverged_epoch": loop.diverged_epoch,
+        "escaped": loop.escaped,
+        "epochs_to_escape": loop.epochs_to_escape,
+        "initial_train_loss": loop.initial_train_loss,
+        "initial_train_error": loop.initial_train_error,
+        "steady_state_epoch": loop.steady_state_epoch,
+        "settled_epoch": loop.settled_epoch,
         "mean_staleness": mean_staleness,
         "staleness_histogram": [int(c) for c in (staleness_histogram if staleness_histogram is not None else [])],
         "optimizer_buffer_bytes": buffer_bytes,
-        "seconds": round(loop["seconds"], 3),
+        "seconds": round(loop.seconds, 3),
     }
 
 

@@ -1,9 +1,11 @@
 # ImageNet under delay (Section 3.2, appendices C and E.1): figures 5 and 9.
 # fig5: S-SGD, A-SGD with standard momentum, m = 0, shifted momentum, and η x 1/sqrt(τ), x seeds;
-# fig9: constant delay vs the authors' Gaussian worker rule (same mean staleness), x seeds. BatchNorm networks: every run
-# is a job of the generic train rule -> `imagenet-collect` -> results/<scale>/imagenet/{fig5,fig9}{,_curves}.csv
+# fig9: constant delay vs the authors' Gaussian worker rule (same mean staleness), x seeds. The runs that share the
+# schedule, delay and batch size train as one batched ensemble job (spec.ensemble_groups; per-member BatchNorm), the
+# others as jobs of the generic train rule -> `imagenet-collect` -> results/<scale>/imagenet/{fig5,fig9}{,_curves}.csv
 # -> figures. Run specs (η, batch, delay convention): delay_stability.experiments.imagenet.
 from delay_stability.experiments import imagenet as imagenet_exp
+from delay_stability.spec import ensemble_groups as imagenet_groups
 
 IMAGENET = EXP.get("imagenet")
 IMAGENET_DIR = SCALE_DIR / "imagenet"
@@ -13,18 +15,57 @@ IMAGENET_FIGURES = imagenet_exp.figures_of(IMAGENET) if IMAGENET else []
 #: with the spec of a fig5 run reads fig5's folder)
 IMAGENET_RUNS = imagenet_exp.planned(IMAGENET, IMAGENET_BASE, IMAGENET_DIR) if IMAGENET else {}
 
+#: every run folder once, with its spec
+IMAGENET_FOLDERS = {folder: spec for runs in IMAGENET_RUNS.values() for _, folder, spec in runs}
+#: group index -> the run folders that train as one ensemble
+IMAGENET_GROUPS = {
+    i: [list(IMAGENET_FOLDERS)[j] for j in g]
+    for i, g in enumerate(imagenet_groups(list(IMAGENET_FOLDERS.values())))
+}
+IMAGENET_GROUP_OF = {folder: i for i, folders in IMAGENET_GROUPS.items() for folder in folders}
+
 for _fig, _runs in IMAGENET_RUNS.items():
     for _name, _folder, _spec in _runs:
-        register_run(_folder, _spec, f"imagenet.{_fig}", runtime_paper=5 * 24 * 60)
+        if _folder not in IMAGENET_GROUP_OF:
+            register_run(_folder, _spec, f"imagenet.{_fig}", runtime_paper=5 * 24 * 60)
+
 
 ALL_TARGETS.extend(f for name in IMAGENET_FIGURES for f in figure(name))
+
+
+rule imagenet_ensemble:
+    """The runs of one group (one delay and batch size) as one batched ensemble; each writes its own folder."""
+    output:
+        specs=str(IMAGENET_DIR / "ensemble{group}" / "ensemble-specs.json"),
+        record=str(IMAGENET_DIR / "ensemble{group}" / "ensemble.json"),
+    params:
+        specs=lambda wc: json.dumps([IMAGENET_FOLDERS[f] for f in IMAGENET_GROUPS[int(wc.group)]], sort_keys=True),
+        out=lambda wc: " ".join(IMAGENET_GROUPS[int(wc.group)]),
+        code=src_hash("ensemble"),
+    wildcard_constraints:
+        group=r"\d+",
+    conda:
+        "../../environment.yml"
+    log:
+        str(LOGS / "imagenet" / "ensemble{group}.log"),
+    benchmark:
+        str(LOGS / "imagenet" / "ensemble{group}.benchmark.tsv")
+    resources:
+        **gpu_resources(runtime_quick=30, runtime_paper=5 * 24 * 60),
+    shell:
+        "printf '%s' {params.specs:q} > {output.specs} && "
+        "delay-stability-gpu-slot --gpus {resources.gpu} -- delay-stability ensemble --specs {output.specs} "
+        "--out {params.out} --record {output.record} > {log} 2>&1"
 
 
 rule imagenet_tables:
     """<figure>.csv (one row per run: arm, seed, lr, final errors, status), <figure>_curves.csv and
     <figure>_staleness.csv (every run's realised staleness histogram)."""
     input:
-        lambda wc: [f for _, folder, _ in IMAGENET_RUNS[wc.figure] for f in run_records(folder)],
+        # the figure's ensembles' records and its single runs' records
+        lambda wc: [str(IMAGENET_DIR / f"ensemble{i}" / "ensemble.json")
+                    for i in sorted({IMAGENET_GROUP_OF[f] for _, f, _ in IMAGENET_RUNS[wc.figure] if f in IMAGENET_GROUP_OF})]
+        + [r for _, f, _ in IMAGENET_RUNS[wc.figure] if f not in IMAGENET_GROUP_OF for r in run_records(f)],
     output:
         table=str(IMAGENET_DIR / "{figure}.csv"),
         curves=str(IMAGENET_DIR / "{figure}_curves.csv"),

@@ -1,9 +1,10 @@
 # Spikes in the training error under delay (appendix D): figure 11.
 # A-SGD with momentum, without, and with shifted momentum (config block fig11), the same hyperparameters,
-# no LR decay, x seeds; BatchNorm networks: one job of the generic train rule per run
-# -> `spikes-collect` -> results/<scale>/spikes/{spikes,spikes_curves}.csv -> figures/fig11.
+# no LR decay, x seeds: one batched ensemble job (`delay-stability ensemble`, per-member BatchNorm) when
+# spec.ensemble_groups allows, else one job of the generic train rule per run -> `spikes-collect` -> results/<scale>/spikes/{spikes,spikes_curves}.csv -> figures/fig11.
 # The spike count: delay_stability.experiments.spikes.count_spikes.
 from delay_stability.experiments import spikes as spikes_exp
+from delay_stability.spec import ensemble_groups as spikes_groups
 
 SPIKES = EXP.get("fig11")
 SPIKES_DIR = SCALE_DIR / "spikes"
@@ -11,17 +12,45 @@ SPIKES_BASE = with_run_settings(SPIKES["train"]) if SPIKES else {}
 #: run folders SPIKES_DIR/variant{v}/seed{s}
 SPIKES_RUNS = spikes_exp.runs(SPIKES, SPIKES_BASE) if SPIKES else []
 
+#: the runs that train as one ensemble (every run shares the delay and the batch size), else none
+SPIKES_GROUP = [SPIKES_RUNS[i] for g in spikes_groups([r.spec for r in SPIKES_RUNS])[:1] for i in g]
+
 for _run in SPIKES_RUNS:
-    register_run(_run.folder(SPIKES_DIR), _run.spec, "fig11", runtime_paper=3 * 24 * 60)
+    if _run not in SPIKES_GROUP:
+        register_run(_run.folder(SPIKES_DIR), _run.spec, "fig11", runtime_paper=3 * 24 * 60)
 
 if SPIKES:
     ALL_TARGETS.extend(figure("fig11"))
 
 
+rule spikes_ensemble:
+    """The runs of fig11 as one batched ensemble; each member writes its own run folder."""
+    output:
+        specs=str(SPIKES_DIR / "ensemble-specs.json"),
+        record=str(SPIKES_DIR / "ensemble.json"),
+    params:
+        specs=json.dumps([r.spec for r in SPIKES_GROUP], sort_keys=True),
+        out=" ".join(r.folder(SPIKES_DIR) for r in SPIKES_GROUP),
+        code=src_hash("ensemble"),
+    conda:
+        "../../environment.yml"
+    log:
+        str(LOGS / "spikes" / "ensemble.log"),
+    benchmark:
+        str(LOGS / "spikes" / "ensemble.benchmark.tsv")
+    resources:
+        **gpu_resources(runtime_quick=30, runtime_paper=3 * 24 * 60),
+    shell:
+        "printf '%s' {params.specs:q} > {output.specs} && "
+        "delay-stability-gpu-slot --gpus {resources.gpu} -- delay-stability ensemble --specs {output.specs} "
+        "--out {params.out} --record {output.record} > {log} 2>&1"
+
+
 rule spikes_tables:
     """spikes.csv (per run: spikes, mean height, final train error) and spikes_curves.csv."""
     input:
-        [f for r in SPIKES_RUNS for f in run_records(r.folder(SPIKES_DIR))],
+        group=[str(SPIKES_DIR / "ensemble.json")] if SPIKES_GROUP else [],
+        single=[f for r in SPIKES_RUNS if r not in SPIKES_GROUP for f in run_records(r.folder(SPIKES_DIR))],
     output:
         table=str(SPIKES_DIR / "spikes.csv"),
         curves=str(SPIKES_DIR / "spikes_curves.csv"),

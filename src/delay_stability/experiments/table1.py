@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 
 from .. import files
 from ..errors import UserError
@@ -250,8 +251,13 @@ def train_specs(specs: list[dict], folders: list[str]) -> list[dict]:
     from ..ensemble import run_ensemble
     from ..train import run_training
 
-    if len(specs) >= MIN_ENSEMBLE and can_batch(specs):
+    from ..spec import can_ensemble
+
+    ok, reason = can_ensemble(specs)
+    if len(specs) >= MIN_ENSEMBLE and ok:
         return run_ensemble(specs, folders)
+    why = reason if not ok else f"{len(specs)} runs, fewer than MIN_ENSEMBLE = {MIN_ENSEMBLE}"
+    print(f"[table1] training {len(specs)} runs one by one, not as an ensemble: {why}", file=sys.stderr)
     return [run_training(s, f) for s, f in zip(specs, folders)]
 
 
