@@ -225,7 +225,9 @@ def test_full_batch_run_equals_a_plain_loop(tmp_path, variant):
     assert set(os.listdir(tmp_path)) == {"final.pt", "metrics.csv", "summary.json", "run.json", ".finished"}
     kept = tmp_path / ".finished" / os.listdir(tmp_path / ".finished")[0]
     assert sorted(os.listdir(kept)) == ["MANIFEST", "final.pt", "metrics.csv", "run.json", "summary.json"]
-    assert (kept / "final.pt").stat().st_ino == (tmp_path / "final.pt").stat().st_ino  # a hard link
+    # a verified copy, not a hard link: damage in place cannot reach it
+    assert (kept / "final.pt").stat().st_ino != (tmp_path / "final.pt").stat().st_ino
+    assert (kept / "final.pt").read_bytes() == (tmp_path / "final.pt").read_bytes()
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["spec"] == validate_spec(spec) and run["seed"] == 3 and run["device"] == "cpu"
     assert {"package_version", "torch_version", "hostname", "start_time", "end_time"} <= set(run)
