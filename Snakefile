@@ -18,6 +18,7 @@ include: "workflow/rules/imagenet.smk"
 include: "workflow/rules/spikes.smk"
 include: "workflow/rules/momentum.smk"
 include: "workflow/rules/real_workers.smk"
+include: "workflow/rules/claims.smk"  # after the experiments: it reads their tables
 include: "workflow/rules/train.smk"  # last: it builds the run folders the experiments registered
 
 
