@@ -309,3 +309,10 @@ def test_the_workflow_plans_the_ledger_from_the_tables(tmp_path):
     for table in ("results/theory/fig6.csv", "results/quick/imagenet/fig5.csv", "results/quick/spikes/spikes.csv",
                   "results/quick/generalization/table1_runs.csv", "results/quick/momentum/runs.csv"):
         assert table in block, table
+
+
+def test_the_budget_note_counts_runs_that_hit_the_epoch_cap():
+    rows = [{"status": "completed", "epochs": "30", "epochs_run": "30"},
+            {"status": "completed", "epochs": "30", "epochs_run": "12"},     # stopped early (steady state)
+            {"status": "diverged", "epochs": "30", "epochs_run": "3"}]
+    assert C.budget_note(rows) == "1 of 2 converging runs ran to the epoch cap (30 epochs; no steady-state stop)"
