@@ -303,7 +303,8 @@ def _bool(x) -> bool:
 
 
 def exact(value: float, note: str = "") -> Result:
-    return Result(measured=value, ci_low=value, ci_high=value, kind="exact", note=note or "exact (theory)")
+    return Result(measured=value, ci_low=value, ci_high=value, kind="exact",
+                  note="exact (theory)" + (f": {note}" if note else ""))
 
 
 def deterministic(value: float, lo: float, hi: float, note: str) -> Result:
@@ -779,7 +780,7 @@ def ev_fig5_overshoot(t, o):
     eta_s, _ = lr["S-SGD"]
     eta, tau = lr["1/sqrt(tau)"]
     ratio = eta / (eta_s * critical_alpha(tau) / critical_alpha(0))
-    return exact(ratio, f"η of the 1/√τ arm / (S-SGD's η·α*(τ)/α*(0)) at τ = {tau} (from the configured η: exact); "
+    return exact(ratio, f"η of the 1/√τ arm / (S-SGD's η·α*(τ)/α*(0)) at τ = {tau} (the configured η); "
                         f"= α*(0)/(√τ·α*(τ)) = {critical_alpha(0) / (math.sqrt(tau) * critical_alpha(tau)):.3g}")
 
 
@@ -1139,7 +1140,8 @@ def evaluate(claim: Claim, tables: dict, options: dict, scale: str = "quick") ->
     missing = [n for n in claim.tables if n not in tables]
     if missing:
         paths = ", ".join(TABLES[n][0].format(scale=scale) for n in missing)
-        result = no_result(f"table missing: results/{paths} (not built at this scale)")
+        result = no_result(f"table missing: results/{paths} (not built: the scale does not configure it, or "
+                           "the build stopped before it)")
     else:
         try:
             result = claim.evaluate(tables, options)
@@ -1186,7 +1188,7 @@ def _interval(r) -> str:
     if not r["ci_low"] and not r["ci_high"]:
         return ""
     if r["ci_low"] == r["ci_high"] == r["measured"]:
-        return "exact" if r["note"].startswith("exact") or "(exact" in r["note"] else ""
+        return "exact" if r["note"].startswith("exact") else ""
     return f"[{r['ci_low']}, {r['ci_high']}]"
 
 
