@@ -316,3 +316,22 @@ def test_the_budget_note_counts_runs_that_hit_the_epoch_cap():
             {"status": "completed", "epochs": "30", "epochs_run": "12"},     # stopped early (steady state)
             {"status": "diverged", "epochs": "30", "epochs_run": "3"}]
     assert C.budget_note(rows) == "1 of 2 converging runs ran to the epoch cap (30 epochs; no steady-state stop)"
+
+
+def test_the_grid_offset_claim_finds_a_best_momentum_that_moves_with_the_grid():
+    """At M = 16 the best μ is −0.45 at the middle η and 0.45 at the others only on the first
+    offset's grid: the coarse grids disagree, so the range is 0.9 for every resample."""
+    rows = []
+    lrs = [0.01 * 1.5 ** k for k in range(6)]
+    for M in (1, 16):
+        for mu in (-0.45, 0.45):
+            for i, lr in enumerate(lrs):
+                for s in range(3):
+                    good = (mu == -0.45 and i == 1) or (mu == 0.45 and i == 3)
+                    steps = (50.0 if good and mu < 0 else 60.0 if good else 200.0) + s
+                    rows.append({"workers": str(M), "momentum": repr(mu), "lr": repr(lr), "seed": str(s),
+                                 "reached": "True", "steps_to_target": repr(steps)})
+    tables = {"momentum_runs": rows}
+    r = C.evaluate(claim("p2.grid_offset", tables), tables, {})
+    # offsets: {η0, η3} -> 0.45, {η1, η4} -> −0.45, {η2, η5} -> none better than 200: tie, the larger μ
+    assert float(r["measured"]) == pytest.approx(0.9) and r["verdict"] == "does not hold"
