@@ -335,3 +335,46 @@ def test_the_grid_offset_claim_finds_a_best_momentum_that_moves_with_the_grid():
     r = C.evaluate(claim("p2.grid_offset", tables), tables, {})
     # offsets: {η0, η3} -> 0.45, {η1, η4} -> −0.45, {η2, η5} -> none better than 200: tie, the larger μ
     assert float(r["measured"]) == pytest.approx(0.9) and r["verdict"] == "does not hold"
+
+
+def test_the_deterministic_claims_read_the_real_columns():
+    """Constructed tables with the columns their modules write (stability_tables, eos_tables,
+    mitigations_tables, real_workers): every claim evaluates (no 'cannot evaluate') to the verdict
+    the numbers call for."""
+    from delay_stability.experiments import eos_tables, mitigations_tables, real_workers, stability_tables
+
+    def table(columns, rows):
+        return [{c: str(r.get(c, "")) for c in columns} for r in rows]
+
+    thresholds = []
+    for variant, m in (("plain", 0.0), ("shifted", 0.5), ("shifted", 0.9)):
+        for tau in (0, 1, 4):
+            th = 2 * math.sin(math.pi / (4 * tau + 2)) * (1 + m)   # any increasing-in-m edge will do
+            thresholds.append({"experiment": "stability", "variant": variant, "momentum": m, "tau": tau,
+                               "alpha_measured": 0.99 * th, "alpha_escape": 1.01 * th, "alpha_theory": th,
+                               "ratio": 0.99, "lr_max": 0.99 * th / 50, "lr_escape": 1.01 * th / 50})
+    curves = [{"tau": 1, "lr_factor": f, "status": "completed", "epoch": e, "train_loss": 1e-6 * (g ** e)}
+              for f, g in ((0.9, 0.5), (1.5, 3.0)) for e in range(4)]
+    plateaus = [{"series": "scaled", "ratio": 1.02, "plateau_q10": 26.5, "plateau_q90": 28.0, "predicted": 27.0},
+                {"series": "fixed", "ratio": 1.5, "plateau_q10": 1, "plateau_q90": 2, "predicted": 1}]
+    edges = [{"exact": True, "censored": False, "ratio": 0.97}, {"exact": True, "censored": True, "ratio": 5},
+             {"exact": False, "censored": False, "ratio": 0.5}]
+    outcomes = [{"workers": 2, "jitter": j, "factor": f, "repeat": k, "outcome": out}
+                for j, f, out in ((0.0, 0.7, "stayed"), (0.0, 1.4, "left"), (0.02, 0.7, "left"), (0.02, 1.4, "left"))
+                for k in range(3)]
+    tables = {"fig2_thresholds": table(stability_tables.THRESHOLD_COLUMNS, thresholds),
+              "fig4_thresholds": table(stability_tables.THRESHOLD_COLUMNS, thresholds),
+              "fig2_fits": table(stability_tables.FIT_COLUMNS, stability_tables.fit_rows(
+                  [dict(r, lr_max=r["lr_max"]) for r in thresholds])),
+              "fig12_curves": table(stability_tables.CURVE_COLUMNS, curves),
+              "eos_plateaus": table(eos_tables.PLATEAU_COLUMNS, plateaus),
+              "mitigation_edges": table(mitigations_tables.EDGE_COLUMNS, edges),
+              "real_outcomes": table(real_workers.OUTCOME_COLUMNS, outcomes)}
+    want = {"fig2.edge": "holds", "fig4.shifted_measured": "holds", "fig4.shifted_grows": "holds",
+            "fig12.stay_leave": "holds", "eos.plateau": "holds", "mitigations.edges": "holds",
+            "real_workers.leave_above": "holds", "real_workers.stay_below.no_jitter": "holds",
+            "real_workers.stay_below.jitter": "does not hold"}
+    for name, verdict in want.items():
+        row = C.evaluate(claim(name, tables), tables, {})
+        assert "cannot evaluate" not in row["note"] and row["verdict"] == verdict, row
+    assert float(C.evaluate(claim("mitigations.edges", tables), tables, {})["measured"]) == 0.97  # censored left out
