@@ -191,14 +191,17 @@ def verdict_and_note(result: Result, rule: Rule) -> tuple[str, str]:
     if result.kind == "missing" or result.measured is None:
         return "unresolved", "; ".join(notes) or "no value"
     if result.kind == "seeds":
-        notes.append(f"{int(LEVEL * 100)}% paired bootstrap over {result.n_seeds} seeds "
+        notes.append(f"{int(LEVEL * 100)}% paired bootstrap over {result.n_seeds} seed{'' if result.n_seeds == 1 else 's'} "
                      f"({N_RESAMPLES} resamples, PCG64 seed {RNG_SEED})")
         if (result.n_seeds or 0) < 2:
             notes.append("one seed: the spread between seeds is unknown, so no interval; "
                          "rerun with more seeds (5 or more) to test it")
             return "unresolved", "; ".join(notes)
     verdict = decide(result.ci_low, result.ci_high, rule)
-    if verdict == "unresolved" and result.kind == "seeds":
+    if verdict == "unresolved" and result.kind == "seeds" and rule.kind == "within" and rule.low == rule.high:
+        notes.append("an all-or-none statistic (every τ, every run): it is resolved when no resample disagrees, "
+                     "which more seeds make likelier if the claim is true; the spread gives no sample size")
+    elif verdict == "unresolved" and result.kind == "seeds":
         need = seeds_needed(result.n_seeds, result.measured, result.ci_low, result.ci_high, rule)
         notes.append(f"about {need} seeds would resolve it at the observed spread" if need
                      else "the estimate sits on the threshold: no number of seeds resolves it")
