@@ -1293,9 +1293,10 @@ def readme_table(rows: list[dict], scale: str) -> str:
         parts = []
         for r in rs:
             iv = _interval(r)
-            value = r["measured"] or "–"
+            value = r["measured"] or ("table not built" if "table missing" in r["note"] else "–")
+            seeds = f" ({r['n_seeds']} seed{'' if r['n_seeds'] == '1' else 's'})" if r["n_seeds"] else ""
             parts.append(f"`{r['claim'].split('.', 1)[-1]}` {value}{' ' + iv if iv and iv != 'exact' else ''}"
-                         f"{' (' + r['n_seeds'] + ' seeds)' if r['n_seeds'] else ''}: **{r['verdict']}**")
+                         f"{seeds}: **{r['verdict']}**")
         lines.append(f"| {fig} | " + "; ".join(_md(p) for p in parts) + " |")
     return "\n".join(lines) + "\n"
 
