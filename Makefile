@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CORES  ?= 2
 TARGET ?=
 
-.PHONY: setup figures test slurm-test benchmarks lint clean-figures
+.PHONY: setup figures readme test slurm-test benchmarks lint clean-figures
 
 setup: $(STAMP)
 
@@ -19,6 +19,12 @@ $(STAMP): pyproject.toml
 # Builds the default target (`rule all`: every figure at the current scale, `quick` by default).
 figures: setup
 	$(BIN)/snakemake --cores $(CORES) $(TARGET)
+	if [ -z "$(TARGET)" ]; then $(MAKE) --no-print-directory readme; fi
+
+# The README's table of reproduced figures, from the claims ledger (between its claims markers);
+# `make figures` runs it after a full build (docs/claims.md is a target of the workflow).
+readme: setup
+	$(BIN)/delay-stability claims --scale quick --readme README.md
 
 # The suite in $(CORES) processes, one test file per process at a time (--dist loadfile: a file's
 # module fixtures and its real processes stay together); many tests wait on subprocesses.

@@ -29,6 +29,7 @@ include: "workflow/rules/spikes.smk"
 include: "workflow/rules/momentum.smk"
 include: "workflow/rules/real_workers.smk"
 include: "workflow/rules/random_staleness.smk"
+include: "workflow/rules/claims.smk"  # after the experiments: it reads their tables
 include: "workflow/rules/train.smk"  # last: it builds the run folders the experiments registered
 
 

@@ -98,7 +98,13 @@ def test_the_table_from_hand_made_run_folders(tmp_path):
         records.append(str(tmp_path / f"{net}.json"))
         files.write_json(records[-1], {"network": net, "arm": arm, "runs": runs})
     out, md = str(tmp_path / "table1.csv"), str(tmp_path / "table1.md")
-    assert cli_main(["table1-collect", "--record", *records, "--table", out, "--markdown", md]) == 0
+    runs_csv = str(tmp_path / "table1_runs.csv")
+    assert cli_main(["table1-collect", "--record", *records, "--table", out, "--markdown", md, "--runs", runs_csv]) == 0
+    per_seed = read_csv(runs_csv)   # one row per run folder: what the claims ledger pairs by seed
+    assert list(per_seed[0]) == list(t1.RUN_COLUMNS)
+    assert [(p["network"], p["arm"], p["status"]) for p in per_seed] == [
+        ("ResNet-44", "ASGD", "completed"), ("ResNet-44", "ASGD", "completed"), ("C3", "ASGD", "diverged")]
+    assert [float(p["val_accuracy"]) for p in per_seed] == pytest.approx([80.0, 90.0, 1.0])
     rows = read_csv(out)
     assert list(rows[0]) == list(t1.TABLE_COLUMNS)
     r, c = rows

@@ -28,6 +28,8 @@ specs and trains them (SB with a scan trains nothing: its runs are the scan's at
     table1.csv   network, arm, lr, batch_size, epochs, tau, val_accuracy (percent, mean over seeds),
                  val_accuracy_std, seeds, diverged, paper (the paper's value, where there is one)
     table1.md    the same as a Markdown table, one row per network, one column per arm
+    table1_runs.csv   one row per network, arm and seed: val_accuracy, status, run (what the claims
+                 ledger pairs by seed)
     <network>/scan.csv   the SB scan (quick scale): lr, seed, status, val_error, train_error
 """
 
@@ -51,6 +53,8 @@ SLUG_ARMS = {v: k for k, v in ARM_SLUGS.items()}
 TABLE_COLUMNS = ("network", "arm", "lr", "batch_size", "epochs", "tau", "val_accuracy", "val_accuracy_std",
                  "seeds", "diverged", "paper")
 SCAN_COLUMNS = ("lr", "seed", "status", "val_error", "train_error", "run")
+#: Columns of table1_runs.csv: one row per (network, arm, seed), what the claims ledger pairs by seed.
+RUN_COLUMNS = ("network", "arm", "seed", "val_accuracy", "status", "run")
 DEFAULT_SEEDS = (0,)
 DEFAULT_EXTRA_EPOCHS = 0.3
 #: The paper's Table 1 (validation accuracy, percent).
@@ -280,15 +284,25 @@ def accuracy(summary: dict, classes: int) -> float:
     return 100.0 * (1.0 - e)
 
 
-def table_row(network: str, arm: str, folders) -> dict:
-    """The table1.csv row of one (network, arm) from its run folders (one per seed)."""
-    accs, specs, diverged = [], [], 0
+def run_rows(network: str, arm: str, folders) -> list[dict]:
+    """The table1_runs.csv rows of one (network, arm): one per run folder (seed), its val accuracy
+    as ``accuracy`` (a diverged run at chance)."""
+    rows = []
     for folder in folders:
         spec = validate_spec(files.read_json(os.path.join(folder, "run.json"), "run.json").get("spec") or {})
         s = read_summary(folder)
-        accs.append(accuracy(s, NUM_CLASSES.get(spec["dataset"], 10)))
-        diverged += s["status"] == "diverged"
-        specs.append(spec)
+        rows.append({"network": network, "arm": arm, "seed": int(spec["seed"]),
+                     "val_accuracy": accuracy(s, NUM_CLASSES.get(spec["dataset"], 10)), "status": s["status"],
+                     "run": str(folder), "spec": spec})
+    return rows
+
+
+def table_row(network: str, arm: str, folders) -> dict:
+    """The table1.csv row of one (network, arm) from its run folders (one per seed)."""
+    runs = run_rows(network, arm, folders)
+    accs = [r["val_accuracy"] for r in runs]
+    specs = [r["spec"] for r in runs]
+    diverged = sum(r["status"] == "diverged" for r in runs)
     if not specs:
         raise UserError(f"table1: no runs for {network} {arm}")
     m = sum(accs) / len(accs)
@@ -324,13 +338,16 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(arm_dirs: dict, table_csv: str, table_md: str) -> list[dict]:
+def write_table(arm_dirs: dict, table_csv: str, table_md: str, runs_csv: str | None = None) -> list[dict]:
     """table1.csv and table1.md from ``arm_dirs`` ((network, arm) -> run folders), rows in the
-    order networks first appear and ARMS."""
+    order networks first appear and ARMS; with ``runs_csv`` also table1_runs.csv (one row per seed)."""
     order = {a: i for i, a in enumerate(ARMS)}
     nets = {n: i for i, n in enumerate(dict.fromkeys(n for n, _ in arm_dirs))}
-    rows = [table_row(n, a, dirs) for (n, a), dirs in sorted(arm_dirs.items(), key=lambda kv: (nets[kv[0][0]], order[kv[0][1]]))]
+    cells = sorted(arm_dirs.items(), key=lambda kv: (nets[kv[0][0]], order[kv[0][1]]))
+    rows = [table_row(n, a, dirs) for (n, a), dirs in cells]
     files.write_csv(table_csv, list(TABLE_COLUMNS), rows)
+    if runs_csv:
+        files.write_csv(runs_csv, list(RUN_COLUMNS), [r for (n, a), dirs in cells for r in run_rows(n, a, dirs)])
     text = markdown(rows)
     files.atomic_write(table_md, lambda f: f.write(text.encode()))
     return rows
@@ -396,7 +413,7 @@ def _cli_collect(args) -> int:
         if not isinstance(rec, dict) or not {"network", "arm", "runs"} <= set(rec):
             raise UserError(f"table1 arm record {path}: not an arm record (network, arm, runs)")
         arm_dirs[(rec["network"], rec["arm"])] = rec["runs"]
-    for r in write_table(arm_dirs, args.table, args.markdown):
+    for r in write_table(arm_dirs, args.table, args.markdown, args.runs):
         paper = f" (paper {r['paper']:.2f})" if r["paper"] is not None else ""
         print(f"{r['network']:<12} {r['arm']:<5} lr {r['lr']:<9.4g} val accuracy {r['val_accuracy']:.2f} "
               f"± {r['val_accuracy_std']:.2f}%{paper}")
@@ -428,4 +445,5 @@ def register(subparsers) -> None:
     p.add_argument("--record", nargs="+", required=True, metavar="JSON")
     p.add_argument("--table", required=True, metavar="CSV")
     p.add_argument("--markdown", required=True, metavar="MD")
+    p.add_argument("--runs", default=None, metavar="CSV", help="also table1_runs.csv: one row per network, arm and seed")
     p.set_defaults(func=_cli_collect)
