@@ -127,7 +127,7 @@ def test_the_cifar_files_are_in_torchvision_format_md5_aside(data_root, name):
 def training_specs(paper, root="data"):
     """(key, full training spec) of every run kind the paper block describes, built as the
     experiments build them (baseline, a continuation probe, eos fixed / burn-in / scaled runs, the
-    generalization grids, table1, fig11, imagenet, momentum)."""
+    generalization grids, table1, spikes, imagenet, momentum)."""
     from delay_stability.experiments import eos, stability
 
     for exp in ("stability", "shifted_stability"):
@@ -152,7 +152,7 @@ def training_specs(paper, root="data"):
             yield f"generalization.{fig}.train", deep_merge(gen["train"], gen[fig]["train"])
     for i, net in enumerate(paper["table1"]["networks"]):
         yield f"table1.networks[{i}].train", net["train"]
-    for name in ("fig11", "imagenet", "momentum"):
+    for name in ("spikes", "imagenet", "momentum"):
         yield f"{name}.train", paper[name]["train"]
 
 
@@ -245,7 +245,7 @@ def test_smoke_config_is_pure_validates_and_shrinks_every_grid(tmp_path):
     assert all(smoke.BATCH_SIZE <= n["large_batch"] <= 2 * smoke.BATCH_SIZE for n in out["table1"]["networks"])
     assert out["momentum"]["workers"] == [1, 2] and len(out["momentum"]["momenta"]) == 3  # + fixed_momentum
     assert PAPER["momentum"]["fixed_momentum"] in out["momentum"]["momenta"] and out["momentum"]["seeds"] == [0]
-    assert out["imagenet"]["fig5"] == PAPER["imagenet"]["fig5"] and out["fig11"]["variants"] == PAPER["fig11"]["variants"]
+    assert out["imagenet"]["fig5"] == PAPER["imagenet"]["fig5"] and out["spikes"]["variants"] == PAPER["spikes"]["variants"]
 
 
 # ------------------------------------------------------------------ end to end

@@ -15,6 +15,7 @@ from delay_stability.errors import UserError
 from delay_stability.experiments import config as config_check
 from delay_stability.experiments import smoke
 from delay_stability.files import code_hash
+from delay_stability.registry import EXPERIMENTS
 from delay_stability.spec import deep_merge, validate_spec
 
 ROOT = Path(workflow.basedir)

@@ -1,18 +1,18 @@
 # Spikes in the training error under delay (appendix D): figure 11.
-# A-SGD with momentum, without, and with shifted momentum (config block fig11), the same hyperparameters,
+# A-SGD with momentum, without, and with shifted momentum (config block spikes), the same hyperparameters,
 # no LR decay, x seeds; BatchNorm networks: one job of the generic train rule per run
 # -> `spikes-collect` -> results/<scale>/spikes/{spikes,spikes_curves}.csv -> figures/fig11.
 # The spike count: delay_stability.experiments.spikes.count_spikes.
 from delay_stability.experiments import spikes as spikes_exp
 
-SPIKES = EXP.get("fig11")
+SPIKES = EXP.get("spikes")
 SPIKES_DIR = SCALE_DIR / "spikes"
 SPIKES_BASE = with_run_settings(SPIKES["train"]) if SPIKES else {}
 #: run folders SPIKES_DIR/variant{v}/seed{s}
 SPIKES_RUNS = spikes_exp.runs(SPIKES, SPIKES_BASE) if SPIKES else []
 
 for _run in SPIKES_RUNS:
-    register_run(_run.folder(SPIKES_DIR), _run.spec, "fig11", runtime_paper=3 * 24 * 60)
+    register_run(_run.folder(SPIKES_DIR), _run.spec, "spikes", runtime_paper=3 * 24 * 60)
 
 if SPIKES:
     ALL_TARGETS.extend(figure("fig11"))

@@ -419,6 +419,22 @@ def scaled_spec(block: dict, base: dict, variant: str, m: float, tau: int, init_
     return spec
 
 
+def config_specs(exp: dict, settings):
+    """(config key, spec) of every training run of the ``eos`` block of ``exp`` (registry role
+    ``specs``); the scaled runs, whose η the run sets, get a stand-in lr."""
+    block = exp["eos"]
+    base = settings(block["train"])
+    try:
+        for run in fixed_runs(block, base).values():
+            yield f"eos.fixed ({run.name})", run.spec
+    except UserError as exc:
+        raise UserError(f"eos.fixed: {exc}") from None
+    if block.get("scaled"):
+        yield "eos.scaled.burn_in", burn_in_spec(block, base)
+        for run in scaled_runs(block):
+            yield "eos.scaled", {**scaled_spec(block, base, *run, "burn_in.pt"), "lr": 1.0}
+
+
 def track_files(root, block: dict, base: dict) -> list[str]:
     """sharpness.csv of every run the figure reads."""
     folders = [os.path.join(str(root), "fixed", name) for name in fixed_runs(block, base)]

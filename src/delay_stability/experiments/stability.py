@@ -94,6 +94,28 @@ def figure_searches(block: dict, figure: str) -> list[tuple[str, float, int]]:
     return picked
 
 
+def config_specs(exp: dict, settings):
+    """(config key, spec) of every training run of the scale block ``exp`` (registry role
+    ``specs``): each block's baseline, its continuation, and a probe of every (variant, m) it
+    searches (stand-in lr, delay and start: the search sets them); and every figure's selection of
+    searches is checked. ``settings(spec)`` adds the run-wide settings."""
+    for name in EXPERIMENTS:
+        if name in exp:
+            block = exp[name]
+            baseline = settings(block["baseline"])
+            yield f"{name}.baseline", baseline
+            yield f"{name}.continuation", deep_merge(baseline, block["continuation"])
+            for variant, m in sorted({s[:2] for s in searches(block)}):
+                yield f"{name}.continuation", probe_spec(
+                    baseline, block["continuation"], lr=1.0, tau=0, variant=variant, momentum=m,
+                    init_checkpoint="kicked.pt", epochs=1)
+    for figure, name in figure_experiments(exp).items():
+        try:
+            figure_searches(exp[name], figure)
+        except UserError as exc:
+            raise UserError(f"{name}.{exc}") from None
+
+
 # ----------------------------------------------------------------------------- its files and command flags
 def search_file(exp_dir, variant: str, m: float, tau: int) -> str:
     """``<exp_dir>/search/<variant>-m<m>/tau<τ>/search.json``: one threshold search."""

@@ -176,6 +176,12 @@ def all_specs(block: dict, base_of):
                 yield f"{key} {arm}", spec
 
 
+def config_specs(exp: dict, settings):
+    """(config key, spec) of every training run of the ``table1`` block of ``exp`` (registry role
+    ``specs``; ``settings(spec)`` adds the run-wide settings to each network's spec)."""
+    yield from all_specs(exp["table1"], settings)
+
+
 # ================================================================ the SB η
 
 
