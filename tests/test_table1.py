@@ -12,6 +12,7 @@ from delay_stability import files
 from delay_stability.cli import main as cli_main
 from delay_stability.errors import UserError
 from delay_stability.experiments import table1 as t1
+from delay_stability.experiments import table1_tables as t1_tables
 from delay_stability.spec import validate_spec
 from oracles import read_csv
 from workflow_util import REPO, SNAKEMAKE, copy_workflow, edit_config, snakemake
@@ -69,7 +70,7 @@ def test_the_config_check_covers_every_arm_and_the_scan():
     per_net = 1 + len(q["sb_lrs"]) * len(q["seeds"]) + len(t1.ARMS) * len(q["seeds"])
     assert len(keys) == len(q["networks"]) * per_net
     paper = cfg["paper"]["table1"]
-    assert "sb_lrs" not in paper and [n["name"] for n in paper["networks"]] == list(t1.PAPER)
+    assert "sb_lrs" not in paper and [n["name"] for n in paper["networks"]] == list(t1_tables.PAPER)
 
 
 def test_the_best_sb_lr_is_the_lowest_mean_val_error():
@@ -100,7 +101,7 @@ def test_the_table_from_hand_made_run_folders(tmp_path):
     out, md = str(tmp_path / "table1.csv"), str(tmp_path / "table1.md")
     assert cli_main(["table1-collect", "--record", *records, "--table", out, "--markdown", md]) == 0
     rows = read_csv(out)
-    assert list(rows[0]) == list(t1.TABLE_COLUMNS)
+    assert list(rows[0]) == list(t1_tables.TABLE_COLUMNS)
     r, c = rows
     assert (r["network"], r["arm"], r["tau"], r["seeds"], r["diverged"], r["paper"]) == ("ResNet-44", "ASGD", "32", "2", "0", "10.0")
     assert float(r["val_accuracy"]) == pytest.approx(85.0) and float(r["val_accuracy_std"]) == pytest.approx(math.sqrt(50))

@@ -41,7 +41,8 @@ class Experiment:
                   settings); a UserError names the config key below the scale. None: it trains nothing
     ensembles     function of experiments/<name>.py grouping its runs into ensembles (runs -> {key: runs})
     tables        module (under experiments/) whose functions write its tables from the collected runs
-    plot_options  function of experiments/<name>.py giving the JSON options of its figures
+    plot_options  function giving the JSON options of its figures (in its tables module where the
+                  experiment's module holds what its jobs compute)
     smoke         function of experiments/smoke.py, ``shrink(block, spec, sizes)``: smoke mode's shrink
                   of one of its blocks, in place (``spec`` shrinks a training spec; ``sizes``: epochs,
                   batch_size, n_train, n_val). None: smoke mode keeps the block as it is
@@ -84,14 +85,18 @@ class Experiment:
     def role(self, role: str):
         """The function that plays ``role`` (a field name above), imported now; None if it has none.
         ``smoke`` resolves in experiments/smoke.py, ``tables`` to a module, the others in the
-        experiment's module."""
+        experiment's module or else in its tables module."""
         target = getattr(self, role)
         if target is None:
             return None
         if role == "tables":
             return importlib.import_module(f"{PACKAGE}.experiments.{target}")
-        module = f"{PACKAGE}.experiments.smoke" if role == "smoke" else self.module
-        return getattr(importlib.import_module(module), target)
+        if role == "smoke":
+            return getattr(importlib.import_module(f"{PACKAGE}.experiments.smoke"), target)
+        module = importlib.import_module(self.module)
+        if not hasattr(module, target) and self.tables:  # figure options live beside the tables
+            module = self.role("tables")
+        return getattr(module, target)
 
 
 #: Every experiment, in the order the workflow includes them and the figures are listed.
@@ -103,17 +108,17 @@ EXPERIMENTS = (
     Experiment("eos", blocks=("eos",), figures=("delayed_eos",), tables="eos_tables", smoke="shrink_eos"),
     Experiment("generalization", blocks=("generalization",), figures=("fig3", "fig1", "fig13"),
                ensembles="ensemble_groups", tables="generalization", smoke="shrink_generalization"),
-    Experiment("table1", blocks=("table1",), figures=("table1",), tables="table1", smoke="shrink_table1"),
+    Experiment("table1", blocks=("table1",), figures=("table1",), tables="table1_tables", smoke="shrink_table1"),
     Experiment("imagenet", blocks=("imagenet",), figures=("fig5", "fig9"), tables="imagenet",
                smoke="shrink_delayed"),
     Experiment("spikes", blocks=("spikes",), figures=("fig11",), tables="spikes", smoke="shrink_delayed"),
     Experiment("momentum", blocks=("momentum",),
                figures=("momentum_theory", "momentum_vs_workers", "momentum_penalty"),
-               ensembles="ensemble_groups", tables="momentum", smoke="shrink_momentum"),
+               ensembles="ensemble_groups", tables="momentum_tables", smoke="shrink_momentum"),
     Experiment("mitigations", blocks=("mitigations",), figures=("mitigations",), tables="mitigations_tables",
                plot_options=None, smoke="shrink_mitigations"),
     Experiment("real_workers", blocks=("real_workers",), figures=("real_staleness",), specs=None,
-               tables="real_workers", smoke="shrink_real_workers"),
+               tables="real_workers_tables", smoke="shrink_real_workers"),
 )
 
 #: name -> its Experiment

@@ -87,8 +87,15 @@ def src_hash(*modules):
     """Hash of the package modules a rule runs (e.g. "experiments.stability") and of every module
     they import, transitively (computed from their imports, not listed by hand): rules that compute
     take it as a parameter, so that editing the library reruns what it affects and nothing else
-    (Snakemake does not see edits to imported modules)."""
-    return code_hash([f"delay_stability.{m}" for m in modules], SRC)
+    (Snakemake does not see edits to imported modules). The package root (``__version__``) is left
+    out: the version is provenance (run.json records it), not a rerun trigger."""
+    return code_hash([f"delay_stability.{m}" for m in modules], SRC, ignore=("delay_stability",))
+
+
+def plots_hash(experiment):
+    """Hash of what a figure rule of ``experiment`` runs: its plots module and the shared plots
+    code (plots/__init__.py, style.py and what they import)."""
+    return src_hash("plots", f"plots.{experiment}")
 
 
 def checked_spec(spec, key):

@@ -50,7 +50,7 @@ rule spikes_figure:
                    category="Spikes under delay ({scale})".format(scale=SCALE)),
     params:
         opts=spikes_exp.plot_options(SPIKES, SPIKES_BASE, SCALE) if SPIKES else "{}",
-        code=src_hash("plots", "plots.spikes"),
+        code=plots_hash("spikes"),
     localrule: True
     conda:
         "../../environment.yml"

@@ -24,8 +24,8 @@ The file reads top to bottom:
 2. ``edge_alpha`` / ``predicted_edge``: α* and α*/η of a training spec;
 3. the command ``eos-run``.
 
-The analysis of finished runs (``plateau``, ``collect``, ``eos-collect``) is in eos_tables.py, apart
-from the code that trains, so that editing it never reruns a training job.
+The analysis of finished runs (``plateau``, ``collect``, ``eos-collect``) and the figure's options are in
+eos_tables.py, apart from the code that trains, so that editing them never reruns a training job.
 
 Files of a tracked run (besides those of ``train.run_training``):
 
@@ -43,7 +43,6 @@ same sharpness values, bit for bit.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import time
@@ -419,22 +418,6 @@ def scaled_spec(block: dict, base: dict, variant: str, m: float, tau: int, init_
     return spec
 
 
-def config_specs(exp: dict, settings):
-    """(config key, spec) of every training run of the ``eos`` block of ``exp`` (registry role
-    ``specs``); the scaled runs, whose η the run sets, get a stand-in lr."""
-    block = exp["eos"]
-    base = settings(block["train"])
-    try:
-        for run in fixed_runs(block, base).values():
-            yield f"eos.fixed ({run.name})", run.spec
-    except UserError as exc:
-        raise UserError(f"eos.fixed: {exc}") from None
-    if block.get("scaled"):
-        yield "eos.scaled.burn_in", burn_in_spec(block, base)
-        for run in scaled_runs(block):
-            yield "eos.scaled", {**scaled_spec(block, base, *run, "burn_in.pt"), "lr": 1.0}
-
-
 def track_files(root, block: dict, base: dict) -> list[str]:
     """sharpness.csv of every run the figure reads."""
     folders = [os.path.join(str(root), "fixed", name) for name in fixed_runs(block, base)]
@@ -449,12 +432,3 @@ def track_flags(track: dict) -> str:
     if "hvp_batch" in track:
         flags.append(f"--hvp-batch {track['hvp_batch']}")
     return " ".join(flags)
-
-
-def plot_options(block: dict) -> str:
-    """The ``--options`` JSON of the delayed_eos figure."""
-    opts = {"edge_tol": block["edge_tol"]}
-    burn = (block.get("scaled") or {}).get("burn_in")
-    if burn:
-        opts["burn_in"] = f"{burn['epochs']} steps of GD at η = {burn['lr']:g}"
-    return json.dumps(opts)

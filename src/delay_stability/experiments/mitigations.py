@@ -80,27 +80,6 @@ def optimizer_mitigation(rule: dict, sharpness: float) -> dict | None:
     return {"name": rule["name"], **hp}
 
 
-def config_specs(exp: dict, settings):
-    """(config key, spec) of every training run of the ``mitigations`` block of ``exp`` (registry
-    role ``specs``): a continuation of its source experiment (``from``, which must exist at the
-    scale) per rule, with stand-in lr, delay and start."""
-    from .stability import probe_spec
-
-    block = exp["mitigations"]
-    source = block["from"]
-    if source not in exp:
-        raise UserError(f"mitigations.from: no {source!r} block at this scale")
-    try:
-        rules_ = rules(block)
-    except (UserError, ValueError) as exc:
-        raise UserError(f"mitigations.rules: {exc}") from None
-    baseline = settings(exp[source]["baseline"])
-    for label, rule in rules_.items():
-        yield f"mitigations.rules.{label}", probe_spec(
-            baseline, exp[source]["continuation"], lr=1.0, tau=1, variant="plain", momentum=0.0,
-            init_checkpoint="kicked.pt", epochs=1, mitigation=optimizer_mitigation(rule, 1.0))
-
-
 def predicted_alpha(rule: dict, tau: int, sharpness: float, c: float = 0.0, search: dict | None = None) -> float:
     """α* = a·η* of the rule at constant delay τ (plain: eq. 6 by the root locus). Gap-aware: the
     scalar recurrence's numerical edge over the search's budget (in steps) and escape growth when
