@@ -89,7 +89,15 @@ def src_hash(*modules):
     take it as a parameter, so that editing the library reruns what it affects and nothing else
     (Snakemake does not see edits to imported modules). The package root (``__version__``) is left
     out: the version is provenance (run.json records it), not a rerun trigger."""
-    return code_hash([f"delay_stability.{m}" for m in modules], SRC, ignore=("delay_stability",))
+    names = tuple(f"delay_stability.{m}" for m in modules)
+    digest = code_hash(names, SRC, ignore=("delay_stability",))
+    CODE_MODULES[digest] = names
+    return digest
+
+
+#: code hash -> the modules it hashes (their closure is what a rule with that `code` param runs):
+#: tests/test_promise.py reads it to check which jobs an edit reruns.
+CODE_MODULES = {}
 
 
 def plots_hash(experiment):

@@ -233,12 +233,6 @@ def all_specs(block: dict, base: dict):
         yield f"momentum ({run.name})", run.spec
 
 
-def config_specs(exp: dict, settings):
-    """(config key, spec) of every training run of the ``momentum`` block of ``exp`` (registry role
-    ``specs``; ``settings(spec)`` adds the run-wide settings)."""
-    yield from all_specs(exp["momentum"], settings(exp["momentum"]["train"]))
-
-
 def groups(runs_: list) -> dict:
     """M -> the GridRuns of that number of workers (one ensemble job each)."""
     out = {}

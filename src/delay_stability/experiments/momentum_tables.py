@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import files, theory
 from ..errors import UserError
-from .momentum import base_spec, lr_window
+from .momentum import all_specs, base_spec, lr_window
 
 RUN_COLUMNS = ("workers", "momentum", "lr", "seed", "status", "reached", "steps_to_target", "final_train_loss",
                "epochs_run", "run")
@@ -231,6 +231,12 @@ def figure_tables(figure: str, results_dir, theory_dir) -> dict:
                 "quadratic": os.path.join(os.fspath(results_dir), "quadratic_best.csv")}
     names = ("best", "paper") if figure == "momentum_vs_workers" else ("penalty", "paper")
     return {n: os.path.join(os.fspath(results_dir), f"{n}.csv") for n in names}
+
+
+def config_specs(exp: dict, settings):
+    """(config key, spec) of every training run of the ``momentum`` block of ``exp`` (registry role
+    ``specs``; ``settings(spec)`` adds the run-wide settings)."""
+    yield from all_specs(exp["momentum"], settings(exp["momentum"]["train"]))
 
 
 def _cli_collect(args) -> int:
