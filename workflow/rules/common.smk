@@ -17,6 +17,7 @@ from delay_stability.experiments import smoke
 from delay_stability.files import code_hash
 from delay_stability.registry import EXPERIMENTS
 from delay_stability.spec import deep_merge, validate_spec
+from delay_stability.theory import VARIANTS  # the delayed-SGD variants, for wildcard constraints
 
 ROOT = Path(workflow.basedir)
 SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"

@@ -87,7 +87,7 @@ rule eos_scaled:
         track=lambda wc: eos_exp.track_flags(EOS["track"]),
         code=EOS_CODE,
     wildcard_constraints:
-        variant="plain|momentum|shifted",
+        variant=as_regex(VARIANTS),
         tau=r"\d+",
     conda:
         "../../environment.yml"

@@ -105,7 +105,7 @@ rule stability_search:
         search=lambda wc: json.dumps(EXP[wc.exp]["search"], sort_keys=True),
         code=src_hash("experiments.stability"),
     wildcard_constraints:
-        variant="plain|momentum|shifted",
+        variant=as_regex(VARIANTS),
         tau=r"\d+",
     conda:
         "../../environment.yml"

@@ -256,9 +256,7 @@ def specs_json(group: list) -> str:
 
 
 def _cli_theory(args) -> int:
-    options = json.loads(args.options) if args.options else {}
-    if not isinstance(options, dict):
-        raise UserError("--options: expected a JSON object")
+    options = files.parse_json_object(args.options, "--options") if args.options else {}
     write_theory(args.out, args.fig7, options)
     for r in files.read_csv(args.out, "momentum_theory.csv"):
         print(f"Q={float(r['Q']):g} mu_s={float(r['mu_s']):.1f} optimal mu_l={float(r['optimal_mu_l']):+.3f} "
@@ -267,9 +265,7 @@ def _cli_theory(args) -> int:
 
 
 def _cli_quadratic(args) -> int:
-    options = json.loads(args.options) if args.options else {}
-    if not isinstance(options, dict):
-        raise UserError("--options: expected a JSON object")
+    options = files.parse_json_object(args.options, "--options") if args.options else {}
     for r in write_quadratic(args.out, args.best, options):
         print(f"M={r['workers']} mu_s={r['mu_s']:.3f}: best mu_l measured {r['measured_mu_l']:+.2f}, expected "
               f"{r['expected_mu_l']:+.2f}, by rate {r['rate_mu_l']:+.2f}; Theorem 7 optimum {r['optimal_mu_l']:+.3f}")
