@@ -96,14 +96,14 @@ def src_hash(*modules):
     return digest
 
 
-#: code hash -> the modules it hashes (their closure is what a rule with that `code` param runs):
-#: tests/test_promise.py reads it to check which jobs an edit reruns.
+#: code hash -> the modules it covers (with all they import, the code of the jobs whose `code` param
+#: it is): tests/test_promise.py reads it to check which jobs an edit reruns.
 CODE_MODULES = {}
 
 
 def plots_hash(experiment):
-    """Hash of what a figure rule of ``experiment`` runs: its plots module and the shared plots
-    code (plots/__init__.py, style.py and what they import)."""
+    """Hash of the code that draws the figures of ``experiment``: its plots module and the shared
+    plots code (plots/__init__.py, style.py and what they import)."""
     return src_hash("plots", f"plots.{experiment}")
 
 
