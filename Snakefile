@@ -2,7 +2,8 @@
 #   snakemake --cores 2                       every figure at the configured scale (quick by default)
 #   snakemake --cores 2 figures/fig6.pdf      one figure
 #   snakemake -n --config scale=paper         what the paper scale would run (GPU; see README)
-# One experiment = workflow/rules/<name>.smk + delay_stability/experiments/<name>.py + plots/<name>.py.
+# One experiment = an entry of delay_stability/registry.py: workflow/rules/<name>.smk,
+# delay_stability/experiments/<name>.py, plots/<name>.py, config block <name>, tests/test_<name>.py.
 
 from delay_stability.errors import UserError
 from delay_stability.experiments.config import check_config_files
@@ -18,17 +19,13 @@ configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/theory.smk"
-include: "workflow/rules/stability.smk"
-include: "workflow/rules/eos.smk"
-include: "workflow/rules/generalization.smk"
-include: "workflow/rules/table1.smk"
-include: "workflow/rules/mitigations.smk"
-include: "workflow/rules/imagenet.smk"
-include: "workflow/rules/spikes.smk"
-include: "workflow/rules/momentum.smk"
-include: "workflow/rules/real_workers.smk"
-include: "workflow/rules/random_staleness.smk"
+
+
+# one rule file per experiment of the registry (delay_stability.registry.EXPERIMENTS), in its order
+for _experiment in EXPERIMENTS:
+
+    include: _experiment.rules
+
 include: "workflow/rules/claims.smk"  # after the experiments: it reads their tables
 include: "workflow/rules/train.smk"  # last: it builds the run folders the experiments registered
 

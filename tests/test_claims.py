@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from delay_stability.experiments import claims as C
-from delay_stability.experiments import generalization, momentum
+from delay_stability.experiments import generalization
+from delay_stability.experiments import momentum_tables as momentum
 from delay_stability.experiments import theory as theory_exp
 from delay_stability import files
 from workflow_util import SNAKEMAKE, copy_workflow, snakemake
@@ -341,7 +342,8 @@ def test_the_deterministic_claims_read_the_real_columns():
     """Constructed tables with the columns their modules write (stability_tables, eos_tables,
     mitigations_tables, real_workers): every claim evaluates (no 'cannot evaluate') to the verdict
     the numbers call for."""
-    from delay_stability.experiments import eos_tables, mitigations_tables, real_workers, stability_tables
+    from delay_stability.experiments import eos_tables, mitigations_tables, stability_tables
+    from delay_stability.experiments import real_workers_tables as real_workers
 
     def table(columns, rows):
         return [{c: str(r.get(c, "")) for c in columns} for r in rows]

@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from delay_stability import cli
+from delay_stability import cli, registry
 from delay_stability.files import module_dependencies
+from delay_stability.registry import EXPERIMENTS
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "delay_stability"
@@ -28,16 +30,69 @@ LIBRARY = [m for m in MODULES if not m.startswith(("delay_stability.experiments"
 
 def test_the_layout_has_the_library_experiments_and_plots():
     names = {m.removeprefix("delay_stability.") for m in MODULES}
-    assert {"theory", "asgd", "sharpness", "models", "data", "train", "spec", "files", "errors", "cli"} <= names
+    assert {"theory", "asgd", "sharpness", "models", "data", "train", "spec", "files", "errors", "cli",
+            "registry"} <= names
     assert {"experiments.grid", "experiments.theory", "experiments.stability", "experiments.stability_tables",
             "experiments.eos", "experiments.eos_tables"} <= names
     assert {"plots.style", "plots.theory", "plots.stability", "plots.eos"} <= names
-    rules = {p.stem for p in (SRC.parent / "workflow" / "rules").glob("*.smk")}
-    experiments = {n.split(".")[1] for n in names if n.startswith("experiments.")}
-    # one experiment = one module and one rule file of the same name; the rest serve every experiment
-    helpers = {"grid", "config", "audit", "smoke"}
-    assert {e for e in experiments if e not in helpers and not e.endswith("_tables")} <= rules
-    assert rules - {"common", "train"} <= experiments
+
+
+REPO = SRC.parent
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+#: Modules under experiments/ and plots/ that serve every experiment rather than being one.
+HELPERS = {"grid", "config", "audit", "smoke", "style", "claims"}  # serve every experiment
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS, ids=lambda e: e.name)
+def test_every_experiment_has_its_five_parts(experiment):
+    """Module, plots module, config block (at both scales; theory's is top-level), test file and
+    rule file, all named like the registry entry, and every role the entry names exists."""
+    assert (PACKAGE / "experiments" / f"{experiment.name}.py").is_file()
+    assert (PACKAGE / "plots" / f"{experiment.name}.py").is_file()
+    assert (REPO / experiment.test_file).is_file()
+    assert (REPO / experiment.rules).is_file()
+    if experiment.blocks:
+        for scale in ("quick", "paper"):
+            assert experiment.name in CONFIG[scale], f"{scale}.{experiment.name}"
+            assert set(CONFIG[scale]) & set(experiment.blocks)
+    else:
+        assert experiment.name in CONFIG
+    for role in ("specs", "ensembles", "tables", "plot_options", "smoke"):
+        if getattr(experiment, role) is not None:
+            assert callable(experiment.role(role)) or role == "tables", role
+
+
+def test_the_registry_is_the_one_list_of_experiments():
+    """Every experiment module, plots module, rule file, config block and figure belongs to one
+    registry entry, and every figure the registry names is drawn by its experiment's plots module."""
+    names = [e.name for e in EXPERIMENTS]
+    assert len(set(names)) == len(names)
+    modules = {p.stem for p in (PACKAGE / "experiments").glob("*.py")} - HELPERS - {"__init__"}
+    tables = {e.tables for e in EXPERIMENTS if e.tables}
+    assert modules - tables == set(names) - tables and set(names) <= modules
+    assert {p.stem for p in (PACKAGE / "plots").glob("*.py")} - HELPERS - {"__init__"} == set(names)
+    assert {p.stem for p in (REPO / "workflow" / "rules").glob("*.smk")} - {"common", "train", "claims"} == set(names)
+    blocks = {b for e in EXPERIMENTS for b in e.blocks}
+    for scale in ("quick", "paper"):
+        assert set(CONFIG[scale]) <= blocks, scale
+    figures = registry.all_figures()
+    assert len(set(figures)) == len(figures)
+    from delay_stability import plots
+
+    assert set(plots.load_plotters()) == set(figures)
+    for experiment in EXPERIMENTS:  # each figure is drawn by its own experiment's plots module
+        tree = ast.parse((PACKAGE / "plots" / f"{experiment.name}.py").read_text())
+        drawn = {d.args[0].value for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
+                 for d in n.decorator_list if isinstance(d, ast.Call) and getattr(d.func, "id", None) == "plotter"}
+        assert drawn == set(experiment.figures), experiment.name
+
+
+def test_the_workflow_includes_the_registry_and_no_rule_file_by_hand():
+    snakefile = (REPO / "Snakefile").read_text()
+    assert "for _experiment in EXPERIMENTS:" in snakefile
+    included = [line.split('"')[1] for line in snakefile.splitlines() if line.startswith("include:")]
+    # the shared rule files: common (first), claims (after the experiments: it reads their tables), train (last)
+    assert included == ["workflow/rules/common.smk", "workflow/rules/claims.smk", "workflow/rules/train.smk"]
 
 
 @pytest.mark.parametrize("module", LIBRARY)

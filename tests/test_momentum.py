@@ -157,6 +157,7 @@ import json  # noqa: E402
 
 from delay_stability.errors import UserError  # noqa: E402
 from delay_stability.experiments import momentum as mom  # noqa: E402
+from delay_stability.experiments import momentum_tables as mom_tables  # noqa: E402
 from oracles import read_csv  # noqa: E402
 from workflow_util import SNAKEMAKE, copy_workflow, edit_config, snakemake  # noqa: E402
 
@@ -196,10 +197,10 @@ def test_the_block_checks_name_the_key():
 def test_steps_to_target_interpolates_in_log_loss():
     rows = [{"epoch": 0, "step": 0, "train_loss": 2.0}, {"epoch": 1, "step": 10, "train_loss": 1.0},
             {"epoch": 2, "step": 20, "train_loss": 0.25}]
-    assert mom.steps_to_target(rows, 0.5) == pytest.approx(10 + 10 * 0.5)  # log 1 -> log 0.25, halfway
-    assert mom.steps_to_target(rows, 3.0) == 0.0
-    assert mom.steps_to_target(rows, 0.1) is None
-    assert mom.steps_to_target(rows[:1] + [{"epoch": 1, "step": 10, "train_loss": float("nan")}], 0.5) is None
+    assert mom_tables.steps_to_target(rows, 0.5) == pytest.approx(10 + 10 * 0.5)  # log 1 -> log 0.25, halfway
+    assert mom_tables.steps_to_target(rows, 3.0) == 0.0
+    assert mom_tables.steps_to_target(rows, 0.1) is None
+    assert mom_tables.steps_to_target(rows[:1] + [{"epoch": 1, "step": 10, "train_loss": float("nan")}], 0.5) is None
 
 
 def test_tuning_scores_only_configurations_where_every_seed_reached():
@@ -213,18 +214,18 @@ def test_tuning_scores_only_configurations_where_every_seed_reached():
                     reached = not (M == 4 and mu == 0.0 and lr == 0.1 and seed == 1)
                     rows.append({"workers": M, "momentum": mu, "lr": lr, "seed": seed, "reached": reached,
                                  "steps_to_target": steps if reached else None})
-    scores = mom.score_rows(rows)
+    scores = mom_tables.score_rows(rows)
     cell = next(s for s in scores if (s["workers"], s["momentum"], s["lr"]) == (4, 0.0, 0.1))
     assert cell["steps_to_target"] is None and cell["reached"] == 1
-    tuned = mom.tuned_rows(scores)
+    tuned = mom_tables.tuned_rows(scores)
     t = {(r["workers"], r["momentum"]): r for r in tuned}
     assert t[(1, 0.9)]["best_lr"] == 0.3 and t[(1, 0.9)]["lr_at_edge"] is True
     assert t[(4, -0.45)]["best_lr"] == 0.2 and t[(4, -0.45)]["lr_at_edge"] is False
-    best = {(r["workers"], r["negatives"]): r for r in mom.best_rows(tuned)}
+    best = {(r["workers"], r["negatives"]): r for r in mom_tables.best_rows(tuned)}
     assert best[(1, True)]["best_momentum"] == 0.9 and best[(1, True)]["penalty"] == 1.0
     assert best[(4, True)]["best_momentum"] == -0.45 and best[(4, False)]["best_momentum"] == 0.0
     assert best[(4, True)]["penalty"] == pytest.approx(400.5 / 100.5)
-    pen = {(r["workers"], r["strategy"]): r for r in mom.penalty_rows(tuned, 0.9)}
+    pen = {(r["workers"], r["strategy"]): r for r in mom_tables.penalty_rows(tuned, 0.9)}
     assert pen[(4, "fixed")]["momentum"] == 0.9
     assert pen[(4, "corrected")]["momentum"] == 0.0  # 0.9 - 0.75 = 0.15: nearest grid value 0.0
 

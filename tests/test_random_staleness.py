@@ -293,6 +293,7 @@ def test_cli_threshold_does_not_import_torch():
 # ----------------------------------------------------------------------------- the experiment
 from delay_stability.errors import UserError  # noqa: E402
 from delay_stability.experiments import random_staleness as R  # noqa: E402
+from delay_stability.experiments import random_staleness_tables as RT  # noqa: E402
 
 BLOCK = {"models": {"geo": {"delay": {"kind": "geometric", "q": 0.5}}, "w2": {"workers": 2, "landing": "uniform"},
                     "rr3": {"workers": 3, "landing": "round-robin"}, "g2": {"workers": 2, "landing": "gaussian"}},
@@ -336,10 +337,10 @@ def test_bad_models_name_the_key(entry, message):
 
 
 def test_interval_is_the_student_t_interval():
-    mean, sd, lo, hi = R.interval([1.0, 2.0, 3.0])
+    mean, sd, lo, hi = RT.interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and sd == 1.0
     assert (lo, hi) == pytest.approx((2.0 - 4.303 / math.sqrt(3), 2.0 + 4.303 / math.sqrt(3)))
-    assert R.interval([1.5]) == (1.5, 0.0, 1.5, 1.5)
+    assert RT.interval([1.5]) == (1.5, 0.0, 1.5, 1.5)
 
 
 def test_summary_puts_measured_beside_every_criterion():
@@ -347,11 +348,11 @@ def test_summary_puts_measured_beside_every_criterion():
               "criterion": c, "alpha": str(a), "stderr": "0.01" if c == "almost-sure" else "0.0"}
              for c, a in zip(T.CRITERIA, (6.0, 1.25, 1.5))]
     edges = [{"model": "w2", "alpha_measured": a} for a in (1.2, 1.4)]
-    (row,) = R.summary_rows(preds, edges)
+    (row,) = RT.summary_rows(preds, edges)
     assert row["seeds"] == 2 and row["alpha_mean"] == pytest.approx(1.3)
     assert row["ratio_mean_square"] == pytest.approx(1.3 / 1.25) and row["ratio_mean"] == pytest.approx(1.3 / 6)
     assert row["alpha_almost_sure_stderr"] == 0.01
-    (row,) = R.summary_rows(preds, [])
+    (row,) = RT.summary_rows(preds, [])
     assert not row["measured"] and row["ratio_mean"] is None
 
 
@@ -366,7 +367,7 @@ def test_rescore_calls_stay_below_each_edge(tmp_path):
     write_csv(hists, ("workers", "jitter", "staleness", "measured"),
               [{"workers": 2, "jitter": 0.0, "staleness": k, "measured": p} for k, p in enumerate([0.5, 0.5, 0.0])])
     S = T.LyapunovSettings(chains=8, steps=300, burn=50)
-    rows, scores = R.rescore(conts, hists, S)
+    rows, scores = RT.rescore(conts, hists, S)
     by = {s["predictor"]: s for s in scores}
     # histogram [0.5, 0.5]: the mean edge (eq. 19) is 2 > 1.6: it calls the leaving run 'stay' (wrong)
     assert T.critical_alpha([0.5, 0.5]) > 1.6 and by["histogram/mean"]["correct"] == 1
@@ -383,10 +384,10 @@ def test_the_figure_draws_from_the_tables(tmp_path):
 
     preds = [{"model": m, "kind": "workers", "workers": 2, "landing": "uniform", "mean_staleness": 1.0,
               "criterion": c, "alpha": a, "stderr": 0.0} for m in ("a", "b") for c, a in zip(T.CRITERIA, (6, 1.2, 1.5))]
-    rows = R.summary_rows(preds, [{"model": "a", "alpha_measured": x} for x in (1.3, 1.4)])
+    rows = RT.summary_rows(preds, [{"model": "a", "alpha_measured": x} for x in (1.3, 1.4)])
     summary, scores = tmp_path / "summary.csv", tmp_path / "scores.csv"
-    write_csv(summary, R.SUMMARY_COLUMNS, rows)
-    write_csv(scores, R.SCORE_COLUMNS, [{"predictor": "workers/mean", "source": "workers", "criterion": "mean",
+    write_csv(summary, RT.SUMMARY_COLUMNS, rows)
+    write_csv(scores, RT.SCORE_COLUMNS, [{"predictor": "workers/mean", "source": "workers", "criterion": "mean",
                                          "correct": 1, "total": 2, "fraction": 0.5}])
     pdf, png = plot_figure("random_staleness", [summary, scores], tmp_path / "f.pdf", "quick")
     assert pdf.stat().st_size > 1000 and png.stat().st_size > 1000

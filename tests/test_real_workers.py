@@ -10,6 +10,7 @@ import pytest
 
 from delay_stability import theory
 from delay_stability.experiments import real_workers as rw
+from delay_stability.experiments import real_workers_tables as rw_tables
 from delay_stability.files import read_csv, write_json
 
 BLOCK = {"workers": [2, 4], "jitters": [0.0, 0.004], "factors": [0.7, 1.4], "repeats": 2, "variant": "plain",
@@ -81,7 +82,7 @@ def test_collect_writes_the_issue_columns_and_the_laws(tmp_path):
         _fake_run(d, m, j, [m - 1] * 90 + [0] * 10, {(0.7, 0): "stayed", (1.4, 0): "left"})
         runs.append(d)
     out = {k: tmp_path / f"{k}.csv" for k in ("outcomes", "histograms", "settings")}
-    assert rw.collect(runs, out["outcomes"], out["histograms"], out["settings"],
+    assert rw_tables.collect(runs, out["outcomes"], out["histograms"], out["settings"],
                       continuations_csv=tmp_path / "continuations.csv") == 4
     own = read_csv(tmp_path / "continuations.csv")
     assert float(own[0]["alpha"]) == pytest.approx(0.7 * theory.critical_alpha([0.1, 0.9]), rel=1e-12)  # a·η
@@ -106,5 +107,5 @@ def test_collect_writes_the_issue_columns_and_the_laws(tmp_path):
     from delay_stability.plots import plot_figure
 
     pdf, png = plot_figure("real_staleness", [str(p) for p in out.values()], str(tmp_path / "fig.pdf"), "quick",
-                           json.loads(rw.plot_options(BLOCK, "quick", {"model": "mlp", "dataset": "digits"})))
+                           json.loads(rw_tables.plot_options(BLOCK, "quick", {"model": "mlp", "dataset": "digits"})))
     assert (tmp_path / "fig.pdf").stat().st_size > 0 and (tmp_path / "fig.png").exists()

@@ -127,7 +127,7 @@ def test_the_cifar_files_are_in_torchvision_format_md5_aside(data_root, name):
 def training_specs(paper, root="data"):
     """(key, full training spec) of every run kind the paper block describes, built as the
     experiments build them (baseline, a continuation probe, eos fixed / burn-in / scaled runs, the
-    generalization grids, table1, fig11, imagenet, momentum)."""
+    generalization grids, table1, spikes, imagenet, momentum)."""
     from delay_stability.experiments import eos, stability
 
     for exp in ("stability", "shifted_stability"):
@@ -152,7 +152,7 @@ def training_specs(paper, root="data"):
             yield f"generalization.{fig}.train", deep_merge(gen["train"], gen[fig]["train"])
     for i, net in enumerate(paper["table1"]["networks"]):
         yield f"table1.networks[{i}].train", net["train"]
-    for name in ("fig11", "imagenet", "momentum"):
+    for name in ("spikes", "imagenet", "momentum"):
         yield f"{name}.train", paper[name]["train"]
 
 
@@ -248,7 +248,7 @@ def test_smoke_config_is_pure_validates_and_shrinks_every_grid(tmp_path):
     capped = [{**r, **({"workers": min(r["workers"], smoke.MAX_DELAY)} if "workers" in r else {})}
               for r in PAPER["imagenet"]["fig5"]["runs"]]  # worker arms: at most MAX_DELAY workers
     assert out["imagenet"]["fig5"] == {**PAPER["imagenet"]["fig5"], "runs": capped}
-    assert out["fig11"]["variants"] == PAPER["fig11"]["variants"]
+    assert out["spikes"]["variants"] == PAPER["spikes"]["variants"]
 
 
 # ------------------------------------------------------------------ end to end

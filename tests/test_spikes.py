@@ -65,7 +65,7 @@ def test_count_spikes_agrees_with_the_brute_force_definition_on_random_curves():
 
 
 def test_three_variants_share_every_hyperparameter_but_the_momentum_rule():
-    block = CONFIG["quick"]["fig11"]
+    block = CONFIG["quick"]["spikes"]
     runs = sp.runs(block, block["train"])
     assert len(runs) == len(block["variants"]) * len(block["seeds"])
     by_variant = {r.axes["variant"]: r.spec for r in runs if r.axes["seed"] == 0}
@@ -102,7 +102,7 @@ def test_spikes_csv_has_the_issue_columns_one_row_per_run(tmp_path):
 
 
 def test_a_bad_variant_is_named():
-    block = copy.deepcopy(CONFIG["quick"]["fig11"])
+    block = copy.deepcopy(CONFIG["quick"]["spikes"])
     block["variants"] = ["nesterov"]
-    with pytest.raises(Exception, match="fig11.variants"):
+    with pytest.raises(Exception, match="spikes.variants"):
         sp.runs(block, block["train"])

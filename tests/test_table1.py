@@ -12,6 +12,7 @@ from delay_stability import files
 from delay_stability.cli import main as cli_main
 from delay_stability.errors import UserError
 from delay_stability.experiments import table1 as t1
+from delay_stability.experiments import table1_tables as t1_tables
 from delay_stability.spec import validate_spec
 from oracles import read_csv
 from workflow_util import REPO, SNAKEMAKE, copy_workflow, edit_config, snakemake
@@ -69,7 +70,7 @@ def test_the_config_check_covers_every_arm_and_the_scan():
     per_net = 1 + len(q["sb_lrs"]) * len(q["seeds"]) + len(t1.ARMS) * len(q["seeds"])
     assert len(keys) == len(q["networks"]) * per_net
     paper = cfg["paper"]["table1"]
-    assert "sb_lrs" not in paper and [n["name"] for n in paper["networks"]] == list(t1.PAPER)
+    assert "sb_lrs" not in paper and [n["name"] for n in paper["networks"]] == list(t1_tables.PAPER)
 
 
 def test_the_best_sb_lr_is_the_lowest_mean_val_error():
@@ -101,12 +102,12 @@ def test_the_table_from_hand_made_run_folders(tmp_path):
     runs_csv = str(tmp_path / "table1_runs.csv")
     assert cli_main(["table1-collect", "--record", *records, "--table", out, "--markdown", md, "--runs", runs_csv]) == 0
     per_seed = read_csv(runs_csv)   # one row per run folder: what the claims ledger pairs by seed
-    assert list(per_seed[0]) == list(t1.RUN_COLUMNS)
+    assert list(per_seed[0]) == list(t1_tables.RUN_COLUMNS)
     assert [(p["network"], p["arm"], p["status"]) for p in per_seed] == [
         ("ResNet-44", "ASGD", "completed"), ("ResNet-44", "ASGD", "completed"), ("C3", "ASGD", "diverged")]
     assert [float(p["val_accuracy"]) for p in per_seed] == pytest.approx([80.0, 90.0, 1.0])
     rows = read_csv(out)
-    assert list(rows[0]) == list(t1.TABLE_COLUMNS)
+    assert list(rows[0]) == list(t1_tables.TABLE_COLUMNS)
     r, c = rows
     assert (r["network"], r["arm"], r["tau"], r["seeds"], r["diverged"], r["paper"]) == ("ResNet-44", "ASGD", "32", "2", "0", "10.0")
     assert float(r["val_accuracy"]) == pytest.approx(85.0) and float(r["val_accuracy_std"]) == pytest.approx(math.sqrt(50))

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from delay_stability.experiments import stability as stability_exp
+from delay_stability.experiments import stability_tables
 from workflow_util import REPO, SNAKEMAKE, copy_workflow, edit_config, snakemake
 
 pytestmark = pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake is not installed")
@@ -76,7 +77,7 @@ def test_a_paper_figure_pulls_in_only_the_runs_it_draws(tmp_path):
     config = yaml.safe_load((REPO / "config.yaml").read_text())["paper"]["stability"]
     config.setdefault("plots", {}).setdefault("fig2", {"variant": "plain", "momentum": 0.0})
     searches = [w for rule, w in jobs if rule == "stability_search"]
-    expected = stability_exp.figure_searches(config, "fig2")
+    expected = stability_tables.figure_searches(config, "fig2")
     assert sorted((w["variant"], float(w["m"]), int(w["tau"])) for w in searches) == sorted(expected)
     assert all(w["exp"] == "stability" for rule, w in jobs if "exp" in w)
     rules = [rule for rule, _ in jobs]

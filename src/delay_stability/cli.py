@@ -41,7 +41,7 @@ COMMANDS = {
                                "tables of the generalization experiment (figs. 1, 3, 13) from run folders"),
     "table1-arm": ("delay_stability.experiments.table1", "train one arm of one network of Table 1 (all seeds)"),
     "table1-scan": ("delay_stability.experiments.table1", "the small-batch learning-rate scan table of Table 1"),
-    "table1-collect": ("delay_stability.experiments.table1", "table1.csv and table1.md from the arm records"),
+    "table1-collect": ("delay_stability.experiments.table1_tables", "table1.csv and table1.md from the arm records"),
     "imagenet-collect": ("delay_stability.experiments.imagenet",
                          "tables of figures 5 and 9 (ImageNet under delay) from run folders"),
     "spikes-collect": ("delay_stability.experiments.spikes",
@@ -50,7 +50,7 @@ COMMANDS = {
                         "figures 6-7 of Asynchrony begets Momentum: rate-optimal explicit momentum (Theorem 7)"),
     "momentum-quadratic": ("delay_stability.experiments.momentum",
                            "least-squares stand-in: measured vs predicted rate-optimal momentum (random workers)"),
-    "momentum-collect": ("delay_stability.experiments.momentum",
+    "momentum-collect": ("delay_stability.experiments.momentum_tables",
                          "tables of the momentum experiment (best momentum vs workers) from run folders"),
     "grid-collect": ("delay_stability.experiments.grid", "tidy tables of the run folders of a grid"),
     "mitigations-search": ("delay_stability.experiments.mitigations",
@@ -61,9 +61,9 @@ COMMANDS = {
                                 "predicted edges (mean, mean-square, almost-sure) of every staleness model"),
     "random-staleness-search": ("delay_stability.experiments.random_staleness",
                                 "stability searches of one staleness model, per seed"),
-    "random-staleness-collect": ("delay_stability.experiments.random_staleness",
+    "random-staleness-collect": ("delay_stability.experiments.random_staleness_tables",
                                  "edges.csv and summary.csv of random staleness"),
-    "random-staleness-rescore": ("delay_stability.experiments.random_staleness",
+    "random-staleness-rescore": ("delay_stability.experiments.random_staleness_tables",
                                  "the real-workers continuations re-scored by every criterion"),
     "claims-collect": ("delay_stability.experiments.claims",
                        "the claims ledger (results/<scale>/claims.csv) from the tidy tables"),
@@ -76,7 +76,7 @@ COMMANDS = {
                                 "launch a real parameter server on this machine (torchrun, loopback)"),
     "real-workers-config": ("delay_stability.experiments.real_workers",
                             "the parameter server's run config of one setting"),
-    "real-workers-collect": ("delay_stability.experiments.real_workers", "tables of the real-workers experiment"),
+    "real-workers-collect": ("delay_stability.experiments.real_workers_tables", "tables of the real-workers experiment"),
 }
 
 

@@ -60,7 +60,7 @@ from . import __version__
 from .asgd import optimizer_state, update, velocity_rows
 from .errors import UserError
 from .files import write_json
-from .models import CifarResNet, DigitsResNet, _CifarBasicBlock, build_model
+from .models import CifarResNet, DigitsResNet, CifarBasicBlock, build_model
 from .spec import BATCHED_MODELS, ENSEMBLE_SHARED_KEYS as SHARED_KEYS, can_ensemble, validate_spec  # noqa: F401
 from .spec import ensemble_problem as _why_not
 from .train import (
@@ -225,7 +225,7 @@ class _Stacked:
     says whether every module of it is known here."""
 
     LEAVES = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Tanh, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Linear)
-    BLOCKS = (nn.Sequential, _CifarBasicBlock, DigitsResNet, CifarResNet)
+    BLOCKS = (nn.Sequential, CifarBasicBlock, DigitsResNet, CifarResNet)
     channels_last = False  # NHWC images (measured in benchmarks/ensemble.py: slower on this CPU)
 
     @classmethod
@@ -291,7 +291,7 @@ class _Stacked:
             else:
                 out = torch.bmm(x, w.transpose(1, 2))
             return (out if b is None else out + b.unsqueeze(1)), False
-        if isinstance(m, _CifarBasicBlock):
+        if isinstance(m, CifarBasicBlock):
             out, _ = self.run(m.conv1, x, True)
             out, _ = self.run(m.bn1, out, True)
             out, _ = self.run(m.conv2, torch.relu(out), True)

@@ -341,10 +341,12 @@ def _code_of_file(path) -> bytes:
     return _CODE_CACHE[key]
 
 
-def code_hash(modules, package_root, length: int = 12) -> str:
+def code_hash(modules, package_root, length: int = 12, ignore=()) -> str:
     """A short hash of the code of ``modules`` (dotted names, or one name) and of every module of
     the package they use, transitively: sha256 over each module's name and its code (``code_of``:
     comments, docstrings and layout do not count), in sorted order, as hex truncated to ``length``.
+    Modules named in ``ignore`` are left out (the package root, which holds only the version: the
+    version is provenance, not code a job runs).
 
     Rules that compute take it as a parameter, so editing a module reruns exactly the jobs that use
     it, transitively, and nothing else; rewording a docstring or a comment reruns nothing."""
@@ -355,6 +357,7 @@ def code_hash(modules, package_root, length: int = 12) -> str:
     closure = set()
     for module in modules:
         closure |= module_dependencies(module, package_root)
+    closure -= set(ignore)
     digest = hashlib.sha256()
     for name in sorted(closure):
         path = _module_file(name, package_root)[1]

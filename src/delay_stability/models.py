@@ -135,7 +135,7 @@ def vgg11(num_classes=10, batchnorm=True) -> nn.Module:
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(512, num_classes))
 
 
-class _CifarBasicBlock(nn.Module):
+class CifarBasicBlock(nn.Module):
     """conv3-BN-ReLU-conv3-BN + shortcut, ReLU; shortcut 'A': stride-2 subsample, zero-padded channels."""
 
     def __init__(self, cin, cout, stride):
@@ -170,7 +170,7 @@ class CifarResNet(nn.Module):
         blocks, cin = [], 16
         for width, stride in ((16, 1), (32, 2), (64, 2)):
             for i in range(n):
-                blocks.append(_CifarBasicBlock(cin, width, stride if i == 0 else 1))
+                blocks.append(CifarBasicBlock(cin, width, stride if i == 0 else 1))
                 cin = width
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(64, num_classes)
@@ -194,7 +194,7 @@ class DigitsResNet(nn.Module):
         layers, cin = [], width
         for w, stride in ((width, 1), (2 * width, 2)):
             for i in range(blocks):
-                layers.append(_CifarBasicBlock(cin, w, stride if i == 0 else 1))
+                layers.append(CifarBasicBlock(cin, w, stride if i == 0 else 1))
                 cin = w
         self.blocks = nn.Sequential(*layers)
         self.fc = nn.Linear(cin, num_classes)

@@ -15,7 +15,9 @@ from delay_stability.errors import UserError
 from delay_stability.experiments import config as config_check
 from delay_stability.experiments import smoke
 from delay_stability.files import code_hash
+from delay_stability.registry import EXPERIMENTS
 from delay_stability.spec import deep_merge, validate_spec
+from delay_stability.theory import VARIANTS  # the delayed-SGD variants, for wildcard constraints
 
 ROOT = Path(workflow.basedir)
 SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -106,8 +108,23 @@ def src_hash(*modules):
     """Hash of the package modules a rule runs (e.g. "experiments.stability") and of every module
     they import, transitively (computed from their imports, not listed by hand): rules that compute
     take it as a parameter, so that editing the library reruns what it affects and nothing else
-    (Snakemake does not see edits to imported modules)."""
-    return code_hash([f"delay_stability.{m}" for m in modules], SRC)
+    (Snakemake does not see edits to imported modules). The package root (``__version__``) is left
+    out: the version is provenance (run.json records it), not a rerun trigger."""
+    names = tuple(f"delay_stability.{m}" for m in modules)
+    digest = code_hash(names, SRC, ignore=("delay_stability",))
+    CODE_MODULES[digest] = names
+    return digest
+
+
+#: code hash -> the modules it covers (with all they import, the code of the jobs whose `code` param
+#: it is): tests/test_promise.py reads it to check which jobs an edit reruns.
+CODE_MODULES = {}
+
+
+def plots_hash(experiment):
+    """Hash of the code that draws the figures of ``experiment``: its plots module and the shared
+    plots code (plots/__init__.py, style.py and what they import)."""
+    return src_hash("plots", f"plots.{experiment}")
 
 
 def checked_spec(spec, key):

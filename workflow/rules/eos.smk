@@ -8,6 +8,7 @@
 
 
 from delay_stability.experiments import eos as eos_exp
+from delay_stability.experiments import eos_tables
 
 EOS = EXP.get("eos")
 EOS_DIR = SCALE_DIR / "eos"
@@ -86,7 +87,7 @@ rule eos_scaled:
         track=lambda wc: eos_exp.track_flags(EOS["track"]),
         code=EOS_CODE,
     wildcard_constraints:
-        variant="plain|momentum|shifted",
+        variant=as_regex(VARIANTS),
         tau=r"\d+",
     conda:
         "../../environment.yml"
@@ -134,8 +135,8 @@ rule delayed_eos:
                    category="Beyond the paper ({scale})".format(scale=SCALE), labels={"figure": "delayed_eos"}),
     params:
         scale=SCALE,
-        opts=lambda wc: eos_exp.plot_options(EOS),
-        code=src_hash("plots", "plots.eos"),
+        opts=lambda wc: eos_tables.plot_options(EOS),
+        code=plots_hash("eos"),
     conda:
         "../../environment.yml"
     log:

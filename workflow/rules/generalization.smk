@@ -104,7 +104,7 @@ rule generalization_figure:
     params:
         tables=lambda wc: " ".join(f"--table {p}" for p in gen_exp.figure_tables(wc.figure, GEN_DIR).values()),
         opts=lambda wc: gen_exp.plot_options(GEN, wc.figure, GEN_BASE, SCALE),
-        code=src_hash("plots", "plots.generalization"),
+        code=plots_hash("generalization"),
     wildcard_constraints:
         figure=as_regex(GEN_FIGURES),
     localrule: True

@@ -96,7 +96,7 @@ rule imagenet_figure:
     params:
         tables=lambda wc: " ".join(f"--table {p}" for p in imagenet_exp.figure_tables(wc.figure, IMAGENET_DIR).values()),
         opts=lambda wc: imagenet_exp.plot_options(IMAGENET, wc.figure, IMAGENET_BASE, SCALE),
-        code=src_hash("plots", "plots.imagenet"),
+        code=plots_hash("imagenet"),
     wildcard_constraints:
         figure=as_regex(IMAGENET_FIGURES),
     localrule: True

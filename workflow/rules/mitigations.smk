@@ -95,7 +95,7 @@ rule mitigations_figure:
                    category="Delay mitigations ({scale})".format(scale=SCALE), labels={"figure": "mitigations"}),
     params:
         opts=lambda wc: json.dumps({"scale": SCALE, **MIT["plots"]["mitigations"]}),
-        code=src_hash("plots.mitigations"),
+        code=plots_hash("mitigations"),
     localrule: True
     conda:
         "../../environment.yml"

@@ -3,8 +3,10 @@
 # the network grid M x μ x η x seeds with random workers (geometric staleness) -> one ensemble job per M
 # (`delay-stability ensemble`; runs that cannot batch are jobs of the generic train rule)
 #   -> `momentum-collect` -> results/<scale>/momentum/{runs,scores,tuned,best,penalty,paper}.csv -> figures.
-# The grid, the score (steps to a target training loss) and the tables: delay_stability.experiments.momentum.
+# The theory, the stand-in and the grid: delay_stability.experiments.momentum; the score (steps to a target
+# training loss), the tables and the figures' options: experiments.momentum_tables.
 from delay_stability.experiments import momentum as mom_exp
+from delay_stability.experiments import momentum_tables as mom_tables
 
 MOM = EXP.get("momentum")
 MOM_DIR = SCALE_DIR / "momentum"
@@ -89,13 +91,13 @@ rule momentum_tables:
         groups=[str(MOM_DIR / f"workers{M}" / "ensemble.json") for M in MOM_GROUPS],
         single=[f for r in MOM_SINGLE for f in run_records(r.folder(MOM_DIR))],
     output:
-        [str(MOM_DIR / f"{name}.csv") for name in mom_exp.TABLES],
+        [str(MOM_DIR / f"{name}.csv") for name in mom_tables.TABLES],
     params:
         runs=" ".join(r.folder(MOM_DIR) for r in MOM_RUNS),
         target=MOM["target_loss"] if MOM else None,
         fixed=MOM.get("fixed_momentum", 0.9) if MOM else None,
         out_dir=lambda wc, output: os.path.dirname(output[0]),
-        code=src_hash("experiments.momentum"),
+        code=src_hash("experiments.momentum_tables"),
     localrule: True
     conda:
         "../../environment.yml"
@@ -109,15 +111,15 @@ rule momentum_tables:
 rule momentum_figure:
     """momentum_vs_workers, momentum_penalty (network grid) and momentum_theory (figures 6-7)."""
     input:
-        unpack(lambda wc: mom_exp.figure_tables(wc.figure, MOM_DIR, THEORY_DIR)),
+        unpack(lambda wc: mom_tables.figure_tables(wc.figure, MOM_DIR, THEORY_DIR)),
     output:
         pdf=str(FIGURES / "{figure}.pdf"),
         png=report(str(FIGURES / "{figure}.png"), caption="../report/momentum.rst",
                    category="Asynchrony begets momentum ({scale})".format(scale=SCALE), labels={"figure": "{figure}"}),
     params:
-        tables=lambda wc: " ".join(f"--table {p}" for p in mom_exp.figure_tables(wc.figure, MOM_DIR, THEORY_DIR).values()),
-        opts=lambda wc: mom_exp.plot_options(MOM, MOM_BASE, mom_exp.caption_scale(wc.figure, SCALE)),
-        code=src_hash("plots", "plots.momentum"),
+        tables=lambda wc: " ".join(f"--table {p}" for p in mom_tables.figure_tables(wc.figure, MOM_DIR, THEORY_DIR).values()),
+        opts=lambda wc: mom_tables.plot_options(MOM, MOM_BASE, mom_tables.caption_scale(wc.figure, SCALE)),
+        code=plots_hash("momentum"),
     wildcard_constraints:
         figure=as_regex(mom_exp.FIGURES),
     localrule: True

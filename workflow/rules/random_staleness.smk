@@ -76,7 +76,7 @@ rule random_staleness_tables:
         summary=str(RS_DIR / "summary.csv"),
         markdown=str(RS_DIR / "summary.md"),
     params:
-        code=src_hash("experiments.random_staleness"),
+        code=src_hash("experiments.random_staleness_tables"),
     localrule: True
     conda:
         "../../environment.yml"
@@ -98,7 +98,7 @@ rule random_staleness_rescore:
         markdown=str(RS_DIR / "scores.md"),
     params:
         lyapunov=lambda wc: json.dumps(RS["lyapunov"], sort_keys=True),
-        code=src_hash("experiments.random_staleness"),
+        code=src_hash("experiments.random_staleness_tables"),
     localrule: True
     conda:
         "../../environment.yml"
@@ -122,7 +122,7 @@ rule random_staleness_figure:
     params:
         opts=lambda wc: json.dumps({"scale": SCALE}),
         tables=lambda wc, input: " ".join(f"--table {p}" for p in input),
-        code=src_hash("plots.random_staleness"),
+        code=plots_hash("random_staleness"),
     localrule: True
     conda:
         "../../environment.yml"

@@ -3,8 +3,10 @@
 # launch of M + 1 processes: a pilot measures the staleness, continuations run at factor x the edge it
 # predicts (eq. 19) -> results/<scale>/real_workers/M<M>/jitter<j>/<phase>/{staleness,histogram}.csv
 #   -> `real-workers-collect` -> results/<scale>/real_workers/{outcomes,histograms,settings}.csv -> figure.
-# The run configs, the stay/leave rule and the tables: delay_stability.experiments.real_workers.
+# The run configs and the stay/leave rule: delay_stability.experiments.real_workers; the tables and the
+# figure's options: experiments.real_workers_tables.
 from delay_stability.experiments import real_workers as rw_exp
+from delay_stability.experiments import real_workers_tables as rw_tables
 
 RW = EXP.get("real_workers")
 RW_DIR = SCALE_DIR / "real_workers"
@@ -60,7 +62,7 @@ rule real_workers_tables:
     params:
         runs=lambda wc, input: " ".join(str(Path(p).parent) for p in input),
         growth=RW["escape"]["growth"] if RW else 3.0,
-        code=src_hash("experiments.real_workers"),
+        code=src_hash("experiments.real_workers_tables"),
     localrule: True
     conda:
         "../../environment.yml"
@@ -83,8 +85,8 @@ rule real_workers_figure:
         png=report(str(FIGURES / "real_staleness.png"), caption="../report/real_workers.rst",
                    category="Real workers ({scale})".format(scale=SCALE)),
     params:
-        opts=lambda wc: rw_exp.plot_options(RW, SCALE, EXP[RW["from"]]["baseline"]),
-        code=src_hash("plots", "plots.real_workers"),
+        opts=lambda wc: rw_tables.plot_options(RW, SCALE, EXP[RW["from"]]["baseline"]),
+        code=plots_hash("real_workers"),
     localrule: True
     conda:
         "../../environment.yml"

@@ -1,12 +1,12 @@
 # Spikes in the training error under delay (appendix D): figure 11.
-# A-SGD with momentum, without, and with shifted momentum (config block fig11), the same hyperparameters,
+# A-SGD with momentum, without, and with shifted momentum (config block spikes), the same hyperparameters,
 # no LR decay, x seeds: one batched ensemble job (`delay-stability ensemble`, per-member BatchNorm) when
 # spec.ensemble_groups allows, else one job of the generic train rule per run -> `spikes-collect` -> results/<scale>/spikes/{spikes,spikes_curves}.csv -> figures/fig11.
 # The spike count: delay_stability.experiments.spikes.count_spikes.
 from delay_stability.experiments import spikes as spikes_exp
 from delay_stability.spec import ensemble_groups as spikes_groups
 
-SPIKES = EXP.get("fig11")
+SPIKES = EXP.get("spikes")
 SPIKES_DIR = SCALE_DIR / "spikes"
 SPIKES_BASE = with_run_settings(SPIKES["train"]) if SPIKES else {}
 #: run folders SPIKES_DIR/variant{v}/seed{s}
@@ -17,7 +17,7 @@ SPIKES_GROUP = [SPIKES_RUNS[i] for g in spikes_groups([r.spec for r in SPIKES_RU
 
 for _run in SPIKES_RUNS:
     if _run not in SPIKES_GROUP:
-        register_run(_run.folder(SPIKES_DIR), _run.spec, "fig11", runtime_paper=3 * 24 * 60)
+        register_run(_run.folder(SPIKES_DIR), _run.spec, "spikes", runtime_paper=3 * 24 * 60)
 
 if SPIKES:
     ALL_TARGETS.extend(figure("fig11"))
@@ -79,7 +79,7 @@ rule spikes_figure:
                    category="Spikes under delay ({scale})".format(scale=SCALE)),
     params:
         opts=spikes_exp.plot_options(SPIKES, SPIKES_BASE, SCALE) if SPIKES else "{}",
-        code=src_hash("plots", "plots.spikes"),
+        code=plots_hash("spikes"),
     localrule: True
     conda:
         "../../environment.yml"

@@ -2,13 +2,15 @@
 # baseline (rule train) -> minimum (polish) -> sharpness -> kick -> search per (variant, m, tau)
 #   -> tables (every search: results/<scale>/stability/*.csv; per figure: .../stability/<figure>/*.csv)
 #   -> figures. Every step writes under results/<scale>/<experiment>/; the experiment's logic and its
-#   grid are in delay_stability.experiments.stability, its tables in experiments.stability_tables.
+#   grid are in delay_stability.experiments.stability, its tables and the figures' plan (searches each
+#   draws, options) in experiments.stability_tables.
 from delay_stability.experiments import stability as stability_exp
+from delay_stability.experiments import stability_tables
 
 STABILITY_EXPERIMENTS = [e for e in stability_exp.EXPERIMENTS if e in EXP]
 STABILITY_TABLES = SCALE_DIR / "stability"
 #: figure -> the experiment whose searches it draws (fig4: the one that holds shifted momentum)
-STABILITY_FIGURES = stability_exp.figure_experiments(EXP)
+STABILITY_FIGURES = stability_tables.figure_experiments(EXP)
 
 
 
@@ -103,7 +105,7 @@ rule stability_search:
         search=lambda wc: json.dumps(EXP[wc.exp]["search"], sort_keys=True),
         code=src_hash("experiments.stability"),
     wildcard_constraints:
-        variant="plain|momentum|shifted",
+        variant=as_regex(VARIANTS),
         tau=r"\d+",
     conda:
         "../../environment.yml"
@@ -153,7 +155,7 @@ rule stability_tables:
     """Tidy tables of every search: thresholds.csv (η_max per τ), fits.csv (1/η_max vs τ), probes.csv
     (every continuation), curves.csv (the long continuations)."""
     input:
-        **stability_exp.table_inputs({SCALE_DIR / e: EXP[e] for e in STABILITY_EXPERIMENTS}),
+        **stability_tables.table_inputs({SCALE_DIR / e: EXP[e] for e in STABILITY_EXPERIMENTS}),
     output:
         thresholds=str(STABILITY_TABLES / "thresholds.csv"),
         fits=str(STABILITY_TABLES / "fits.csv"),
@@ -174,7 +176,7 @@ rule stability_tables:
 rule stability_figure_tables:
     """The same tables, from the runs one figure draws only (a figure target builds what it shows)."""
     input:
-        unpack(lambda wc: stability_exp.table_inputs(
+        unpack(lambda wc: stability_tables.table_inputs(
             {SCALE_DIR / STABILITY_FIGURES[wc.figure]: EXP[STABILITY_FIGURES[wc.figure]]}, wc.figure)),
     output:
         thresholds=str(STABILITY_TABLES / "{figure}" / "thresholds.csv"),
@@ -206,9 +208,9 @@ rule fig2:
         png=report(str(FIGURES / "fig2.png"), caption="../report/stability.rst",
                    category="Minima stability ({scale})".format(scale=SCALE), labels={"figure": "fig2"}),
     params:
-        opts=lambda wc: stability_exp.plot_options(
+        opts=lambda wc: stability_tables.plot_options(
             EXP[STABILITY_FIGURES["fig2"]], "fig2", STABILITY_FIGURES["fig2"], SCALE),
-        code=src_hash("plots.stability"),
+        code=plots_hash("stability"),
     localrule: True
     conda:
         "../../environment.yml"
@@ -229,9 +231,9 @@ rule fig12:
         png=report(str(FIGURES / "fig12.png"), caption="../report/stability.rst",
                    category="Minima stability ({scale})".format(scale=SCALE), labels={"figure": "fig12"}),
     params:
-        opts=lambda wc: stability_exp.plot_options(
+        opts=lambda wc: stability_tables.plot_options(
             EXP[STABILITY_FIGURES["fig12"]], "fig12", STABILITY_FIGURES["fig12"], SCALE),
-        code=src_hash("plots.stability"),
+        code=plots_hash("stability"),
     localrule: True
     conda:
         "../../environment.yml"
@@ -253,9 +255,9 @@ rule fig4:
         png=report(str(FIGURES / "fig4.png"), caption="../report/stability.rst",
                    category="Minima stability ({scale})".format(scale=SCALE), labels={"figure": "fig4"}),
     params:
-        opts=lambda wc: stability_exp.plot_options(
+        opts=lambda wc: stability_tables.plot_options(
             EXP[STABILITY_FIGURES["fig4"]], "fig4", STABILITY_FIGURES["fig4"], SCALE),
-        code=src_hash("plots.stability"),
+        code=plots_hash("stability"),
     localrule: True
     conda:
         "../../environment.yml"

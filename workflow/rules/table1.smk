@@ -2,8 +2,10 @@
 # large-batch η), +30% (+LR with 30% more epochs), for every network of the table1 block.
 #   SB scan (quick scale: sb_lrs; one ensemble per network when it batches, else generic train runs)
 #   -> <network>/scan.csv -> `table1-arm` per (network, arm) -> table1.csv, table1.md -> figures/table1.pdf
-# The arms, the rule and the accuracy of a diverged run: delay_stability.experiments.table1.
+# The arms and the rule: delay_stability.experiments.table1; the tables (the accuracy of a diverged run)
+# and the figure's options: experiments.table1_tables.
 from delay_stability.experiments import table1 as t1_exp
+from delay_stability.experiments import table1_tables as t1_tables
 
 T1 = EXP.get("table1")
 T1_DIR = SCALE_DIR / "generalization" / "table1"
@@ -83,7 +85,7 @@ rule table1_table:
         markdown=str(SCALE_DIR / "generalization" / "table1.md"),
         runs=str(SCALE_DIR / "generalization" / "table1_runs.csv"),
     params:
-        code=src_hash("experiments.table1"),
+        code=src_hash("experiments.table1_tables"),
     localrule: True
     conda:
         "../../environment.yml"
@@ -102,8 +104,8 @@ rule table1_figure:
         png=report(str(FIGURES / "table1.png"), caption="../report/generalization.rst",
                    category="Generalization ({scale})".format(scale=SCALE), labels={"figure": "table1"}),
     params:
-        opts=lambda wc: t1_exp.plot_options(T1, SCALE),
-        code=src_hash("plots", "plots.table1"),
+        opts=lambda wc: t1_tables.plot_options(T1, SCALE),
+        code=plots_hash("table1"),
     localrule: True
     conda:
         "../../environment.yml"

@@ -44,7 +44,7 @@ rule theory_figure:
             labels={"figure": "{fig}"},
         ),
     params:
-        code=src_hash("plots", "plots.theory"),
+        code=plots_hash("theory"),
     wildcard_constraints:
         fig="|".join(THEORY_FIGURES),
     localrule: True

@@ -1136,7 +1136,7 @@ TABLE1_CLAIMS = (
 
 def table1_claims(networks) -> list[Claim]:
     """Four claims per network of Table 1 (names from the table: the ledger follows the scale)."""
-    from .table1 import PAPER
+    from .table1_tables import PAPER
 
     out = []
     for net in networks:

@@ -99,95 +99,24 @@ def with_run_settings(spec: dict, cfg: dict) -> dict:
 
 def training_specs(cfg: dict, scale: str):
     """(config key, spec) of every training run the config implies at ``scale``, with the run-wide
-    settings; built by the experiment modules as the rules build them. Specs that the runs
+    settings: each experiment of the registry (``delay_stability.registry``) whose block is in the
+    scale block yields its own (its ``specs`` role, as the rules build them). Specs that the runs
     complete themselves (a continuation's lr and start, the scaled edge-of-stability runs' lr) get
     stand-in values."""
-    from . import eos, generalization, imagenet, momentum, spikes, stability, table1
+    from ..registry import EXPERIMENTS
 
     exp = cfg[scale]
-    for name in stability.EXPERIMENTS:
-        if name in exp:
-            block = exp[name]
-            baseline = with_run_settings(block["baseline"], cfg)
-            yield f"{name}.baseline", baseline
-            yield f"{name}.continuation", deep_merge(baseline, block["continuation"])
-            for variant, m in sorted({s[:2] for s in stability.searches(block)}):
-                yield f"{name}.continuation", stability.probe_spec(
-                    baseline, block["continuation"], lr=1.0, tau=0, variant=variant, momentum=m,
-                    init_checkpoint="kicked.pt", epochs=1)
-    for figure, name in stability.figure_experiments(exp).items():
+
+    def settings(spec):
+        return with_run_settings(spec, cfg)
+
+    for experiment in EXPERIMENTS:
+        if experiment.specs is None or not any(block in exp for block in experiment.blocks):
+            continue
         try:
-            stability.figure_searches(exp[name], figure)
+            yield from experiment.role("specs")(exp, settings)
         except UserError as exc:
-            raise ConfigError(f"invalid configuration: {scale}.{name}.{exc}") from None
-    if "eos" in exp:
-        block = exp["eos"]
-        base = with_run_settings(block["train"], cfg)
-        try:
-            for run in eos.fixed_runs(block, base).values():
-                yield f"eos.fixed ({run.name})", run.spec
-        except UserError as exc:
-            raise ConfigError(f"invalid configuration: {scale}.eos.fixed: {exc}") from None
-        if block.get("scaled"):
-            yield "eos.scaled.burn_in", eos.burn_in_spec(block, base)
-            for run in eos.scaled_runs(block):
-                yield "eos.scaled", {**eos.scaled_spec(block, base, *run, "burn_in.pt"), "lr": 1.0}
-    # (block, module, whether the module's messages lack the block name): each module's
-    # all_specs(block, base) yields (key, spec) of every run it trains; table1's base is a function.
-    for name, module, named in (("generalization", generalization, False), ("table1", table1, False),
-                                ("imagenet", imagenet, True), ("fig11", spikes, True),
-                                ("momentum", momentum, False)):
-        if name in exp:
-            block = exp[name]
-            base = ((lambda spec: with_run_settings(spec, cfg)) if module is table1
-                    else with_run_settings(block["train"], cfg))
-            try:
-                yield from module.all_specs(block, base)
-            except UserError as exc:
-                raise ConfigError(f"invalid configuration: {scale}.{name + ': ' if named else ''}{exc}") from None
-    if "mitigations" in exp:
-        yield from _mitigation_specs(exp, scale, cfg)
-    if "random_staleness" in exp:
-        yield from _random_staleness_specs(exp, scale, cfg)
-
-
-def _mitigation_specs(exp: dict, scale: str, cfg: dict):
-    """A continuation spec per rule of the mitigations block (its source experiment must exist)."""
-    from . import mitigations, stability
-
-    block = exp["mitigations"]
-    source = block["from"]
-    if source not in exp:
-        raise ConfigError(f"invalid configuration: {scale}.mitigations.from: no {source!r} block at this scale")
-    try:
-        rules = mitigations.rules(block)
-    except (UserError, ValueError) as exc:
-        raise ConfigError(f"invalid configuration: {scale}.mitigations.rules: {exc}") from None
-    baseline = with_run_settings(exp[source]["baseline"], cfg)
-    for label, rule in rules.items():
-        yield f"mitigations.rules.{label}", stability.probe_spec(
-            baseline, exp[source]["continuation"], lr=1.0, tau=1, variant="plain", momentum=0.0,
-            init_checkpoint="kicked.pt", epochs=1, mitigation=mitigations.optimizer_mitigation(rule, 1.0))
-
-
-def _random_staleness_specs(exp: dict, scale: str, cfg: dict):
-    """A continuation spec per searched model of the random_staleness block (its source must exist)."""
-    from . import random_staleness, stability
-
-    block = exp["random_staleness"]
-    source = block["from"]
-    if source not in exp:
-        raise ConfigError(f"invalid configuration: {scale}.random_staleness.from: no {source!r} block at this scale")
-    try:
-        models = random_staleness.searched_models(block)
-    except (UserError, ValueError) as exc:
-        raise ConfigError(f"invalid configuration: {scale}.{exc}") from None
-    baseline = with_run_settings(exp[source]["baseline"], cfg)
-    for label, model in models.items():
-        spec = stability.probe_spec(baseline, exp[source]["continuation"], lr=1.0, tau=1, variant="plain",
-                                    momentum=0.0, init_checkpoint="kicked.pt", epochs=1)
-        yield f"random_staleness.models.{label}", deep_merge(
-            spec, {"optimizer": random_staleness.optimizer_overrides(model)})
+            raise ConfigError(f"invalid configuration: {scale}.{exc}") from None
 
 
 #: The scale blocks of a config.

@@ -24,8 +24,8 @@ The file reads top to bottom:
 2. ``edge_alpha`` / ``predicted_edge``: α* and α*/η of a training spec;
 3. the command ``eos-run``.
 
-The analysis of finished runs (``plateau``, ``collect``, ``eos-collect``) is in eos_tables.py, apart
-from the code that trains, so that editing it never reruns a training job.
+The analysis of finished runs (``plateau``, ``collect``, ``eos-collect``) and the figure's options are in
+eos_tables.py, apart from the code that trains, so that editing them never reruns a training job.
 
 Files of a tracked run (besides those of ``train.run_training``):
 
@@ -43,7 +43,6 @@ same sharpness values, bit for bit.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import time
@@ -435,12 +434,3 @@ def track_flags(track: dict) -> str:
     if "hvp_batch" in track:
         flags.append(f"--hvp-batch {track['hvp_batch']}")
     return " ".join(flags)
-
-
-def plot_options(block: dict) -> str:
-    """The ``--options`` JSON of the delayed_eos figure."""
-    opts = {"edge_tol": block["edge_tol"]}
-    burn = (block.get("scaled") or {}).get("burn_in")
-    if burn:
-        opts["burn_in"] = f"{burn['epochs']} steps of GD at η = {burn['lr']:g}"
-    return json.dumps(opts)

@@ -10,6 +10,7 @@ analysis never reruns a training job.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -19,7 +20,8 @@ from .. import theory
 from ..errors import UserError
 from ..files import write_csv
 from ..spec import validate_spec
-from .eos import SETTINGS_FILE, TRACK_FILE, delay_of, predicted_edge, read_run_record, read_track
+from .eos import (SETTINGS_FILE, TRACK_FILE, burn_in_spec, delay_of, fixed_runs, predicted_edge, read_run_record,
+                  read_track, scaled_runs, scaled_spec)
 
 #: Columns of plateaus.csv (one row per run).
 PLATEAU_COLUMNS = (
@@ -147,6 +149,31 @@ def theory_rows(plateaus) -> list[dict]:
 # ------------------------------------------------------------------------------------------------
 # 3. Command: eos-collect
 # ------------------------------------------------------------------------------------------------
+
+
+def plot_options(block: dict) -> str:
+    """The ``--options`` JSON of the delayed_eos figure."""
+    opts = {"edge_tol": block["edge_tol"]}
+    burn = (block.get("scaled") or {}).get("burn_in")
+    if burn:
+        opts["burn_in"] = f"{burn['epochs']} steps of GD at η = {burn['lr']:g}"
+    return json.dumps(opts)
+
+
+def config_specs(exp: dict, settings):
+    """(config key, spec) of every training run of the ``eos`` block of ``exp`` (registry role
+    ``specs``); the scaled runs, whose η the run sets, get a stand-in lr."""
+    block = exp["eos"]
+    base = settings(block["train"])
+    try:
+        for run in fixed_runs(block, base).values():
+            yield f"eos.fixed ({run.name})", run.spec
+    except UserError as exc:
+        raise UserError(f"eos.fixed: {exc}") from None
+    if block.get("scaled"):
+        yield "eos.scaled.burn_in", burn_in_spec(block, base)
+        for run in scaled_runs(block):
+            yield "eos.scaled", {**scaled_spec(block, base, *run, "burn_in.pt"), "lr": 1.0}
 
 
 def _cli_collect(args) -> int:

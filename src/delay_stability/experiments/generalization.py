@@ -114,6 +114,12 @@ def all_specs(block: dict, base: dict):
                 yield f"generalization.{figure} ({run.name})", run.spec
 
 
+def config_specs(exp: dict, settings):
+    """(config key, spec) of every training run of the ``generalization`` block of ``exp`` (registry role
+    ``specs``; ``settings(spec)`` adds the run-wide settings)."""
+    yield from all_specs(exp["generalization"], settings(exp["generalization"]["train"]))
+
+
 def groups(runs_: list) -> dict:
     """τ -> the GridRuns of that delay (one ensemble job each)."""
     out = {}

@@ -184,6 +184,15 @@ def all_specs(block: dict, base: dict):
             yield f"imagenet.{figure} ({name}, {run.name})", run.spec
 
 
+def config_specs(exp: dict, settings):
+    """(config key, spec) of every training run of the ``imagenet`` block of ``exp`` (registry role
+    ``specs``; ``settings(spec)`` adds the run-wide settings)."""
+    try:
+        yield from all_specs(exp["imagenet"], settings(exp["imagenet"]["train"]))
+    except UserError as exc:
+        raise UserError(f"imagenet: {exc}") from None
+
+
 def runs_json(planned_runs) -> str:
     """The ``--runs`` argument of imagenet-collect: [[arm name, run folder], ...] of a figure's
     ``planned`` rows."""

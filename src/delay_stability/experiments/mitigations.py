@@ -28,13 +28,12 @@ minimum (v the top eigenvector) for minibatches of B samples, and the edge it wo
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from .. import theory
 from ..errors import UserError
-from ..files import read_json, write_csv
+from ..files import parse_json_object, read_json, write_csv
 from ..files import write_json as write_json_atomic
 from ..spec import deep_merge, read_spec
 
@@ -169,9 +168,10 @@ def noise_c(*, checkpoint, kick: dict, batch_sizes, lambdas, taus) -> list[dict]
 # ----------------------------------------------------------------------------- command line
 def _cli_search(args):
     kick = read_json(args.kick, "kick record")
-    rule = json.loads(args.rule)
-    results = run_rule(kick=kick, base_spec=read_spec(args.spec), continuation=json.loads(args.continuation),
-                       search=json.loads(args.search), label=args.label, rule=rule,
+    rule = parse_json_object(args.rule, "--rule")
+    results = run_rule(kick=kick, base_spec=read_spec(args.spec),
+                       continuation=parse_json_object(args.continuation, "--continuation"),
+                       search=parse_json_object(args.search, "--search"), label=args.label, rule=rule,
                        taus=[int(t) for t in args.taus.split(",")], out_dir=Path(args.out).parent)
     write_json_atomic(args.out, {"label": args.label, "rule": rule, "searches": results})
     for r in results:
@@ -181,7 +181,8 @@ def _cli_search(args):
 
 def _cli_noise(args):
     rows = noise_c(checkpoint=args.checkpoint, kick=read_json(args.kick, "kick record"),
-                   batch_sizes=[int(b) for b in args.batch_sizes.split(",")], lambdas=json.loads(args.lambdas),
+                   batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
+                   lambdas=parse_json_object(args.lambdas, "--lambdas"),
                    taus=[int(t) for t in args.taus.split(",")])
     write_csv(args.out, NOISE_COLUMNS, rows)
     print(f"wrote {len(rows)} rows to {args.out}")

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import math
 
+from ..errors import UserError
 from ..files import read_json, write_csv
+from .mitigations import optimizer_mitigation, rules
 
 #: Columns of edges.csv: the issue's names first, then what the figure and the audit need.
 EDGE_COLUMNS = ("mitigation", "hyperparameters", "tau", "lr_max", "predicted", "ratio", "exact",
@@ -39,6 +41,27 @@ def collect(search_files, out_csv) -> list[dict]:
             rows.append(edge_row(result))
     write_csv(out_csv, EDGE_COLUMNS, rows)
     return rows
+
+
+def config_specs(exp: dict, settings):
+    """(config key, spec) of every training run of the ``mitigations`` block of ``exp`` (registry
+    role ``specs``): a continuation of its source experiment (``from``, which must exist at the
+    scale) per rule, with stand-in lr, delay and start."""
+    from .stability import probe_spec
+
+    block = exp["mitigations"]
+    source = block["from"]
+    if source not in exp:
+        raise UserError(f"mitigations.from: no {source!r} block at this scale")
+    try:
+        rules_ = rules(block)
+    except (UserError, ValueError) as exc:
+        raise UserError(f"mitigations.rules: {exc}") from None
+    baseline = settings(exp[source]["baseline"])
+    for label, rule in rules_.items():
+        yield f"mitigations.rules.{label}", probe_spec(
+            baseline, exp[source]["continuation"], lr=1.0, tau=1, variant="plain", momentum=0.0,
+            init_checkpoint="kicked.pt", epochs=1, mitigation=optimizer_mitigation(rule, 1.0))
 
 
 def _cli_collect(args):

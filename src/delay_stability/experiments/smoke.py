@@ -37,7 +37,7 @@ Model, model_args, loss, dtype, optimizer (delay, momentum, variant, weight deca
 augmentation, seeds and every stop threshold are the paper's. ``smoke_config`` applies
 ``smoke_spec`` to every training block of the ``paper:`` block and shrinks its grids (two taus,
 two learning rates, one seed, one curve tau with two factors, searches of a few probes, tiny
-epoch budgets, sharpness iterations capped; imagenet and fig11: delays and workers at most
+epoch budgets, sharpness iterations capped; imagenet and spikes: delays and workers at most
 MAX_DELAY, one seed); every key the config schema requires stays.
 """
 
@@ -47,6 +47,7 @@ import copy
 import math
 import os
 
+from ..registry import experiment_of_block
 from ..spec import DATASET_ARGS
 
 #: Epochs of every smoke training run (and the budget of every search probe).
@@ -299,39 +300,68 @@ def smoke_config(paper_block: dict, data_root, *, epochs: int = EPOCHS, batch_si
     for name, block in out.items():
         if not isinstance(block, dict):
             continue
-        if name in ("stability", "shifted_stability"):
-            _smoke_stability(block, spec, epochs, n_train)
-        elif name == "eos":
-            _smoke_eos(block, spec, epochs)
-        elif name == "generalization":
-            _smoke_generalization(block, spec, epochs)
-        elif name == "mitigations":  # searches from the (smoke) stability minimum: a few delays, and
-            block["taus"] = _first(block["taus"])  # the first rule and the last two (plain, and the
-            labels = list(block["rules"])          # rules with per-slot weights or a predicted point)
-            block["rules"] = {k: block["rules"][k] for k in dict.fromkeys(labels[:1] + labels[-2:])}
-        elif name == "table1":  # the first two networks (one per dataset at paper scale): 10 arms, not 20
-            block["networks"] = block.get("networks", [])[:2]
-            for net in block["networks"]:
-                net["train"] = spec(net["train"])
-                if isinstance(net.get("large_batch"), int):
-                    net["large_batch"] = min(net["large_batch"], 2 * batch_size)
-        elif name == "momentum":
+        experiment = experiment_of_block(name)
+        if experiment is not None and experiment.smoke is not None:
+            experiment.role("smoke")(block, spec, sizes)
+        elif isinstance(block.get("train"), dict):  # a block of no experiment that holds a spec
             block["train"] = spec(block["train"])
-            block["workers"] = _first(block["workers"])
-            fixed = block.get("fixed_momentum", 0.9)
-            block["momenta"] = sorted({*_first(block["momenta"]), fixed})
-            block["seeds"] = _first(block.get("seeds") or [0], 1)
-            if isinstance(block.get("lr_grid"), dict):
-                block["lr_grid"].update(below=1, above=1)
-            # its theory options stay: results/theory/ is shared by every scale
-        elif name == "real_workers":  # real processes: one setting, a few updates
-            block.update(workers=_first(block["workers"], 1), jitters=_first(block.get("jitters", [0.0]), 1),
-                         repeats=1, pilot={**block.get("pilot", {}), "updates": 10}, updates=10)
-        elif isinstance(block.get("train"), dict):  # fig11, imagenet and any later block with a spec
-            block["train"] = spec(block["train"])
-            if name in ("imagenet", "fig11"):
-                _smoke_delays(block)
     return out
+
+
+# Each experiment's shrink (its registry role ``smoke``): shrink(block, spec, sizes) changes one of
+# its config blocks in place; ``spec`` is smoke_spec with the sizes, ``sizes`` the keyword sizes of
+# smoke_config (epochs, batch_size, n_train, n_val).
+
+
+def shrink_mitigations(block: dict, spec, sizes: dict) -> None:
+    """Searches from the (smoke) stability minimum: a few delays, and the first rule and the last
+    two (plain, and the rules with per-slot weights or a predicted point)."""
+    block["taus"] = _first(block["taus"])
+    labels = list(block["rules"])
+    block["rules"] = {k: block["rules"][k] for k in dict.fromkeys(labels[:1] + labels[-2:])}
+
+
+def shrink_random_staleness(block: dict, spec, sizes: dict) -> None:
+    """Two models (the first i.i.d. law and the first worker model), one seed, a short Monte Carlo."""
+    labels = list(block["models"])
+    iid = [k for k in labels if "delay" in block["models"][k]][:1]
+    workers = [k for k in labels if "workers" in block["models"][k]][:1]
+    block["models"] = {k: block["models"][k] for k in iid + workers}
+    block["seeds"] = block["seeds"][:1]
+    block["lyapunov"] = {**block.get("lyapunov", {}), "chains": 8, "steps": 400, "burn": 50}
+
+
+def shrink_table1(block: dict, spec, sizes: dict) -> None:
+    """The first two networks (one per dataset at paper scale): 10 arms, not 20."""
+    block["networks"] = block.get("networks", [])[:2]
+    for net in block["networks"]:
+        net["train"] = spec(net["train"])
+        if isinstance(net.get("large_batch"), int):
+            net["large_batch"] = min(net["large_batch"], 2 * sizes["batch_size"])
+
+
+def shrink_momentum(block: dict, spec, sizes: dict) -> None:
+    """Two worker counts, two momenta and the fixed one, one seed, one lr either side; its theory
+    options stay (results/theory/ is shared by every scale)."""
+    block["train"] = spec(block["train"])
+    block["workers"] = _first(block["workers"])
+    fixed = block.get("fixed_momentum", 0.9)
+    block["momenta"] = sorted({*_first(block["momenta"]), fixed})
+    block["seeds"] = _first(block.get("seeds") or [0], 1)
+    if isinstance(block.get("lr_grid"), dict):
+        block["lr_grid"].update(below=1, above=1)
+
+
+def shrink_real_workers(block: dict, spec, sizes: dict) -> None:
+    """Real processes: one setting, a few updates."""
+    block.update(workers=_first(block["workers"], 1), jitters=_first(block.get("jitters", [0.0]), 1),
+                 repeats=1, pilot={**block.get("pilot", {}), "updates": 10}, updates=10)
+
+
+def shrink_delayed(block: dict, spec, sizes: dict) -> None:
+    """imagenet, spikes: the training spec, and delays at most MAX_DELAY, one seed."""
+    block["train"] = spec(block["train"])
+    _smoke_delays(block)
 
 
 #: Largest delay of a smoke run (ResNet-50 keeps delay + 1 gradient copies in flight).
@@ -339,7 +369,7 @@ MAX_DELAY = 2
 
 
 def _smoke_delays(block: dict) -> None:
-    """imagenet, fig11: delays (and imagenet's workers) at most MAX_DELAY, one seed per figure."""
+    """imagenet, spikes: delays (and imagenet's workers) at most MAX_DELAY, one seed per figure."""
     if isinstance(block.get("tau"), int):
         block["tau"] = min(block["tau"], MAX_DELAY)
     if isinstance(block.get("workers"), int):
@@ -360,7 +390,9 @@ def _smoke_delays(block: dict) -> None:
                     run[key]["mean"] = min(run[key]["mean"], MAX_DELAY)
 
 
-def _smoke_stability(block: dict, spec, epochs: int, n_train: int) -> None:
+def shrink_stability(block: dict, spec, sizes: dict) -> None:
+    """Two delays, solvers capped, searches of a few probes, one curve delay with two factors."""
+    epochs, n_train = sizes["epochs"], sizes["n_train"]
     block["baseline"] = spec(block["baseline"])
     if isinstance(block.get("continuation"), dict):
         block["continuation"] = spec(block["continuation"])
@@ -389,7 +421,9 @@ def _smoke_stability(block: dict, spec, epochs: int, n_train: int) -> None:
             fig12["taus"] = [t for t in fig12["taus"] if t == tau] or [tau]
 
 
-def _smoke_eos(block: dict, spec, epochs: int) -> None:
+def shrink_eos(block: dict, spec, sizes: dict) -> None:
+    """Tracking every step with capped solvers, two learning rates and delays, tiny budgets."""
+    epochs = sizes["epochs"]
     block["train"] = spec(block["train"])
     track = block.get("track")
     if isinstance(track, dict):
@@ -409,7 +443,9 @@ def _smoke_eos(block: dict, spec, epochs: int) -> None:
             run["taus"] = _first(run["taus"])
 
 
-def _smoke_generalization(block: dict, spec, epochs: int) -> None:
+def shrink_generalization(block: dict, spec, sizes: dict) -> None:
+    """Two delays and learning rates, one seed, epoch grids scaled into the smoke budget."""
+    epochs = sizes["epochs"]
     reference = block["train"].get("epochs")
     block["train"] = spec(block["train"])
     for fig in ("fig1", "fig13", "fig3"):

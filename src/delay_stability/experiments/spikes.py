@@ -1,7 +1,7 @@
 """Spikes in the training error under delay (appendix D, figure 11).
 
 Long training with a constant delay τ and no learning-rate decay, three algorithms with the same
-hyperparameters (config block ``fig11``): A-SGD with server momentum m ("momentum", eq. 9), without
+hyperparameters (config block ``spikes``): A-SGD with server momentum m ("momentum", eq. 9), without
 momentum ("plain", eq. 2) and with shifted momentum m ("shifted", eq. 10), every seed of
 ``seeds``. The paper (ResNet-44 on CIFAR-10): spikes appear with momentum, shifted momentum removes
 them. Every run uses dampening, so the three have the same effective step η (appendix E).
@@ -51,7 +51,7 @@ def count_spikes(errors, margin: float = DEFAULT_MARGIN) -> dict:
         still up at the end, "starts": their start indices}.
     """
     if not margin > 0:
-        raise UserError(f"fig11.spike_margin: must be > 0, got {margin}")
+        raise UserError(f"spikes.spike_margin: must be > 0, got {margin}")
     heights, starts = [], []
     best = math.inf
     start = peak = None
@@ -79,7 +79,7 @@ def count_spikes(errors, margin: float = DEFAULT_MARGIN) -> dict:
 def run_spec(block: dict, base: dict, variant: str) -> dict:
     """One variant's spec: delay ``tau``, momentum ``momentum`` (0 for plain), dampening."""
     if variant not in VARIANTS:
-        raise UserError(f"fig11.variants: unknown variant {variant!r} (choose {', '.join(VARIANTS)})")
+        raise UserError(f"spikes.variants: unknown variant {variant!r} (choose {', '.join(VARIANTS)})")
     m = 0.0 if variant == "plain" else float(block["momentum"])
     return deep_merge(base, {"optimizer": {"delay": block["tau"], "variant": variant, "momentum": m,
                                            "dampening": True}})
@@ -95,9 +95,15 @@ def runs(block: dict, base: dict) -> list:
 
 
 def all_specs(block: dict, base: dict):
-    yield "fig11.train", base
+    yield "spikes.train", base
     for run in runs(block, base):
-        yield f"fig11 ({run.name})", run.spec
+        yield f"spikes ({run.name})", run.spec
+
+
+def config_specs(exp: dict, settings):
+    """(config key, spec) of every training run of the ``spikes`` block of ``exp`` (registry role
+    ``specs``; ``settings(spec)`` adds the run-wide settings)."""
+    yield from all_specs(exp["spikes"], settings(exp["spikes"]["train"]))
 
 
 def margin_of(block: dict) -> float:

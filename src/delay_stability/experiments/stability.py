@@ -52,14 +52,6 @@ def lr_tag(lr: float) -> str:
 EXPERIMENTS = ("stability", "shifted_stability")
 
 
-def figure_experiments(exp: dict) -> dict:
-    """figure -> the experiment (config block of ``exp``) whose searches it draws: fig2 and fig12 the
-    main one, fig4 the one that holds shifted momentum (its own at paper scale, else the main one)."""
-    fig4 = "shifted_stability" if "shifted_stability" in exp else "stability"
-    wanted = {"fig2": "stability", "fig12": "stability", "fig4": fig4}
-    return {figure: name for figure, name in wanted.items() if name in exp}
-
-
 def searches(block: dict) -> list[tuple[str, float, int]]:
     """(variant, m, τ) of every threshold search of an experiment's config block."""
     return [(entry["variant"], float(m), int(tau))
@@ -72,28 +64,6 @@ def curve_points(block: dict) -> list[tuple[int, float]]:
     return [(int(tau), float(f)) for tau in curves["taus"] for f in curves["lr_factors"]] if curves else []
 
 
-def figure_searches(block: dict, figure: str) -> list[tuple[str, float, int]]:
-    """The searches a figure draws, and no more: fig2 those of its (variant, m); fig4 those of
-    shifted momentum for its momenta (m = 0 is plain A-SGD); fig12 the plain searches of its curves."""
-    configured = searches(block)
-    options = block["plots"][figure]
-    if figure == "fig2":
-        wanted = [(options["variant"], float(options["momentum"]))]
-    elif figure == "fig4":
-        wanted = [(options["variant"], float(m)) if float(m) != 0 else ("plain", 0.0) for m in options["momenta"]]
-        wanted = [w for w in wanted if any(s[:2] == w for s in configured)]
-    elif figure == "fig12":
-        taus = sorted({tau for tau, _ in curve_points(block)})
-        return [("plain", 0.0, tau) for tau in taus]
-    else:
-        raise UserError(f"no searches for figure {figure!r}")
-    picked = [s for s in configured if s[:2] in wanted]
-    if not picked:
-        raise UserError(f"plots.{figure}: no threshold search of the config has "
-                        f"{' or '.join(f'variant {v}, momentum {m:g}' for v, m in wanted)}")
-    return picked
-
-
 # ----------------------------------------------------------------------------- its files and command flags
 def search_file(exp_dir, variant: str, m: float, tau: int) -> str:
     """``<exp_dir>/search/<variant>-m<m>/tau<τ>/search.json``: one threshold search."""
@@ -103,19 +73,6 @@ def search_file(exp_dir, variant: str, m: float, tau: int) -> str:
 def curve_file(exp_dir, tau: int, factor: float, name: str = "summary.json") -> str:
     """``<exp_dir>/curves/tau<τ>/x<factor>/<name>``: a file of one long continuation (fig. 12)."""
     return str(Path(exp_dir) / "curves" / f"tau{tau}" / f"x{factor:g}" / name)
-
-
-def table_inputs(experiments: dict, figure: str | None = None) -> dict:
-    """The files a tables rule reads, for ``experiments`` = {experiment folder: config block}:
-    every search.json (or only those ``figure`` draws) and the curves' summary.json and metrics.csv."""
-    searches_, curves = [], []
-    for exp_dir, block in experiments.items():
-        chosen = searches(block) if figure is None else figure_searches(block, figure)
-        searches_ += [search_file(exp_dir, *s) for s in chosen]
-        if figure in (None, "fig12"):
-            curves += [curve_file(exp_dir, *c) for c in curve_points(block)]
-    return {"search": searches_, "curves": curves,
-            "metrics": [str(Path(c).with_name("metrics.csv")) for c in curves]}
 
 
 def polish_flags(polish) -> str:
@@ -130,11 +87,6 @@ def sharpness_flags(sharpness: dict) -> str:
     if "subset" in sharpness:
         flags.append(f"--subset {sharpness['subset']}")
     return " ".join(flags)
-
-
-def plot_options(block: dict, figure: str, experiment: str, scale: str) -> str:
-    """The ``--options`` JSON of a figure: its ``plots`` block, the experiment and the scale."""
-    return json.dumps({"experiment": experiment, "scale": scale, **block["plots"][figure]})
 
 
 # ----------------------------------------------------------------------------- the search

@@ -7,14 +7,20 @@ fits.csv        one row per (experiment, variant, m): the line 1/η_max = s·τ 
 probes.csv      one row per continuation of a search (escaped, epochs to escape, budget, status)
 curves.csv      one row per evaluation epoch of the long continuations of fig. 12
 
-Kept apart from the code that trains, so that editing an analysis never reruns a training job.
+Also the plan of the figures (which searches each draws, the files a tables rule reads, their options)
+and the config check's list of the experiment's training specs. Kept apart from the code that trains,
+so that editing an analysis or a figure option never reruns a training job.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from ..errors import UserError
 from ..files import read_csv, read_json, write_csv
+from ..spec import deep_merge
+from .stability import EXPERIMENTS, curve_file, curve_points, probe_spec, search_file, searches
 
 #: Columns of thresholds.csv (one row per experiment, variant, momentum and τ).
 THRESHOLD_COLUMNS = (
@@ -108,6 +114,81 @@ def linear_fit(x, y):
 
 
 # ----------------------------------------------------------------------------- command line
+# ----------------------------------------------------------------------------- the plan of the figures
+# (which searches each figure draws, the files a tables rule reads, the figures' options, the config
+# check's list of specs): read when Snakemake plans, never by a job that trains.
+
+
+def figure_experiments(exp: dict) -> dict:
+    """figure -> the experiment (config block of ``exp``) whose searches it draws: fig2 and fig12 the
+    main one, fig4 the one that holds shifted momentum (its own at paper scale, else the main one)."""
+    fig4 = "shifted_stability" if "shifted_stability" in exp else "stability"
+    wanted = {"fig2": "stability", "fig12": "stability", "fig4": fig4}
+    return {figure: name for figure, name in wanted.items() if name in exp}
+
+
+def figure_searches(block: dict, figure: str) -> list[tuple[str, float, int]]:
+    """The searches a figure draws, and no more: fig2 those of its (variant, m); fig4 those of
+    shifted momentum for its momenta (m = 0 is plain A-SGD); fig12 the plain searches of its curves."""
+    configured = searches(block)
+    options = block["plots"][figure]
+    if figure == "fig2":
+        wanted = [(options["variant"], float(options["momentum"]))]
+    elif figure == "fig4":
+        wanted = [(options["variant"], float(m)) if float(m) != 0 else ("plain", 0.0) for m in options["momenta"]]
+        wanted = [w for w in wanted if any(s[:2] == w for s in configured)]
+    elif figure == "fig12":
+        taus = sorted({tau for tau, _ in curve_points(block)})
+        return [("plain", 0.0, tau) for tau in taus]
+    else:
+        raise UserError(f"no searches for figure {figure!r}")
+    picked = [s for s in configured if s[:2] in wanted]
+    if not picked:
+        raise UserError(f"plots.{figure}: no threshold search of the config has "
+                        f"{' or '.join(f'variant {v}, momentum {m:g}' for v, m in wanted)}")
+    return picked
+
+
+def config_specs(exp: dict, settings):
+    """(config key, spec) of every training run of the scale block ``exp`` (registry role
+    ``specs``): each block's baseline, its continuation, and a probe of every (variant, m) it
+    searches (stand-in lr, delay and start: the search sets them); and every figure's selection of
+    searches is checked. ``settings(spec)`` adds the run-wide settings."""
+    for name in EXPERIMENTS:
+        if name in exp:
+            block = exp[name]
+            baseline = settings(block["baseline"])
+            yield f"{name}.baseline", baseline
+            yield f"{name}.continuation", deep_merge(baseline, block["continuation"])
+            for variant, m in sorted({s[:2] for s in searches(block)}):
+                yield f"{name}.continuation", probe_spec(
+                    baseline, block["continuation"], lr=1.0, tau=0, variant=variant, momentum=m,
+                    init_checkpoint="kicked.pt", epochs=1)
+    for figure, name in figure_experiments(exp).items():
+        try:
+            figure_searches(exp[name], figure)
+        except UserError as exc:
+            raise UserError(f"{name}.{exc}") from None
+
+
+def table_inputs(experiments: dict, figure: str | None = None) -> dict:
+    """The files a tables rule reads, for ``experiments`` = {experiment folder: config block}:
+    every search.json (or only those ``figure`` draws) and the curves' summary.json and metrics.csv."""
+    searches_, curves = [], []
+    for exp_dir, block in experiments.items():
+        chosen = searches(block) if figure is None else figure_searches(block, figure)
+        searches_ += [search_file(exp_dir, *s) for s in chosen]
+        if figure in (None, "fig12"):
+            curves += [curve_file(exp_dir, *c) for c in curve_points(block)]
+    return {"search": searches_, "curves": curves,
+            "metrics": [str(Path(c).with_name("metrics.csv")) for c in curves]}
+
+
+def plot_options(block: dict, figure: str, experiment: str, scale: str) -> str:
+    """The ``--options`` JSON of a figure: its ``plots`` block, the experiment and the scale."""
+    return json.dumps({"experiment": experiment, "scale": scale, **block["plots"][figure]})
+
+
 def _experiment_of(path):
     """results/<scale>/<experiment>/{search,curves}/<a>/<b>/<file> -> <experiment>."""
     return Path(path).parents[3].name

@@ -28,14 +28,11 @@ specs and trains them (SB with a scan trains nothing: its runs are the scan's at
     table1.csv   network, arm, lr, batch_size, epochs, tau, val_accuracy (percent, mean over seeds),
                  val_accuracy_std, seeds, diverged, paper (the paper's value, where there is one)
     table1.md    the same as a Markdown table, one row per network, one column per arm
-    table1_runs.csv   one row per network, arm and seed: val_accuracy, status, run (what the claims
-                 ledger pairs by seed)
     <network>/scan.csv   the SB scan (quick scale): lr, seed, status, val_error, train_error
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -50,21 +47,11 @@ ARMS = ("SB", "LB", "ASGD", "+LR", "+30%")
 #: arm -> its folder name under results/<scale>/generalization/table1/<network>/
 ARM_SLUGS = {"SB": "sb", "LB": "lb", "ASGD": "asgd", "+LR": "lr", "+30%": "extra_epochs"}
 SLUG_ARMS = {v: k for k, v in ARM_SLUGS.items()}
-TABLE_COLUMNS = ("network", "arm", "lr", "batch_size", "epochs", "tau", "val_accuracy", "val_accuracy_std",
-                 "seeds", "diverged", "paper")
 SCAN_COLUMNS = ("lr", "seed", "status", "val_error", "train_error", "run")
-#: Columns of table1_runs.csv: one row per (network, arm, seed), what the claims ledger pairs by seed.
-RUN_COLUMNS = ("network", "arm", "seed", "val_accuracy", "status", "run")
 DEFAULT_SEEDS = (0,)
 DEFAULT_EXTRA_EPOCHS = 0.3
 #: The paper's Table 1 (validation accuracy, percent).
-PAPER = {
-    "ResNet-44": {"SB": 92.87, "LB": 90.42, "ASGD": 10.0, "+LR": 88.57, "+30%": 91.65},
-    "VGG-11": {"SB": 89.8, "LB": 84.55, "ASGD": 10.0, "+LR": 61.41, "+30%": 84.74},
-    "C3": {"SB": 60.0, "LB": 57.89, "ASGD": 1.0, "+LR": 54.02, "+30%": 58.94},
-    "WRN-16-4": {"SB": 76.78, "LB": 72.85, "ASGD": 17.8, "+LR": 70.35, "+30%": 73.81},
-}
-NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
+
 
 
 # ================================================================ the block
@@ -269,96 +256,6 @@ def arm_folders(root, network: str, arm: str, seeds_: list[int]) -> list[str]:
     return [os.path.join(os.fspath(root), slug(network), ARM_SLUGS[arm], f"seed{s}") for s in seeds_]
 
 
-# ================================================================ the table
-
-
-def accuracy(summary: dict, classes: int) -> float:
-    """100·(1 − final val error); chance (100/classes) for a run with no finite val error."""
-    e = summary["final"].get("val_error")
-    try:
-        e = float(e)
-    except (TypeError, ValueError):
-        e = math.nan
-    if summary["status"] == "diverged" or not math.isfinite(e):
-        return 100.0 / classes
-    return 100.0 * (1.0 - e)
-
-
-def run_rows(network: str, arm: str, folders) -> list[dict]:
-    """The table1_runs.csv rows of one (network, arm): one per run folder (seed), its val accuracy
-    as ``accuracy`` (a diverged run at chance)."""
-    rows = []
-    for folder in folders:
-        spec = validate_spec(files.read_json(os.path.join(folder, "run.json"), "run.json").get("spec") or {})
-        s = read_summary(folder)
-        rows.append({"network": network, "arm": arm, "seed": int(spec["seed"]),
-                     "val_accuracy": accuracy(s, NUM_CLASSES.get(spec["dataset"], 10)), "status": s["status"],
-                     "run": str(folder), "spec": spec})
-    return rows
-
-
-def table_row(network: str, arm: str, folders) -> dict:
-    """The table1.csv row of one (network, arm) from its run folders (one per seed)."""
-    runs = run_rows(network, arm, folders)
-    accs = [r["val_accuracy"] for r in runs]
-    specs = [r["spec"] for r in runs]
-    diverged = sum(r["status"] == "diverged" for r in runs)
-    if not specs:
-        raise UserError(f"table1: no runs for {network} {arm}")
-    m = sum(accs) / len(accs)
-    std = math.sqrt(sum((a - m) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else 0.0
-    s0 = specs[0]
-    o = s0["optimizer"]
-    tau = o["workers"] - 1 if o["workers"] is not None else int(o["delay"])
-    return {"network": network, "arm": arm, "lr": s0["lr"], "batch_size": s0["batch_size"], "epochs": s0["epochs"],
-            "tau": tau, "val_accuracy": m, "val_accuracy_std": std, "seeds": len(specs), "diverged": diverged,
-            "paper": PAPER.get(network, {}).get(arm)}
-
-
-def markdown(rows: list[dict]) -> str:
-    """table1.md: one row per network, one column per arm: 'mean ± std (η)', the paper's value
-    after a slash where there is one."""
-    nets = list(dict.fromkeys(r["network"] for r in rows))
-    cell = {(r["network"], r["arm"]): r for r in rows}
-    lines = ["| network | " + " | ".join(ARMS) + " |", "|---|" + "---|" * len(ARMS)]
-    for n in nets:
-        cells = []
-        for arm in ARMS:
-            r = cell.get((n, arm))
-            if r is None:
-                cells.append("")
-                continue
-            text = f"{r['val_accuracy']:.2f} ± {r['val_accuracy_std']:.2f} (η {r['lr']:.3g})"
-            if r["diverged"]:
-                text += f", {r['diverged']}/{r['seeds']} diverged"
-            if r["paper"] is not None:
-                text += f" / paper {r['paper']:.2f}"
-            cells.append(text)
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_table(arm_dirs: dict, table_csv: str, table_md: str, runs_csv: str | None = None) -> list[dict]:
-    """table1.csv and table1.md from ``arm_dirs`` ((network, arm) -> run folders), rows in the
-    order networks first appear and ARMS; with ``runs_csv`` also table1_runs.csv (one row per seed)."""
-    order = {a: i for i, a in enumerate(ARMS)}
-    nets = {n: i for i, n in enumerate(dict.fromkeys(n for n, _ in arm_dirs))}
-    cells = sorted(arm_dirs.items(), key=lambda kv: (nets[kv[0][0]], order[kv[0][1]]))
-    rows = [table_row(n, a, dirs) for (n, a), dirs in cells]
-    files.write_csv(table_csv, list(TABLE_COLUMNS), rows)
-    if runs_csv:
-        files.write_csv(runs_csv, list(RUN_COLUMNS), [r for (n, a), dirs in cells for r in run_rows(n, a, dirs)])
-    text = markdown(rows)
-    files.atomic_write(table_md, lambda f: f.write(text.encode()))
-    return rows
-
-
-def plot_options(block: dict, scale: str) -> str:
-    return json.dumps({"tau": int(block["tau"]), "scale": scale, "extra_epochs": extra_epochs(block),
-                       "lr_scaling": block.get("lr_scaling", "sqrt"), "seeds": len(seeds(block)),
-                       "scan": bool(block.get("sb_lrs"))}, sort_keys=True)
-
-
 # ================================================================ command line
 
 
@@ -406,22 +303,8 @@ def _cli_scan(args) -> int:
     return 0
 
 
-def _cli_collect(args) -> int:
-    arm_dirs = {}
-    for path in args.record:
-        rec = files.read_json(path, "table1 arm record")
-        if not isinstance(rec, dict) or not {"network", "arm", "runs"} <= set(rec):
-            raise UserError(f"table1 arm record {path}: not an arm record (network, arm, runs)")
-        arm_dirs[(rec["network"], rec["arm"])] = rec["runs"]
-    for r in write_table(arm_dirs, args.table, args.markdown, args.runs):
-        paper = f" (paper {r['paper']:.2f})" if r["paper"] is not None else ""
-        print(f"{r['network']:<12} {r['arm']:<5} lr {r['lr']:<9.4g} val accuracy {r['val_accuracy']:.2f} "
-              f"± {r['val_accuracy_std']:.2f}%{paper}")
-    return 0
-
-
 def register(subparsers) -> None:
-    """Add ``table1-arm``, ``table1-scan`` and ``table1-collect``."""
+    """Add ``table1-arm`` and ``table1-scan``."""
     p = subparsers.add_parser("table1-arm", description="Train one arm (SB, LB, ASGD, +LR, +30%) of one network "
                                                         "of Table 1, all its seeds; writes an arm record.")
     p.add_argument("--block", required=True, help="the table1 config block, as JSON")
@@ -441,9 +324,3 @@ def register(subparsers) -> None:
     p.add_argument("--root", required=True, metavar="DIR", help="results/<scale>/generalization/table1")
     p.add_argument("--out", required=True, metavar="CSV")
     p.set_defaults(func=_cli_scan)
-    p = subparsers.add_parser("table1-collect", description="table1.csv and table1.md from the arm records.")
-    p.add_argument("--record", nargs="+", required=True, metavar="JSON")
-    p.add_argument("--table", required=True, metavar="CSV")
-    p.add_argument("--markdown", required=True, metavar="MD")
-    p.add_argument("--runs", default=None, metavar="CSV", help="also table1_runs.csv: one row per network, arm and seed")
-    p.set_defaults(func=_cli_collect)

@@ -18,17 +18,16 @@ import inspect
 
 from ..errors import UserError
 from ..files import parse_json_object
+from ..registry import EXPERIMENTS, all_figures, experiment_of_figure
 from .style import PLOTTERS, read_table, save_figure
 
-#: The plots modules, one per experiment (importing one registers its figures).
-MODULES = ("theory", "stability", "eos", "generalization", "table1", "imagenet", "spikes", "momentum", "mitigations",
-           "real_workers", "random_staleness")
 
-
-def load_plotters() -> dict:
-    """figure name -> plot function, from every plots module."""
-    for name in MODULES:
-        importlib.import_module(f"{__name__}.{name}")
+def load_plotters(figure=None) -> dict:
+    """figure name -> plot function: of every experiment's plots module (the registry's), or only
+    of the module that draws ``figure``."""
+    experiments = EXPERIMENTS if figure is None else (experiment_of_figure(figure),)
+    for experiment in experiments:
+        importlib.import_module(experiment.plots_module)
     return PLOTTERS
 
 
@@ -37,9 +36,10 @@ def plot_figure(name, table_paths, out, scale=None, options=None):
 
     ``options`` (a dict of plotting options, e.g. from config.yaml's ``plots:`` blocks) is passed to
     plot functions that take it; ``options["scale"]`` sets the scale when ``scale`` is not given."""
-    load_plotters()
-    if name not in PLOTTERS:
-        raise UserError(f"unknown figure {name!r}; known: {', '.join(sorted(PLOTTERS))}")
+    try:
+        load_plotters(name)
+    except KeyError as exc:
+        raise UserError(exc.args[0]) from None
     tables = [read_table(p) for p in table_paths]
     options = dict(options or {})
     scale = scale or options.pop("scale", None)
@@ -59,8 +59,8 @@ def register(subparsers):
     p = subparsers.add_parser(
         "plot", help="draw a figure from its tidy table(s)",
         description="Draw a figure from tidy tables only (never trains), writing the PDF and its PNG "
-                    f"twin. Figures: {', '.join(sorted(load_plotters()))}.")
-    figures = sorted(load_plotters())
+                    f"twin. Figures: {', '.join(sorted(all_figures()))}.")
+    figures = sorted(all_figures())
 
     def known_figure(name):  # checked as argparse reads it: before it asks for --table and --out
         if name not in figures:
