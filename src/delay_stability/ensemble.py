@@ -14,10 +14,11 @@ is per member and bit-for-bit with an uninterrupted ensemble.
 What the members share (else a UserError saying to use ``train.run_training``): model, model_args,
 dataset, dataset_args, dtype, device, loss, batch_size, epochs, eval_every, checkpoint_every,
 threads, the velocity convention (``optimizer.velocity``), and the delay: a constant tau (round
-robin) or M workers of one drawn schedule (random: the geometric staleness of *Asynchrony begets
-Momentum*; gaussian: the authors' rule; compute_time; replay of a landing log). What they may differ
-in: lr, seed (initialisation, minibatch order and the landing worker of every step: each member draws
-it from ``random.Random(seed)`` exactly as its DelayedSGD does, with asgd's own landing rules),
+robin), M workers of one drawn schedule (random: the geometric staleness of *Asynchrony begets
+Momentum*; gaussian: the authors' rule; compute_time; replay of a landing log), or one delay
+distribution P(tau = k) (the iid ring of eq. 18). What they may differ in: lr, seed (initialisation,
+minibatch order and the landing worker or delay of every step: each member draws it from
+``random.Random(seed)`` exactly as its DelayedSGD does, with asgd's own landing rules),
 lr_schedule (warm-up from warmup_start included: train.get_lr), momentum, variant (plain / momentum /
 shifted), dampening, weight_decay and weight_decay_on (``weights``: a per-weight decay vector, zero
 on biases and BatchNorm parameters, as train.decay_groups' two parameter groups; the member's
@@ -31,8 +32,7 @@ paper-scale networks without BatchNorm (fc3x1024, mnist_cnn, cifar10_quick) on t
 its own minibatch in training (and for L0), its own running statistics (stacked buffers, updated in
 place) in evaluation, as a single run's model.train()/model.eval(). What falls back (``can_ensemble``
 says why, and the workflow trains each spec with ``run_training``): the paper-scale BatchNorm networks,
-imagenet streaming, augment, delay distributions (the iid ring), mitigations, performance settings,
-init_checkpoint and perturb.
+imagenet streaming, augment, mitigations, performance settings, init_checkpoint and perturb.
 
 One engine: the loop state (train.LoopState), the stop rules (train.check_stop via end_epoch: divergence,
 escape, settle, steady state), the metrics row (train.metrics_row), the learning rate (train.get_lr) and
@@ -50,6 +50,7 @@ epochs (a kill while the members' checkpoints were being written) train as separ
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import random
@@ -57,6 +58,7 @@ import sys
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -64,6 +66,7 @@ from torch.func import functional_call, grad, vmap
 
 from . import __version__
 from .asgd import (
+    _as_probabilities,
     _draw,
     draw_compute_time,
     gaussian_landing_probabilities,
@@ -75,7 +78,7 @@ from .errors import UserError
 from .files import write_json
 from .models import CifarResNet, DigitsResNet, _CifarBasicBlock, build_model
 from .spec import BATCHED_MODELS, ENSEMBLE_SHARED_KEYS as SHARED_KEYS, can_ensemble, validate_spec  # noqa: F401
-from .spec import check_compute_time
+from .spec import check_compute_time, delay_probabilities
 from .spec import ensemble_problem as _why_not
 from .train import (
     NAN_CHECK_EVERY,
@@ -112,7 +115,10 @@ FALLBACK = "; use train.run_training for each spec"
 
 
 def _tau(spec: dict) -> int:
+    """The largest staleness a ring slot can hold: M - 1 for M workers, K for P(tau = k), k = 0..K."""
     o = spec["optimizer"]
+    if isinstance(o["delay"], dict):
+        return len(_as_probabilities(delay_probabilities(o["delay"]))) - 1
     return o["workers"] - 1 if o["workers"] is not None else o["delay"]
 
 
@@ -142,13 +148,16 @@ class Member:
         self.velocity = o["velocity"]  # velocity units (asgd.update); members of a batch share them
         self.velocity_start = o["velocity_start"]
         self.schedule = o["schedule"]
-        # every worker schedule but round robin keeps DelayedSGD's bookkeeping here, draw for draw
+        # every schedule but round robin keeps DelayedSGD's bookkeeping here, draw for draw
         self.drawn = self.schedule != "round_robin"
         self.rng = random.Random(spec["seed"])
         self.spread = None if o["spread"] is None else float(o["spread"])
         self.compute_time = check_compute_time(o["compute_time"] or {"law": "exponential"}) \
             if self.schedule == "compute_time" else None
-        self.landing_order = None
+        self.landing_order = self.probs = self.cdf = None
+        if self.schedule == "iid":  # DelayedSGD's i.i.d. delays: P(tau = k) as it normalises them
+            self.probs = _as_probabilities(delay_probabilities(o["delay"]))
+            self.cdf = np.cumsum(self.probs).tolist()
         if self.schedule == "replay":
             from .staleness import landing_order
 
@@ -179,16 +188,19 @@ class Member:
         hist = self.histogram()
         return sum(k * c for k, c in enumerate(hist)), sum(hist)
 
-    def worker_step(self, t: int) -> tuple[int, int]:
-        """DelayedSGD.step's bookkeeping for a drawn worker schedule at step t: the free slot (the
-        worker that landed last) takes g(w_t) (all slots at t = 0), then the landing rule picks the
-        worker that lands (DelayedSGD._landing, the same draws from the same random.Random(seed));
-        returns (write, land)."""
-        write = self.free
+    def worker_step(self, t: int) -> tuple[int, int, int]:
+        """DelayedSGD.step's bookkeeping for a drawn schedule at step t: the write slot takes g(w_t)
+        (all slots at t = 0): the free worker (the one that landed last), or t mod K for the iid
+        ring; then the landing slot (DelayedSGD._landing, the same draws from the same
+        random.Random(seed)). Returns (write, land, velocity row written): the landing worker's row,
+        the server's (momentum), or the iid ring's (t + 1) mod K, which takes over the landing row's."""
+        K = self.slots
+        iid = self.schedule == "iid"
+        write = t % K if iid else self.free
         self.stamps[write] = t
         if t == 0:
             self.stamps = [0] * self.slots
-        K = self.slots
+        v_write = None
         if self.schedule == "random":
             land = self.rng.randrange(K)
         elif self.schedule == "gaussian":
@@ -196,28 +208,30 @@ class Member:
         elif self.schedule == "compute_time":
             land = min(range(K), key=self.finish.__getitem__)  # the earliest finisher
             self.finish[land] += draw_compute_time(self.compute_time, self.rng)
-        else:  # replay
+        elif self.schedule == "replay":
             land = self.landing_order[t % len(self.landing_order)]
+        else:  # iid: tau_t drawn from P(tau = k); g(w_{t - tau}) sits at (t - tau) mod K
+            tau = min(bisect.bisect_right(self.cdf, self.rng.random() * self.cdf[-1]), K - 1)
+            land, v_write = (t - tau) % K, (t + 1) % K
         staleness = t - self.stamps[land]
         if staleness >= len(self.hist):
             self.hist.extend([0] * (staleness + 1 - len(self.hist)))
         self.hist[staleness] += 1
         self.last_staleness = staleness
         self.free = land
-        return write, land
+        if self.variant == "momentum":
+            return write, land, 0
+        return write, land, land if v_write is None else v_write
 
-    def velocity_row(self, land: int) -> int:
-        """The velocity row the step landing ``land`` writes: the server's (momentum), the worker's (shifted)."""
-        return 0 if self.variant == "momentum" else land
-
-    def take_fresh(self, land: int) -> bool:
+    def take_fresh(self, read: int, write: int) -> bool:
         """Whether this step's velocity update is torch's first (u = G: velocity_start gradient and
-        the row never written); marks the row written (DelayedSGD._apply's flags)."""
+        the row never written); row ``write`` takes over row ``read``'s flag (the iid ring), then is
+        marked written (DelayedSGD._apply's flags)."""
         if not self.fresh:
             return False
-        row = self.velocity_row(land)
-        first = self.fresh[row] and self.velocity_start == "gradient"
-        self.fresh[row] = False
+        self.fresh[write] = self.fresh[read]
+        first = self.fresh[write] and self.velocity_start == "gradient"
+        self.fresh[write] = False
         return first
 
     def mean_staleness(self) -> float:
@@ -249,7 +263,7 @@ class Member:
                              "landing_order": self.landing_order})
         if self.drawn:
             schedule_state = {"finish": list(self.finish)} if self.schedule == "compute_time" else {}
-            return optimizer_state(schedule=self.schedule, stamps=self.stamps, free=self.free,
+            return optimizer_state(schedule=self.schedule, probs=self.probs, stamps=self.stamps, free=self.free,
                                    rng_state=self.rng.getstate(), hist=self.hist, last_staleness=self.last_staleness,
                                    schedule_state=schedule_state, **common)
         stamps = [0 if t - 1 < s else s + K * ((t - 1 - s) // K) for s in range(K)]
@@ -659,22 +673,24 @@ class _Batch:
             self.last_grads = flat
         if self.drawn:  # each member's own landing worker (DelayedSGD's draws), gathered per member
             slots = [m.worker_step(t) for m in self.members]
-            write = torch.tensor([w for w, _ in slots], device=fam.device)
-            land = torch.tensor([l for _, l in slots], device=fam.device)
+            write = torch.tensor([w for w, _, _ in slots], device=fam.device)
+            land = torch.tensor([l for _, l, _ in slots], device=fam.device)
+            vrow = torch.tensor([v for _, _, v in slots], device=fam.device)
             rows = torch.arange(R, device=fam.device)
             self.ring[write, rows] = flat
             if t == 0:  # every worker starts from w_0: all slots hold g(w_0)
                 self.ring.copy_(flat.unsqueeze(0).expand_as(self.ring))
             g = self.ring[land, rows]
+            firsts = [m.take_fresh(l if m.variant == "shifted" else 0, v) for m, (_, l, v) in zip(self.members, slots)]
         else:
             write = t % K
             self.ring[write].copy_(flat)
             if t == 0:  # every worker starts from w_0: all slots hold g(w_0)
                 self.ring.copy_(self.ring[write].expand_as(self.ring))
-            land = (t + 1) % K
+            land = vrow = (t + 1) % K
             g = self.ring[land]
-        lands = land.tolist() if self.drawn else [land] * R
-        firsts = [m.take_fresh(k) for m, k in zip(self.members, lands)]  # torch's u = G on a first update
+            firsts = [m.take_fresh(*(2 * [0 if m.variant == "momentum" else land])) for m in self.members]
+        # firsts: torch's u = G on a velocity's first update (velocity_start gradient), per member
         every = torch.arange(R, device=fam.device)
         for variant, idx, rows_of in self.groups:  # asgd.update on each variant's members, (R', P) at once
             sub = (lambda a: a) if idx is None else (lambda a: a.index_select(0, idx))
@@ -694,9 +710,9 @@ class _Batch:
             update(w, gg, u, **hyper)
             if idx is not None:
                 self.w.index_copy_(0, idx, w)
-            if variant == "shifted" and self.drawn:
+            if variant == "shifted" and self.drawn:  # the row written (the iid ring's: (t + 1) mod K)
                 mine = every if idx is None else idx
-                self.vel[land.index_select(0, mine), mine] = u
+                self.vel[vrow.index_select(0, mine), mine] = u
             elif variant != "plain" and idx is not None:
                 self.vel[0 if variant == "momentum" else land].index_copy_(0, idx, u)
         return losses.detach(), outs.detach()

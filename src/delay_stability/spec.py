@@ -554,9 +554,9 @@ def apply_overrides(spec: dict, assignments) -> dict:
 #: Models that batch: the quick stand-ins (BatchNorm per member: batch and running statistics of its
 #: own) and the paper-scale networks without BatchNorm.
 BATCHED_MODELS = ("mlp", "cnn_digits", "resnet_digits", "mnist_cnn", "fc3x1024", "cifar10_quick")
-#: Delay schedules that batch: every worker schedule (each member draws its own landing worker as its
-#: DelayedSGD does); not the i.i.d. ring of a delay distribution.
-ENSEMBLE_SCHEDULES = WORKER_SCHEDULES
+#: Delay schedules that batch: every one (each member draws its own landing worker, or its i.i.d.
+#: delay from a shared distribution, as its DelayedSGD does).
+ENSEMBLE_SCHEDULES = SCHEDULES
 #: Spec keys every member of an ensemble must share.
 ENSEMBLE_SHARED_KEYS = ("model", "model_args", "dataset", "dataset_args", "dtype", "device", "loss",
                         "batch_size", "epochs", "eval_every", "checkpoint_every", "threads")
@@ -583,9 +583,8 @@ def ensemble_problem(specs: list[dict]) -> str | None:
         if o["velocity"] != first["optimizer"]["velocity"]:
             return (f"spec {i} has velocity {o['velocity']!r} but spec 0 has {first['optimizer']['velocity']!r}; "
                     "members must share the velocity convention")
-        if o["schedule"] not in ENSEMBLE_SCHEDULES or isinstance(o["delay"], dict):
-            return (f"spec {i}: only a constant delay or workers ({', '.join(ENSEMBLE_SCHEDULES)}) are batched, "
-                    f"not schedule {o['schedule']!r} (a delay distribution: the iid ring)")
+        if o["schedule"] not in ENSEMBLE_SCHEDULES:
+            return f"spec {i}: schedule {o['schedule']!r} is not batched (batched: {', '.join(ENSEMBLE_SCHEDULES)})"
         if o["schedule"] != first["optimizer"]["schedule"]:
             return (f"spec {i} has schedule {o['schedule']!r} but spec 0 has {first['optimizer']['schedule']!r}; "
                     "members must share the schedule")
@@ -601,7 +600,7 @@ def ensemble_problem(specs: list[dict]) -> str | None:
     return None
 
 
-def _ensemble_delay(spec: dict) -> int:
+def _ensemble_delay(spec: dict) -> int | dict:
     o = spec["optimizer"]
     return o["workers"] - 1 if o["workers"] is not None else o["delay"]
 
