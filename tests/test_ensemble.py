@@ -136,7 +136,10 @@ def test_can_ensemble_refuses_with_a_reason(tmp_path):
         ([base(), base(model="cnn_digits", model_args={})], "model"),
         ([base(), base(optimizer={"delay": 2})], "delay"),
         ([base(model="vgg11", model_args={})], "paper-scale"),
-        ([base(optimizer={"delay": {"kind": "probs", "probs": [0.5, 0.5]}})], "constant delay"),
+        ([base(optimizer={"delay": 1, "variant": "momentum", "momentum": 0.5}),
+          base(optimizer={"delay": 1, "variant": "momentum", "momentum": 0.5, "velocity": "step"})], "velocity"),
+        ([base(optimizer={"delay": {"kind": "probs", "probs": [0.5, 0.5]}}),
+          base(optimizer={"delay": {"kind": "probs", "probs": [0.25, 0.75]}})], "delay"),
         ([base(dataset="mnist", dataset_args={}, augment=True)], "augment"),
         ([base(), base(batch_size=64)], "batch_size"),
         ([base(perturb=0.1)], "perturb"),
@@ -400,14 +403,16 @@ def test_the_vmap_kernel_agrees_with_the_single_runs_too(tmp_path):
 
 
 def test_the_quick_figures_batch_their_seeds():
-    """Figures 11 and 5 (A-SGD arms) and Table 1's CNN at the quick scale: their runs of one delay and
-    batch size train as one ensemble; fig9's Gaussian delay does not batch and says why."""
+    """Figures 11, 5 (A-SGD arms) and 9 (constant and Gaussian workers, weight decay on the weights,
+    warm-up) and Table 1's CNN at the quick scale: their runs of one delay and batch size train as one
+    ensemble."""
     import yaml
 
     from delay_stability.experiments import imagenet as im
     from delay_stability.experiments import spikes as sp
     from delay_stability.experiments import table1 as t1
     from delay_stability.spec import can_ensemble as decide
+    from delay_stability.spec import ensemble_groups
 
     config = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "config.yaml")))["quick"]
     fig11 = [r.spec for r in sp.runs(config["fig11"], config["fig11"]["train"])]
@@ -419,11 +424,11 @@ def test_the_quick_figures_batch_their_seeds():
         groups.setdefault((json.dumps(spec["optimizer"].get("delay")), spec["batch_size"]), []).append(spec)
     asgd = max(groups.values(), key=len)
     assert len(asgd) >= 3 and decide(asgd) == (True, "")
-    gaussian = [run.spec for _, run in im.runs(block, "fig9", block["train"])
-                if isinstance(run.spec["optimizer"].get("delay"), dict)]
-    if gaussian:
-        ok, reason = decide(gaussian)
-        assert not ok and "constant delay" in reason
+    fig9 = [run.spec for _, run in im.runs(block, "fig9", block["train"])]
+    workers = [s for s in fig9 if s["optimizer"].get("schedule") == "gaussian"]
+    assert len(workers) >= 3 and decide(workers) == (True, "")
+    assert all(s["optimizer"]["weight_decay_on"] == "weights" for s in workers)
+    assert sorted(i for g in ensemble_groups(fig9) for i in g) == list(range(len(fig9)))  # no run alone
     cnn = next(n for n in config["table1"]["networks"] if n["train"]["model"] == "cnn_digits")
     scan = [dict(cnn["train"], lr=lr, seed=s) for lr in config["table1"]["sb_lrs"] for s in config["table1"]["seeds"]]
     assert len(scan) >= t1.MIN_ENSEMBLE and t1.can_batch(scan)
@@ -438,3 +443,151 @@ def test_convolutional_members_train_in_batches_of_at_most_max_conv_members(tmp_
     monkeypatch.setattr(ens, "_train_group", lambda fam, ms, *a: (seen.append(len(ms)), real(fam, ms, *a)))
     check_against_single(tmp_path, every_option(2, batch_size=0, **BN_MODELS["cnn_digits_bn"]), 1e-12)
     assert seen == [3, 1]
+
+
+# ---------------------------------------------------------------- the quick figures' options: decay on the
+# weights only, Gaussian / compute-time / replayed workers, torch's velocity start, warm-up from a start
+
+WARMUP_FROM = {"kind": "step", "milestones": [2], "gamma": 0.5, "warmup_epochs": 1, "warmup_start": 0.25}
+
+
+def worker_members(schedule, workers=3, **overrides):
+    """Four members of one worker schedule: weight decay on the conv/linear weights only (and on all,
+    and none), plain, server and shifted momentum, torch's first step u = G, and a warm-up from 1/4."""
+    b = base(**{"epochs": 3, **overrides})
+    o = {"schedule": schedule, "workers": workers}
+    return [
+        dict(b, lr=0.05, seed=1, optimizer=dict(o, weight_decay=1e-2, weight_decay_on="weights"), lr_schedule=WARMUP_FROM),
+        dict(b, lr=0.1, seed=2, optimizer=dict(o, variant="momentum", momentum=0.9, velocity_start="gradient",
+                                               weight_decay=5e-3, weight_decay_on="weights", dampening=False)),
+        dict(b, lr=0.2, seed=3, optimizer=dict(o, variant="shifted", momentum=0.5, weight_decay=1e-3,
+                                               weight_decay_on="weights", velocity_start="gradient"),
+             lr_schedule=WARMUP_FROM),
+        dict(b, lr=0.03, seed=4, optimizer=dict(o, variant="shifted", momentum=-0.3, weight_decay=5e-3)),
+    ]
+
+
+def same_optimizer_state(ens_dir, single_dir):
+    """The member's final DelayedSGD state is its single run's: groups, in-flight gradients and
+    velocities in the group-by-group layout, staleness counts, stamps, RNG, velocity flags."""
+    mine, single = (load_checkpoint(os.path.join(d, "final.pt"))["optimizer"] for d in (ens_dir, single_dir))
+    strip = lambda groups: [{k: v for k, v in g.items() if k != "lr"} for g in groups]  # noqa: E731
+    assert strip(mine["param_groups"]) == strip(single["param_groups"])
+    a, b = mine["delayed"], single["delayed"]
+    for key in ("schedule", "stamps", "free", "rng", "hist", "last_staleness", "fresh", "velocity_start",
+                "spread", "compute_time", "landing_order", "schedule_state", "t"):
+        assert a[key] == b[key], key
+    for key in ("grads", "velocity"):
+        if b[key] is not None:
+            assert float((a[key] - b[key]).norm()) <= 1e-10 * float(b[key].norm()), key
+    return mine
+
+
+@pytest.mark.parametrize("model", list(BN_MODELS))
+def test_gaussian_workers_with_decay_on_weights_equal_their_single_runs(tmp_path, model):
+    """The quick figures' recipe on a BatchNorm stand-in: weight_decay_on weights (two parameter
+    groups, biases and BatchNorm unscaled), the authors' Gaussian workers, shifted momentum with
+    velocity_start gradient and a warm-up from warmup_start: every member as its single run."""
+    specs = worker_members("gaussian", **BN_MODELS[model])
+    specs[3]["optimizer"]["spread"] = 3.0  # a wide spread: staleness beyond M - 1 within 24 steps
+    outs, _ = check_against_single(tmp_path, specs, 1e-12)
+    for i, out in enumerate(outs):
+        state = same_optimizer_state(out, str(tmp_path / f"s{i}"))
+        assert len(state["param_groups"]) == (2 if i < 3 else 1)
+        assert state["param_groups"][-1]["weight_decay"] == (0.0 if i < 3 else 5e-3)
+    assert len(state["delayed"]["hist"]) > 3  # staleness beyond M - 1 occurs: not round robin
+
+
+def test_decay_on_weights_decays_only_the_weights(tmp_path):
+    """Brute force, one full-batch step at tau = 0: a Linear weight moves by -eta (g + wd w_0), a
+    bias by -eta g alone (weight_decay_on weights), while weight_decay_on all decays both."""
+    from delay_stability.models import build_model
+    from delay_stability.spec import validate_spec
+    from delay_stability.train import training_setup
+
+    spec = base(epochs=1, batch_size=0, optimizer={"delay": 0, "weight_decay": 0.5, "weight_decay_on": "weights"})
+    alike = dict(spec, optimizer={"delay": 0, "weight_decay": 0.5})
+    outs = [str(tmp_path / "weights"), str(tmp_path / "all")]
+    run_ensemble([spec, alike], outs)
+    data = training_setup(validate_spec(spec)).data
+    model = build_model(spec["model"], **spec["model_args"]).to(torch.float64)
+    ckpt = load_checkpoint(os.path.join(outs[0], "final.pt"))
+    with torch.no_grad():
+        for p, p0 in zip(model.parameters(), ckpt["init_params"]):
+            p.copy_(p0)
+    loss = torch.nn.functional.cross_entropy(model(data.train_x), data.train_y)
+    grads = dict(zip([n for n, _ in model.named_parameters()], torch.autograd.grad(loss, list(model.parameters()))))
+    for out, on_bias in zip(outs, (0.0, 0.5)):
+        final = load_checkpoint(os.path.join(out, "final.pt"))["model"]
+        for (name, p0) in model.named_parameters():
+            decay = 0.5 if name.endswith("weight") else on_bias
+            expected = p0.detach() - 0.05 * (grads[name] + decay * p0.detach())
+            assert torch.allclose(final[name], expected, rtol=0, atol=1e-12), (out, name)
+
+
+def test_compute_time_and_replayed_workers_equal_their_single_runs(tmp_path):
+    """Compute-time workers (each member's finish times from its own random.Random(seed)) and a
+    replayed landing order batch too, draw for draw."""
+    check = worker_members("compute_time", workers=4, batch_size=64)
+    for spec in check:
+        spec["optimizer"]["compute_time"] = {"law": "normal", "mean": 1.0, "std": 0.5}
+    check_against_single(tmp_path / "ct", check, 1e-10)
+    log = tmp_path / "staleness.csv"
+    log.write_text("worker\n" + "\n".join(str(w) for w in [7, 3, 3, 5, 7, 3, 5, 5, 7]) + "\n")
+    replay = worker_members("replay", workers=3, batch_size=64)
+    for spec in replay:
+        spec["optimizer"]["landing_log"] = str(log)
+    outs, _ = check_against_single(tmp_path / "rp", replay, 1e-10)
+    for i, out in enumerate(outs):
+        same_optimizer_state(out, str(tmp_path / "rp" / f"s{i}"))
+
+
+def test_gaussian_member_checkpoint_resumes_as_a_single_run(tmp_path):
+    """A Gaussian-worker member's checkpoint (two parameter groups, torch's velocity flags) is the
+    single run's: run_training resumes it and ends as the uninterrupted run."""
+    spec = worker_members("gaussian", epochs=6, checkpoint_every=2)[2]
+    out = str(tmp_path / "m")
+    run_ensemble([dict(spec, epochs=4)], [out])
+    ckpt = load_checkpoint(os.path.join(out, "final.pt"))
+    ckpt["spec"] = dict(ckpt["spec"], epochs=6)
+    ckpt["loop"]["status"] = None
+    torch.save(ckpt, os.path.join(out, "checkpoint.pt"))
+    os.remove(os.path.join(out, "final.pt"))
+    run_training(ckpt["spec"], out)
+    run_training(spec, str(tmp_path / "whole"))
+    compare(out, str(tmp_path / "whole"), 1e-10)
+    same_optimizer_state(out, str(tmp_path / "whole"))
+    # and the other way: the ensemble resumes a single run's checkpoint (its buffers group by group)
+    back = str(tmp_path / "back")
+    run_training(dict(spec, epochs=4), back)
+    ckpt = load_checkpoint(os.path.join(back, "final.pt"))
+    assert len(ckpt["optimizer"]["param_groups"]) == 2
+    ckpt["spec"] = dict(ckpt["spec"], epochs=6)
+    ckpt["loop"]["status"] = None
+    torch.save(ckpt, os.path.join(back, "checkpoint.pt"))
+    os.remove(os.path.join(back, "final.pt"))
+    run_ensemble([spec], [back])
+    compare(back, str(tmp_path / "whole"), 1e-10)
+    same_optimizer_state(back, str(tmp_path / "whole"))
+
+
+def test_iid_ring_members_equal_their_single_runs(tmp_path):
+    """The i.i.d. delays of eq. 18 (a ring of the last K+1 gradients, tau_t drawn each step; with
+    shifted momentum v_{t+1} takes over v_{t-tau}): each member draws its delays as its DelayedSGD."""
+    delay = {"kind": "probs", "probs": [0.2, 0.3, 0.1, 0.4]}
+    specs = worker_members("random", batch_size=64)
+    for spec in specs:
+        spec["optimizer"] = dict(spec["optimizer"], schedule="iid", delay=delay)
+        del spec["optimizer"]["workers"]
+    outs, _ = check_against_single(tmp_path, specs, 1e-10)
+    for i, out in enumerate(outs):
+        state = same_optimizer_state(out, str(tmp_path / f"s{i}"))
+    assert state["delayed"]["probs"] == [0.2, 0.3, 0.1, 0.4] and len(state["delayed"]["hist"]) == 4
+
+
+def test_the_refusals_that_remain():
+    ok, reason = can_ensemble([base(optimizer={"delay": 1, "variant": "momentum", "momentum": 0.5}),
+                               base(optimizer={"delay": 1, "variant": "momentum", "momentum": 0.5, "velocity": "step"})])
+    assert not ok and "velocity" in reason
+    ok, reason = can_ensemble(worker_members("gaussian")[:1] + worker_members("random")[1:2])
+    assert not ok and "schedule" in reason

@@ -13,11 +13,18 @@ is per member and bit-for-bit with an uninterrupted ensemble.
 
 What the members share (else a UserError saying to use ``train.run_training``): model, model_args,
 dataset, dataset_args, dtype, device, loss, batch_size, epochs, eval_every, checkpoint_every,
-threads, and the delay: a constant tau (round robin) or M random workers (``schedule: random``, the
-geometric staleness of *Asynchrony begets Momentum*). What they may differ in: lr, seed
-(initialisation, minibatch order and, with random workers, the landing worker of every step: each
-member draws it from ``random.Random(seed)`` exactly as its DelayedSGD does), lr_schedule, momentum,
-variant (plain / momentum / shifted), dampening, weight_decay and the stop rules.
+threads, the velocity convention (``optimizer.velocity``), and the delay: a constant tau (round
+robin), M workers of one drawn schedule (random: the geometric staleness of *Asynchrony begets
+Momentum*; gaussian: the authors' rule; compute_time; replay of a landing log), or one delay
+distribution P(tau = k) (the iid ring of eq. 18). What they may differ in: lr, seed (initialisation,
+minibatch order and the landing worker or delay of every step: each member draws it from
+``random.Random(seed)`` exactly as its DelayedSGD does, with asgd's own landing rules),
+lr_schedule (warm-up from warmup_start included: train.get_lr), momentum, variant (plain / momentum /
+shifted), dampening, weight_decay and weight_decay_on (``weights``: a per-weight decay vector, zero
+on biases and BatchNorm parameters, as train.decay_groups' two parameter groups; the member's
+checkpoint keeps the single run's groups and group-by-group buffer layout), velocity_start (torch's
+u = G on a velocity's first update: asgd.update's ``fresh`` mask, per member), the schedule's own
+arguments (spread, compute_time, landing_log) and the stop rules.
 
 What batches: the quick stand-ins (mlp, cnn_digits with or without BatchNorm, resnet_digits) and the
 paper-scale networks without BatchNorm (fc3x1024, mnist_cnn, cifar10_quick) on the in-memory datasets
@@ -25,8 +32,7 @@ paper-scale networks without BatchNorm (fc3x1024, mnist_cnn, cifar10_quick) on t
 its own minibatch in training (and for L0), its own running statistics (stacked buffers, updated in
 place) in evaluation, as a single run's model.train()/model.eval(). What falls back (``can_ensemble``
 says why, and the workflow trains each spec with ``run_training``): the paper-scale BatchNorm networks,
-imagenet streaming, augment, delay distributions, mitigations, performance settings, init_checkpoint
-and perturb.
+imagenet streaming, augment, mitigations, performance settings, init_checkpoint and perturb.
 
 One engine: the loop state (train.LoopState), the stop rules (train.check_stop via end_epoch: divergence,
 escape, settle, steady state), the metrics row (train.metrics_row), the learning rate (train.get_lr) and
@@ -44,6 +50,7 @@ epochs (a kill while the members' checkpoints were being written) train as separ
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import random
@@ -51,17 +58,27 @@ import sys
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from . import __version__
-from .asgd import optimizer_state, update, velocity_rows
+from .asgd import (
+    _as_probabilities,
+    _draw,
+    draw_compute_time,
+    gaussian_landing_probabilities,
+    optimizer_state,
+    update,
+    velocity_rows,
+)
 from .errors import UserError
 from .files import write_json
 from .models import CifarResNet, DigitsResNet, CifarBasicBlock, build_model
 from .spec import BATCHED_MODELS, ENSEMBLE_SHARED_KEYS as SHARED_KEYS, can_ensemble, validate_spec  # noqa: F401
+from .spec import check_compute_time, delay_probabilities
 from .spec import ensemble_problem as _why_not
 from .train import (
     NAN_CHECK_EVERY,
@@ -98,7 +115,10 @@ FALLBACK = "; use train.run_training for each spec"
 
 
 def _tau(spec: dict) -> int:
+    """The largest staleness a ring slot can hold: M - 1 for M workers, K for P(tau = k), k = 0..K."""
     o = spec["optimizer"]
+    if isinstance(o["delay"], dict):
+        return len(_as_probabilities(delay_probabilities(o["delay"]))) - 1
     return o["workers"] - 1 if o["workers"] is not None else o["delay"]
 
 
@@ -123,14 +143,33 @@ class Member:
         self.slots = self.tau + 1
         o = spec["optimizer"]
         self.variant, self.m, self.dampening, self.wd = o["variant"], o["momentum"], o["dampening"], o["weight_decay"]
+        # weight_decay_on: weights with a decay: the single run's two parameter groups (train.decay_groups)
+        self.split = o["weight_decay_on"] == "weights" and self.wd != 0
         self.velocity = o["velocity"]  # velocity units (asgd.update); members of a batch share them
-        self.random = o["schedule"] == "random"  # DelayedSGD's random workers: its own bookkeeping
+        self.velocity_start = o["velocity_start"]
+        self.schedule = o["schedule"]
+        # every schedule but round robin keeps DelayedSGD's bookkeeping here, draw for draw
+        self.drawn = self.schedule != "round_robin"
         self.rng = random.Random(spec["seed"])
+        self.spread = None if o["spread"] is None else float(o["spread"])
+        self.compute_time = check_compute_time(o["compute_time"] or {"law": "exponential"}) \
+            if self.schedule == "compute_time" else None
+        self.landing_order = self.probs = self.cdf = None
+        if self.schedule == "iid":  # DelayedSGD's i.i.d. delays: P(tau = k) as it normalises them
+            self.probs = _as_probabilities(delay_probabilities(o["delay"]))
+            self.cdf = np.cumsum(self.probs).tolist()
+        if self.schedule == "replay":
+            from .staleness import landing_order
+
+            self.landing_order = [int(k) for k in landing_order(o["landing_log"])]
+        self.finish: list[float] = []  # compute_time: each worker's finish time (drawn as DelayedSGD does)
+        if self.schedule == "compute_time":
+            self.finish = [draw_compute_time(self.compute_time, self.rng) for _ in range(self.slots)]
         self.stamps = [0] * self.slots  # step at whose weights each slot's gradient was taken
         self.free = 0  # the slot that receives the next gradient
         self.hist: list[int] = []
         self.last_staleness = None
-        self.landed: set[int] = set()  # random workers that have landed (their velocity rows are written)
+        self.fresh = [True] * velocity_rows(self.variant, self.slots)  # velocity rows never written
         self.generator = torch.Generator().manual_seed(spec["seed"])
         self.loop = LoopState()
         self.rng_torch = None  # the global torch RNG as the single run leaves it after building its model
@@ -143,60 +182,90 @@ class Member:
     # ---- the single run's summaries
 
     def histogram(self) -> list[int]:
-        return list(self.hist) if self.random else _histogram(self.loop.step, self.tau)
+        return list(self.hist) if self.drawn else _histogram(self.loop.step, self.tau)
 
     def staleness(self) -> tuple[int, int]:
         hist = self.histogram()
         return sum(k * c for k, c in enumerate(hist)), sum(hist)
 
-    def random_step(self, t: int) -> int:
-        """DelayedSGD.step's bookkeeping for random workers at step t: the free slot takes g(w_t)
-        (all slots at t = 0), the landing slot is drawn uniformly; returns (write, land)."""
-        write = self.free
+    def worker_step(self, t: int) -> tuple[int, int, int]:
+        """DelayedSGD.step's bookkeeping for a drawn schedule at step t: the write slot takes g(w_t)
+        (all slots at t = 0): the free worker (the one that landed last), or t mod K for the iid
+        ring; then the landing slot (DelayedSGD._landing, the same draws from the same
+        random.Random(seed)). Returns (write, land, velocity row written): the landing worker's row,
+        the server's (momentum), or the iid ring's (t + 1) mod K, which takes over the landing row's."""
+        K = self.slots
+        iid = self.schedule == "iid"
+        write = t % K if iid else self.free
         self.stamps[write] = t
         if t == 0:
             self.stamps = [0] * self.slots
-        land = self.rng.randrange(self.slots)
-        self.landed.add(land)
+        v_write = None
+        if self.schedule == "random":
+            land = self.rng.randrange(K)
+        elif self.schedule == "gaussian":
+            land = _draw(gaussian_landing_probabilities([t - s for s in self.stamps], K, self.spread), self.rng.random())
+        elif self.schedule == "compute_time":
+            land = min(range(K), key=self.finish.__getitem__)  # the earliest finisher
+            self.finish[land] += draw_compute_time(self.compute_time, self.rng)
+        elif self.schedule == "replay":
+            land = self.landing_order[t % len(self.landing_order)]
+        else:  # iid: tau_t drawn from P(tau = k); g(w_{t - tau}) sits at (t - tau) mod K
+            tau = min(bisect.bisect_right(self.cdf, self.rng.random() * self.cdf[-1]), K - 1)
+            land, v_write = (t - tau) % K, (t + 1) % K
         staleness = t - self.stamps[land]
         if staleness >= len(self.hist):
             self.hist.extend([0] * (staleness + 1 - len(self.hist)))
         self.hist[staleness] += 1
         self.last_staleness = staleness
         self.free = land
-        return write, land
+        if self.variant == "momentum":
+            return write, land, 0
+        return write, land, land if v_write is None else v_write
+
+    def take_fresh(self, read: int, write: int) -> bool:
+        """Whether this step's velocity update is torch's first (u = G: velocity_start gradient and
+        the row never written); row ``write`` takes over row ``read``'s flag (the iid ring), then is
+        marked written (DelayedSGD._apply's flags)."""
+        if not self.fresh:
+            return False
+        self.fresh[write] = self.fresh[read]
+        first = self.fresh[write] and self.velocity_start == "gradient"
+        self.fresh[write] = False
+        return first
 
     def mean_staleness(self) -> float:
         total, count = self.staleness()
         return total / count if count else float("nan")
 
-    def fresh_rows(self, t: int) -> list[bool]:
-        """Per velocity row, whether no update has written it after t steps (DelayedSGD's flags):
-        the server velocity is written from step 0; worker j's row when j first lands."""
-        if self.variant == "plain":
-            return []
-        if self.variant == "momentum":
-            return [t == 0]
-        if self.random:
-            return [k not in self.landed for k in range(self.slots)]
-        return [not any((s + 1) % self.slots == r for s in range(min(t, self.slots))) for r in range(self.slots)]
-
     def buffer_bytes(self, numel: int, element_size: int) -> int:
         """DelayedSGD.buffer_bytes: the in-flight slots, the velocity rows and the flat weight row."""
         return (self.slots + velocity_rows(self.variant, self.slots) + 1) * numel * element_size
 
-    def optimizer_state(self, n_params: int) -> dict:
-        """This member's DelayedSGD.state_dict() (asgd.optimizer_state), t steps taken."""
+    def optimizer_state(self, fam) -> dict:
+        """This member's DelayedSGD.state_dict() (asgd.optimizer_state), t steps taken: its parameter
+        groups, and the in-flight gradients and velocities in their layout (group by group)."""
         t, K = self.loop.step, self.slots
-        groups = [{"lr": self.lr_now, "momentum": self.m, "dampening": self.dampening,
-                   "weight_decay": self.wd, "params": list(range(n_params))}]
-        common = dict(param_groups=groups, variant=self.variant, num_slots=K, grads=self.ring.clone(),
-                      velocity=None if self.vel is None else self.vel.clone(), t=t,
-                      velocity_units=self.velocity, fresh=self.fresh_rows(t),
-                      extra={"spread": None, "compute_time": None, "landing_order": None})
-        if self.random:
-            return optimizer_state(schedule="random", stamps=self.stamps, free=self.free, rng_state=self.rng.getstate(),
-                                   hist=self.hist, last_staleness=self.last_staleness, **common)
+        hyper = {"lr": self.lr_now, "momentum": self.m, "dampening": self.dampening, "weight_decay": self.wd}
+        n_params = len(fam.names)
+        ring, vel = self.ring, self.vel
+        if self.split:
+            n = len(fam.decayed_params)
+            groups = [dict(hyper, params=list(range(n))), dict(hyper, weight_decay=0.0, params=list(range(n, n_params)))]
+            ring = ring.index_select(1, fam.group_columns)
+            vel = None if vel is None else vel.index_select(1, fam.group_columns)
+        else:
+            groups = [dict(hyper, params=list(range(n_params)))]
+        common = dict(param_groups=groups, variant=self.variant, num_slots=K, grads=ring.clone(),
+                      velocity=None if vel is None else vel.clone(), t=t,
+                      velocity_units=self.velocity, velocity_start=self.velocity_start, fresh=list(self.fresh),
+                      extra={"spread": self.spread, "compute_time": self.compute_time,
+                             "landing_order": self.landing_order})
+        if self.drawn:
+            schedule_state = {"finish": list(self.finish)} if self.schedule == "compute_time" else {}
+            return optimizer_state(schedule=self.schedule, probs=self.probs, stamps=self.stamps, free=self.free,
+                                   rng_state=self.rng.getstate(), hist=self.hist, last_staleness=self.last_staleness,
+                                   schedule_state=schedule_state, **common)
         stamps = [0 if t - 1 < s else s + K * ((t - 1 - s) // K) for s in range(K)]
         return optimizer_state(schedule="round_robin", stamps=stamps, free=t % K,
                                rng_state=random.Random(self.spec["seed"]).getstate(), hist=_histogram(t, self.tau),
@@ -333,6 +402,18 @@ class _Family:
             self.offsets.append((off, p.numel()))
             off += p.numel()
         self.numel = off
+        # weight_decay_on: weights (train.decay_groups): the weights of convolutions and linear layers
+        # are decayed, every other parameter is not; the single run's DelayedSGD lays its flat buffers
+        # out group by group (decayed first), ``group_columns`` maps that layout onto this one
+        conv_linear = (nn.modules.conv._ConvNd, nn.Linear)
+        weights = {id(m.weight) for m in self.template.modules() if isinstance(m, conv_linear) and m.weight is not None}
+        decayed = [id(p) in weights for p in self.template.parameters()]
+        self.decayed_params = [i for i, d in enumerate(decayed) if d]
+        cols = [torch.arange(o, o + k) for i, (o, k) in enumerate(self.offsets) if decayed[i]]
+        cols += [torch.arange(o, o + k) for i, (o, k) in enumerate(self.offsets) if not decayed[i]]
+        self.group_columns = torch.cat(cols).to(self.device)
+        self.decay_mask = torch.cat([torch.full((k,), 1.0 if decayed[i] else 0.0, dtype=self.dtype)
+                                     for i, (_, k) in enumerate(self.offsets)]).to(self.device)
         self.buffer_names = [name for name, _ in self.template.named_buffers()]
         self.keys = list(self.template.state_dict().keys())  # the single run's state_dict order
         self.mse = spec["loss"] == "mse"
@@ -491,7 +572,7 @@ def _payload(fam: _Family, m: Member) -> dict:
     return {
         "spec": m.spec,
         "model": fam.state_dict(m.w, m.bufs),
-        "optimizer": m.optimizer_state(len(fam.names)),
+        "optimizer": m.optimizer_state(fam),
         "init_params": [m.w0[o:o + k].view(s).clone() for s, (o, k) in zip(fam.shapes, fam.offsets)],
         "rng": {"torch": m.rng_torch, "cuda": None, "data": m.generator.get_state()},
         "loop": m.loop.to_dict(),
@@ -532,7 +613,7 @@ class _Batch:
     def __init__(self, fam: _Family, members: list[Member]):
         self.fam, self.members = fam, members
         self.K = members[0].slots
-        self.random = members[0].random
+        self.drawn = members[0].drawn
         self.w = torch.stack([m.w for m in members])
         self.bufs = fam.stack_buffers(members)
         self.grad_norms = any(needs_grad_norm(m.spec["stop"]) for m in members)
@@ -565,6 +646,11 @@ class _Batch:
         self.d_vec = torch.tensor([m.m if m.dampening else 0.0 for m in ms], **kw).unsqueeze(1)
         self.any_wd = any(m.wd != 0 for m in ms)
         self.wd_vec = torch.tensor([m.wd for m in ms], **kw).unsqueeze(1) if self.any_wd else 0.0
+        split = [m.split for m in ms]
+        if any(split):  # weight_decay_on: weights: a decay per weight (R, P), zero off the conv/linear weights
+            ones = torch.ones_like(fam.decay_mask)
+            self.wd_vec = self.wd_vec * torch.stack([fam.decay_mask if s else ones for s in split])
+        self.start_gradient = any(m.velocity_start == "gradient" for m in ms)
         self.velocity = ms[0].velocity
         self._lrs = None
         self.kw = kw
@@ -585,41 +671,48 @@ class _Batch:
         flat = torch.cat([grads[n].reshape(R, -1) for n in fam.names], dim=1)
         if self.grad_norms:
             self.last_grads = flat
-        if self.random:  # each member's own landing worker (DelayedSGD's draws), gathered per member
-            slots = [m.random_step(t) for m in self.members]
-            write = torch.tensor([w for w, _ in slots], device=fam.device)
-            land = torch.tensor([l for _, l in slots], device=fam.device)
+        if self.drawn:  # each member's own landing worker (DelayedSGD's draws), gathered per member
+            slots = [m.worker_step(t) for m in self.members]
+            write = torch.tensor([w for w, _, _ in slots], device=fam.device)
+            land = torch.tensor([l for _, l, _ in slots], device=fam.device)
+            vrow = torch.tensor([v for _, _, v in slots], device=fam.device)
             rows = torch.arange(R, device=fam.device)
             self.ring[write, rows] = flat
             if t == 0:  # every worker starts from w_0: all slots hold g(w_0)
                 self.ring.copy_(flat.unsqueeze(0).expand_as(self.ring))
             g = self.ring[land, rows]
+            firsts = [m.take_fresh(l if m.variant == "shifted" else 0, v) for m, (_, l, v) in zip(self.members, slots)]
         else:
             write = t % K
             self.ring[write].copy_(flat)
             if t == 0:  # every worker starts from w_0: all slots hold g(w_0)
                 self.ring.copy_(self.ring[write].expand_as(self.ring))
-            land = (t + 1) % K
+            land = vrow = (t + 1) % K
             g = self.ring[land]
+            firsts = [m.take_fresh(*(2 * [0 if m.variant == "momentum" else land])) for m in self.members]
+        # firsts: torch's u = G on a velocity's first update (velocity_start gradient), per member
         every = torch.arange(R, device=fam.device)
-        for variant, idx, _ in self.groups:  # asgd.update on each variant's members, (R', P) at once
+        for variant, idx, rows_of in self.groups:  # asgd.update on each variant's members, (R', P) at once
             sub = (lambda a: a) if idx is None else (lambda a: a.index_select(0, idx))
+            fresh = False
+            if self.start_gradient and any(firsts[i] for i in rows_of):
+                fresh = torch.tensor([firsts[i] for i in rows_of], device=fam.device).unsqueeze(1)
             hyper = dict(lr=sub(self.lr_vec), momentum=sub(self.m_vec), dampening=sub(self.d_vec),
                          weight_decay=sub(self.wd_vec) if self.any_wd else 0.0, variant=variant,
-                         velocity=self.velocity)
+                         velocity=self.velocity, fresh=fresh)
             w, gg = sub(self.w), sub(g)
             if variant == "plain":
                 u = None
-            elif variant == "shifted" and self.random:  # each member's landing worker's row
+            elif variant == "shifted" and self.drawn:  # each member's landing worker's row
                 u = self.vel[land, every] if idx is None else self.vel[land.index_select(0, idx), idx]
             else:
                 u = sub(self.vel[0 if variant == "momentum" else land])
             update(w, gg, u, **hyper)
             if idx is not None:
                 self.w.index_copy_(0, idx, w)
-            if variant == "shifted" and self.random:
+            if variant == "shifted" and self.drawn:  # the row written (the iid ring's: (t + 1) mod K)
                 mine = every if idx is None else idx
-                self.vel[land.index_select(0, mine), mine] = u
+                self.vel[vrow.index_select(0, mine), mine] = u
             elif variant != "plain" and idx is not None:
                 self.vel[0 if variant == "momentum" else land].index_copy_(0, idx, u)
         return losses.detach(), outs.detach()
@@ -849,21 +942,34 @@ def _restore(fam: _Family, m: Member, ckpt: dict) -> None:
     m.w0 = torch.cat([t.to(fam.device, fam.dtype).reshape(-1) for t in ckpt["init_params"]])
     opt = ckpt["optimizer"]
     delayed = opt["delayed"]
-    schedule = "random" if m.random else "round_robin"
-    if delayed["schedule"] != schedule or delayed["num_slots"] != m.slots or delayed["variant"] != m.variant:
+    schedule = {"distribution": "iid"}.get(delayed["schedule"], delayed["schedule"])
+    if schedule != m.schedule or delayed["num_slots"] != m.slots or delayed["variant"] != m.variant:
         raise UserError(f"{m.out_dir}: its checkpoint does not fit this spec's optimizer")
     units = delayed.get("velocity_units", "step")  # a checkpoint without units predates them: step units
-    if m.variant != "plain" and units != m.velocity:
-        raise UserError(f"{m.out_dir}: its checkpoint keeps velocities in {units!r} units but the spec asks for "
-                        f"optimizer.velocity {m.velocity!r}; rerun it (or set velocity: {units})")
-    if m.random:
+    start = delayed.get("velocity_start", "zero")
+    if m.variant != "plain" and (units, start) != (m.velocity, m.velocity_start):
+        raise UserError(f"{m.out_dir}: its checkpoint keeps velocities as velocity {units!r}, velocity_start {start!r} "
+                        f"but the spec asks for optimizer.velocity {m.velocity!r}, velocity_start {m.velocity_start!r}; "
+                        f"rerun it (or set them as the checkpoint has them)")
+    if m.drawn:
         m.stamps, m.free = list(delayed["stamps"]), int(delayed["free"])
         version, internal, gauss = delayed["rng"]
         m.rng.setstate((version, tuple(internal), gauss))
         m.hist, m.last_staleness = list(delayed["hist"]), delayed["last_staleness"]
-        m.landed = {k for k, fresh in enumerate(delayed.get("fresh", [])) if not fresh}
-    m.ring = delayed["grads"].to(fam.device, fam.dtype).clone()
-    m.vel = None if delayed["velocity"] is None else delayed["velocity"].to(fam.device, fam.dtype).clone()
+        m.finish = [float(x) for x in delayed.get("schedule_state", {}).get("finish", m.finish)]
+    m.fresh = [bool(f) for f in delayed.get("fresh", [False] * len(m.fresh))]
+    ring = delayed["grads"].to(fam.device, fam.dtype)
+    vel = None if delayed["velocity"] is None else delayed["velocity"].to(fam.device, fam.dtype)
+    if len(opt["param_groups"]) > 1:  # weight_decay_on: weights: the buffers are laid out group by group
+        if not m.split:
+            raise UserError(f"{m.out_dir}: its checkpoint has {len(opt['param_groups'])} parameter groups but the "
+                            "spec decays all parameters alike")
+        ring = torch.empty_like(ring).index_copy_(1, fam.group_columns, ring)
+        vel = None if vel is None else torch.empty_like(vel).index_copy_(1, fam.group_columns, vel)
+    elif m.split:
+        raise UserError(f"{m.out_dir}: its checkpoint has one parameter group but the spec has weight_decay_on: weights")
+    m.ring = ring.clone()
+    m.vel = None if vel is None else vel.clone()
     m.lr_now = opt["param_groups"][0]["lr"]
     m.loop = LoopState.from_dict(ckpt["loop"])
     m.rng_torch = ckpt["rng"]["torch"]

@@ -554,6 +554,9 @@ def apply_overrides(spec: dict, assignments) -> dict:
 #: Models that batch: the quick stand-ins (BatchNorm per member: batch and running statistics of its
 #: own) and the paper-scale networks without BatchNorm.
 BATCHED_MODELS = ("mlp", "cnn_digits", "resnet_digits", "mnist_cnn", "fc3x1024", "cifar10_quick")
+#: Delay schedules that batch: every one (each member draws its own landing worker, or its i.i.d.
+#: delay from a shared distribution, as its DelayedSGD does).
+ENSEMBLE_SCHEDULES = SCHEDULES
 #: Spec keys every member of an ensemble must share.
 ENSEMBLE_SHARED_KEYS = ("model", "model_args", "dataset", "dataset_args", "dtype", "device", "loss",
                         "batch_size", "epochs", "eval_every", "checkpoint_every", "threads")
@@ -577,12 +580,11 @@ def ensemble_problem(specs: list[dict]) -> str | None:
         o = s["optimizer"]
         if o.get("mitigation"):
             return f"spec {i}: delay mitigation {o['mitigation']['name']!r} is not batched (train it with train.run_training)"
-        if o["velocity_start"] != "zero" or o["weight_decay_on"] != "all" or o["velocity"] != first["optimizer"]["velocity"]:
-            return (f"spec {i}: only velocity_start 'zero', weight_decay_on 'all' and one velocity convention "
-                    "are batched")
-        if o["schedule"] not in ("round_robin", "random") or isinstance(o["delay"], dict):
-            return (f"spec {i}: only a constant delay (round robin) or random workers are batched, "
-                    f"not schedule {o['schedule']!r}")
+        if o["velocity"] != first["optimizer"]["velocity"]:
+            return (f"spec {i} has velocity {o['velocity']!r} but spec 0 has {first['optimizer']['velocity']!r}; "
+                    "members must share the velocity convention")
+        if o["schedule"] not in ENSEMBLE_SCHEDULES:
+            return f"spec {i}: schedule {o['schedule']!r} is not batched (batched: {', '.join(ENSEMBLE_SCHEDULES)})"
         if o["schedule"] != first["optimizer"]["schedule"]:
             return (f"spec {i} has schedule {o['schedule']!r} but spec 0 has {first['optimizer']['schedule']!r}; "
                     "members must share the schedule")
@@ -598,7 +600,7 @@ def ensemble_problem(specs: list[dict]) -> str | None:
     return None
 
 
-def _ensemble_delay(spec: dict) -> int:
+def _ensemble_delay(spec: dict) -> int | dict:
     o = spec["optimizer"]
     return o["workers"] - 1 if o["workers"] is not None else o["delay"]
 
