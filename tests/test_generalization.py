@@ -47,11 +47,17 @@ def test_the_grids_hold_every_tau_lr_seed_and_tau0():
     assert len(list(gen.all_specs(b, BASE))) == 1 + 18 + 4  # the train block, then every run
 
 
-def test_a_figure_train_block_overrides_the_base_and_batchnorm_falls_back():
-    b = block(fig3={"taus": [4], "lrs": [0.1], "seeds": [0], "train": {"model": "cnn_digits",
-                                                                      "model_args": {"batchnorm": True}}})
+def test_a_figure_train_block_overrides_the_base_and_batchnorm_batches_but_paper_networks_fall_back():
+    """A quick BatchNorm stand-in batches (per-member BatchNorm, one ensemble per tau); a paper-scale
+    network trains one run per job."""
+    b = block(fig3={"taus": [4], "lrs": [0.1, 0.2], "seeds": [0], "train": {"model": "cnn_digits",
+                                                                            "model_args": {"batchnorm": True}}})
     runs = gen.runs(b, "fig3", {k: v for k, v in BASE.items() if k != "model_args"})
     assert all(r.spec["model"] == "cnn_digits" for r in runs)
+    groups = gen.ensemble_groups(runs)
+    assert sorted(groups) == [0, 4] and sorted(len(g) for g in groups.values()) == [2, 2]
+    b = block(fig3={"taus": [4], "lrs": [0.1, 0.2], "seeds": [0], "train": {"model": "resnet44", "dataset": "cifar10"}})
+    runs = gen.runs(b, "fig3", {k: v for k, v in BASE.items() if k not in ("model_args", "dataset_args")})
     assert gen.ensemble_groups(runs) == {}
 
 

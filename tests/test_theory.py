@@ -39,20 +39,21 @@ def rel_err(a, b):
 def test_plain_constant_delay_matches_eq6_for_tau_0_to_200():
     for tau in range(201):
         exact = 2.0 * math.sin(math.pi / (4 * tau + 2))
-        assert rel_err(critical_alpha(tau), exact) < REL, tau
+        assert rel_err(critical_alpha(tau, method="locus"), exact) < REL, tau
+        assert critical_alpha(tau) == exact  # the default uses the closed form (theory.closed_form_alpha)
     assert critical_alpha(0) == pytest.approx(2.0, rel=1e-15)
     assert critical_alpha(1) == pytest.approx(1.0, rel=1e-15)
 
 
 def test_plain_constant_delay_matches_eq6_at_large_tau():
     for tau in (511, 1024, 2000):
-        assert rel_err(critical_alpha(tau), 2.0 * math.sin(math.pi / (4 * tau + 2))) < REL
+        assert rel_err(critical_alpha(tau, method="locus"), 2.0 * math.sin(math.pi / (4 * tau + 2))) < REL
 
 
 @pytest.mark.parametrize("m", [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99])
 def test_momentum_at_tau0_is_heavy_ball_edge(m):
     expected = 2.0 * (1.0 + m) / (1.0 - m)
-    assert rel_err(critical_alpha(0, m, "momentum"), expected) < REL
+    assert rel_err(critical_alpha(0, m, "momentum", method="locus"), expected) < REL
     assert rel_err(momentum_alpha_tau0(m), expected) < 1e-15
     # shifted momentum coincides with server momentum without delay (eq. 11 at τ = 0 is eq. 26 times z)
     assert rel_err(critical_alpha(0, m, "shifted"), expected) < REL

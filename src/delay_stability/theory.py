@@ -54,11 +54,9 @@ import math
 from numbers import Integral, Real
 
 import numpy as np
-from scipy.optimize import brentq
-from scipy.special import ndtr
 
 VARIANTS = ("plain", "momentum", "shifted")
-METHODS = ("locus", "companion")
+METHODS = ("auto", "locus", "companion")
 
 #: Probabilities must sum to 1 within this tolerance.
 PROB_SUM_TOL = 1e-9
@@ -193,6 +191,8 @@ def gaussian_delay(mean, std=1.0):
     if top < 1:
         raise ValueError(f"gaussian delay needs mean >= 0.5 (support k = 1..2*mean), got {mean!r}")
     k = np.arange(1, top + 1)
+    from scipy.special import ndtr  # imported where needed: closed forms answer without scipy
+
     mass = ndtr((k + 0.5 - mu) / sigma) - ndtr((k - 0.5 - mu) / sigma)
     p = np.zeros(top + 1)
     p[1:] = mass / mass.sum()
@@ -370,6 +370,8 @@ def _zero_in_bracket(f, lo, hi):
     f_lo, f_hi = f(lo), f(hi)
     if f_lo == 0.0 or f_hi == 0.0 or (f_lo > 0) == (f_hi > 0):
         return lo if abs(f_lo) <= abs(f_hi) else hi
+    from scipy.optimize import brentq
+
     return brentq(f, lo, hi, xtol=1e-300, maxiter=200)
 
 
@@ -456,18 +458,36 @@ def _edge_by_companion(P, Q):
     return float(best)
 
 
-def critical_alpha(delay, momentum=0.0, variant="plain", *, method="locus"):
+def closed_form_alpha(delay, momentum=0.0, variant="plain"):
+    """The edge in closed form where one exists, else None: 2 sin(π/(4τ+2)) for plain A-SGD with a
+    constant delay τ (eq. 6), 2(1+m)/(1−m) for server momentum without delay (τ = 0, eq. 26)."""
+    if isinstance(delay, (bool, np.bool_)) or not isinstance(delay, (int, np.integer)) or delay < 0:
+        return None
+    if variant == "plain" and momentum == 0:
+        return 2.0 * math.sin(math.pi / (4 * int(delay) + 2))
+    if variant == "momentum" and delay == 0 and -1 < momentum < 1:
+        return 2.0 * (1.0 + momentum) / (1.0 - momentum)
+    return None
+
+
+def critical_alpha(delay, momentum=0.0, variant="plain", *, method="auto"):
     """The stability edge α* = a·η: the smallest α > 0 at which the largest root of the
     characteristic equation P(z) + α Q(z) = 0 reaches the unit circle.
 
     ``delay``: an int τ ≥ 0 (constant delay; eq. 4, eq. 26, eq. 11) or a 1-D sequence of
     probabilities P(τ = k), k = 0..K (stochastic delay; eq. 19, and eq. 26 averaged over τ).
     ``variant``: "plain" (no momentum), "momentum" (server momentum m with dampening, eq. 9/22),
-    "shifted" (shifted momentum, eq. 10, constant delay only). ``method``: "locus" (root locus on
-    the unit circle, O(n log n), default) or "companion" (companion-matrix eigenvalues, O(n³)).
+    "shifted" (shifted momentum, eq. 10, constant delay only). ``method``: "auto" (the closed form
+    where one exists, ``closed_form_alpha``; else the root locus; the default), "locus" (root locus
+    on the unit circle, O(n log n)) or "companion" (companion-matrix eigenvalues, O(n³)).
     Exact to ~1e-12 relative; closed forms: 2 sin(π/(4τ+2)) (eq. 6) and 2(1+m)/(1−m) at τ = 0.
     """
-    P, Q = characteristic_polynomial(delay, momentum, variant)
+    P, Q = characteristic_polynomial(delay, momentum, variant)  # validates the arguments
+    if method == "auto":
+        closed = closed_form_alpha(delay, momentum, variant)
+        if closed is not None:
+            return closed
+        method = "locus"
     if method == "locus":
         return _edge_by_root_locus(P, Q)
     if method == "companion":
@@ -735,7 +755,7 @@ def mitigation_alpha(name, tau, hyperparameters=None, *, c=0.0, method="locus", 
 
 
 def _edge(P, Q, method):
-    if method == "locus":
+    if method in ("auto", "locus"):  # no closed form here: "auto" is the root locus
         return _edge_by_root_locus(P, Q)
     if method == "companion":
         return _edge_by_companion(P, Q)
@@ -1027,7 +1047,7 @@ def geometric_momentum_edge(mu_s, momentum, *, method="locus"):
     2(1 + m)/(1 − m); a real crossing at z = −1 is at α = 2(1 + m)(1 + q)/((1 − m)(1 − q)).
     """
     P, Q = geometric_momentum_polynomial(mu_s, momentum)
-    if method == "locus":
+    if method in ("auto", "locus"):  # "auto": the root locus
         return _edge_by_root_locus(P, Q)
     if method == "companion":
         return _edge_by_companion(P, Q)
@@ -1285,6 +1305,8 @@ def worker_maps(workers, alpha, momentum=0.0, variant="plain"):
 
 def gaussian_landing_weights(ages, workers):
     """Φ((s − M)/(M/4)) for staleness s (the authors' Gaussian landing rule, unnormalised)."""
+    from scipy.special import ndtr
+
     return ndtr((np.asarray(ages, dtype=float) - workers) / (workers / 4.0))
 
 
