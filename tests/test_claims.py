@@ -380,3 +380,33 @@ def test_the_deterministic_claims_read_the_real_columns():
         row = C.evaluate(claim(name, tables), tables, {})
         assert "cannot evaluate" not in row["note"] and row["verdict"] == verdict, row
     assert float(C.evaluate(claim("mitigations.edges", tables), tables, {})["measured"]) == 0.97  # censored left out
+
+
+def test_the_random_staleness_claims_compare_measured_and_predicted_edges():
+    """Measured/predicted per model from edges.csv (paired over seeds) and summary.csv: the worst
+    model decides; eq. 19's claim reads only the broad laws (uniform workers, M >= 4)."""
+    summary = [
+        {"model": "u4", "kind": "workers", "workers": "4", "landing": "uniform", "measured": "True",
+         "alpha_mean_edge": "14", "alpha_mean_square_edge": "0.8", "alpha_almost_sure_edge": "1.0"},
+        {"model": "u2", "kind": "workers", "workers": "2", "landing": "uniform", "measured": "True",
+         "alpha_mean_edge": "6", "alpha_mean_square_edge": "1.2", "alpha_almost_sure_edge": "1.5"},
+        {"model": "g", "kind": "workers", "workers": "4", "landing": "gaussian", "measured": "False",
+         "alpha_mean_edge": "1", "alpha_mean_square_edge": "1", "alpha_almost_sure_edge": "1"},
+    ]
+    edges = [{"model": m, "seed": str(s), "alpha_measured": str(v)}
+             for m, vals in (("u4", (0.9, 0.9, 0.9)), ("u2", (1.4, 1.4, 1.4))) for s, v in enumerate(vals)]
+    tables = {"rs_summary": summary, "rs_edges": edges}
+    rows = {c.claim: C.evaluate(c, tables, {}, "quick") for c in C.all_claims(tables)
+            if c.claim.startswith("random_staleness")}
+    ms = rows["random_staleness.mean_square_safe"]
+    assert float(ms["measured"]) == pytest.approx(min(0.9 / 0.8, 1.4 / 1.2), rel=1e-5) and ms["verdict"] == "holds"
+    a_s = rows["random_staleness.almost_sure_bound"]
+    assert float(a_s["measured"]) == pytest.approx(max(0.9 / 1.0, 1.4 / 1.5), rel=1e-5) and a_s["verdict"] == "holds"
+    eq19 = rows["random_staleness.eq19_optimistic"]
+    assert float(eq19["measured"]) == pytest.approx(14 / 0.9, rel=1e-5) and "1 models" in eq19["note"]
+    assert eq19["verdict"] == "holds" and eq19["n_seeds"] == "3"
+    # a measured edge far below the mean-square edge: the claim does not hold
+    tables["rs_edges"] = [dict(e, alpha_measured="0.4") if e["model"] == "u4" else e for e in edges]
+    row = next(C.evaluate(c, tables, {}, "quick") for c in C.all_claims(tables)
+               if c.claim == "random_staleness.mean_square_safe")
+    assert row["verdict"] == "does not hold" and "the worst is u4" in row["note"]

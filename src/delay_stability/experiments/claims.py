@@ -237,6 +237,8 @@ TABLES = {
     "eos_plateaus": ("{scale}/eos/plateaus.csv", ("eos",)),
     "mitigation_edges": ("{scale}/mitigations/edges.csv", ("mitigations",)),
     "real_outcomes": ("{scale}/real_workers/outcomes.csv", ("real_workers",)),
+    "rs_summary": ("{scale}/random_staleness/summary.csv", ("random_staleness",)),
+    "rs_edges": ("{scale}/random_staleness/edges.csv", ("random_staleness",)),
 }
 
 
@@ -952,6 +954,43 @@ def ev_mitigations(t, o):
                          "their range (deterministic searches)")
 
 
+def _rs_ratio(criterion: str, worst: Callable, keep=lambda row: True, invert=False):
+    """Measured edge of random staleness over a criterion's predicted edge (``invert``: predicted over
+    measured), per model, reduced by ``worst`` (min or max) over the models ``keep`` selects: paired
+    bootstrap over the seeds every model was searched with (edges.csv), predictions from summary.csv."""
+    col = f"alpha_{criterion}_edge"
+
+    def ev(t, o):
+        pred = {r["model"]: r for r in t["rs_summary"] if _bool(r["measured"]) and keep(r)
+                and math.isfinite(_f(r[col])) and _f(r[col]) > 0}
+        if not pred:
+            return no_result("no measured model with that prediction in summary.csv")
+        models = sorted(pred)
+        try:
+            x, seeds = per_seed(t["rs_edges"], "model", "alpha_measured", models)
+        except KeyError as exc:
+            return no_result(f"no searches for model {exc} in edges.csv")
+        if not len(seeds):
+            return no_result("no seed common to every model")
+        edge = np.array([_f(pred[m][col]) for m in models])
+
+        def stat(means):
+            ratio = edge / means if invert else means / edge
+            return worst(ratio, axis=1)
+
+        est, lo, hi = bootstrap_means(x, stat)
+        means = x.mean(axis=0)
+        per_model = edge / means if invert else means / edge
+        which = models[int(np.argmin(per_model) if worst is np.min else np.argmax(per_model))]
+        return Result(est, lo, hi, len(seeds), note=f"{len(models)} models; the worst is {which}")
+    return ev
+
+
+def _broad(row) -> bool:
+    """A broad staleness law: uniform workers with M >= 4 (geometric staleness with q >= 3/4)."""
+    return row["landing"] == "uniform" and _f(row["workers"]) >= 4
+
+
 def _outcome(factor_side, jitter=None):
     def ev(t, o):
         rows = [r for r in t["real_outcomes"] if (_f(r["factor"]) > 1) == (factor_side == "above")
@@ -1110,6 +1149,20 @@ def _claims_static() -> list[Claim]:
               "mitigation predicts its measured largest stable η.", "(new)",
               "measured/predicted edge furthest from 1 over rules with an exact linearisation and τ",
               f"some edge is more than {EDGE_TOL:.0%} off", edge_band, ("mitigation_edges",), ev_mitigations),
+        Claim("random_staleness.mean_square_safe", "random_staleness", "Beyond the paper: the mean-square edge "
+              "(ρ(E[A⊗A])) is a safe prediction of the largest stable η under random staleness: no measured edge "
+              f"falls more than {EDGE_TOL:.0%} below it.", "(new)",
+              "min over models of measured edge / mean-square edge", "some measured edge is below it",
+              R("greater", 1 - EDGE_TOL), ("rs_summary", "rs_edges"), _rs_ratio("mean_square", np.min)),
+        Claim("random_staleness.almost_sure_bound", "random_staleness", "Beyond the paper: no measured edge of "
+              f"random staleness exceeds the almost-sure edge (top Lyapunov exponent) by more than {EDGE_TOL:.0%}.",
+              "(new)", "max over models of measured edge / almost-sure edge", "some measured edge is above it",
+              R("less", 1 + EDGE_TOL), ("rs_summary", "rs_edges"), _rs_ratio("almost_sure", np.max)),
+        Claim("random_staleness.eq19_optimistic", "random_staleness", "Beyond the paper: for broad staleness laws "
+              "(M >= 4 uniform workers: geometric staleness) eq. 19's mean edge overestimates the largest stable η.",
+              "(eq. 19: 4M − 2 for uniform workers)", "min over those models of eq. 19's edge / measured edge",
+              f"eq. 19 is within {EDGE_TOL:.0%} or below", R("greater", 1 + EDGE_TOL), ("rs_summary", "rs_edges"),
+              _rs_ratio("mean", np.min, keep=_broad, invert=True)),
         Claim("real_workers.leave_above", "real_staleness", "Beyond the paper: real workers leave the minimum at "
               "1.4× the edge eq. 19 predicts from their measured staleness.", "(new)",
               "fraction of continuations above the predicted edge that left", "at most half leave",
