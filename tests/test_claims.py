@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from delay_stability.errors import UserError
 from delay_stability.experiments import claims as C
 from delay_stability.experiments import generalization
 from delay_stability.experiments import momentum_tables as momentum
@@ -410,3 +411,22 @@ def test_the_random_staleness_claims_compare_measured_and_predicted_edges():
     row = next(C.evaluate(c, tables, {}, "quick") for c in C.all_claims(tables)
                if c.claim == "random_staleness.mean_square_safe")
     assert row["verdict"] == "does not hold" and "the worst is u4" in row["note"]
+
+
+def test_readme_include_blocks_are_refilled_from_the_built_tables(tmp_path):
+    """Every measured number the README shows comes from a file: a Markdown table verbatim, a CSV
+    table rendered (chosen columns, 4 significant digits), a table not built yet says so."""
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "t.md").write_text("| a |\n|---|\n| 1 |\n")
+    (tmp_path / "r" / "t.csv").write_text("arm,seed,err,status\nx,0,0.123456789,completed\ny,1,2,diverged\n")
+    text = ("intro\n<!-- include: r/t.md -->\nstale\n<!-- /include -->\nmid\n"
+            "<!-- include: r/t.csv columns=arm,err -->\nold | numbers\n<!-- /include -->\n"
+            "<!-- include: r/none.csv -->\n<!-- /include -->\nend\n")
+    out = C.fill_includes(text, tmp_path)
+    assert "stale" not in out and "old | numbers" not in out
+    assert "<!-- include: r/t.md -->\n| a |\n|---|\n| 1 |\n<!-- /include -->" in out
+    assert "| arm | err |\n|---|---|\n| x | 0.1235 |\n| y | 2 |\n" in out
+    assert "not built yet: `r/none.csv`" in out and out.startswith("intro\n") and out.endswith("end\n")
+    assert C.fill_includes(out, tmp_path) == out  # idempotent
+    with pytest.raises(UserError, match="no column nope"):
+        C.fill_includes("<!-- include: r/t.csv columns=nope -->\n<!-- /include -->", tmp_path)

@@ -1362,6 +1362,50 @@ def replace_between_markers(text: str, block: str, path="README.md") -> str:
     return text[:i + len(README_BEGIN)] + "\n" + block + text[j:]
 
 
+#: A generated block of the README: ``<!-- include: PATH [columns=a,b,c] -->`` ... ``<!-- /include -->``.
+INCLUDE = re.compile(r"(<!-- include: (?P<path>\S+)(?: columns=(?P<columns>\S+))? -->\n)(?P<body>.*?)(<!-- /include -->)",
+                     re.S)
+
+
+def _cell(value: str) -> str:
+    """A CSV cell for a Markdown table: numbers to 4 significant digits, '|' escaped."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return _md(str(value))
+    if not math.isfinite(x) or x == int(x) and abs(x) < 1e6 and "." not in str(value):
+        return str(value)
+    return f"{x:.4g}"
+
+
+def csv_markdown(path, columns=None) -> str:
+    """A tidy CSV table as a Markdown table (``columns``: the ones to show, in that order)."""
+    rows = files.read_csv(path, "table")
+    cols = list(columns) if columns else (list(rows[0]) if rows else [])
+    missing = [c for c in cols if rows and c not in rows[0]]
+    if missing:
+        raise UserError(f"{path}: no column {', '.join(missing)} (it has {', '.join(rows[0])})")
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cell(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def fill_includes(text: str, root=".") -> str:
+    """``text`` with every include block refilled from its file (relative to ``root``): a Markdown file
+    verbatim, a CSV file as a Markdown table; a file not built yet leaves a line saying so. Every
+    measured number the README shows outside the claims table comes from such a block."""
+    def fill(m):
+        path = os.path.join(os.fspath(root), m.group("path"))
+        if not os.path.exists(path):
+            body = f"*(not built yet: `{m.group('path')}`; `make figures` writes it)*\n"
+        elif path.endswith(".csv"):
+            body = csv_markdown(path, m.group("columns").split(",") if m.group("columns") else None)
+        else:
+            body = Path(path).read_text()
+        return m.group(1) + body + m.group(5)
+    return INCLUDE.sub(fill, text)
+
+
 # ================================================================ command line
 
 
@@ -1389,6 +1433,7 @@ def _cli_show(args) -> int:
         except FileNotFoundError:
             raise UserError(f"--readme: {args.readme} not found") from None
         new = replace_between_markers(text, readme_table(rows, args.scale), args.readme)
+        new = fill_includes(new, os.path.dirname(os.path.abspath(args.readme)))
         if new != text:
             files.atomic_write(args.readme, lambda f: f.write(new.encode()))
     if args.markdown or args.readme:
