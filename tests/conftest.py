@@ -29,10 +29,11 @@ def pytest_configure(config):
 
 
 def measured_seconds(path=TEST_TIMES):
-    """test file (``tests/test_x.py``) -> its measured wall time in seconds; {} without measurements."""
+    """test file (``tests/test_x.py``) -> its measured time in seconds (pytest's session time, else the
+    wall time); {} without measurements."""
     try:
         files = json.loads(Path(path).read_text())["files"]
-        return {name: float(record["wall_s"]) for name, record in files.items()}
+        return {name: float(record.get("session_s", record["wall_s"])) for name, record in files.items()}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
 
