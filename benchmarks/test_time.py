@@ -86,8 +86,8 @@ def summary(files):
     """The estimate from pytest's own session times (``session_s``: the tests, without the start-up of
     Python, torch and the collection, which `make test` pays once per worker, not once per file)."""
     walls = [f.get("session_s", f["wall_s"]) for f in files.values()]
-    cpu = [f.get("cpu_s", 0.0) for f in files.values()]
-    return {"files": len(walls), "sum_s": round(sum(walls), 1), "cpu_sum_s": round(sum(cpu), 1),
+    cpu = [f["cpu_s"] for f in files.values() if "cpu_s" in f]
+    return {"files": len(walls), "sum_s": round(sum(walls), 1), "cpu_sum_s": round(sum(cpu), 1), "cpu_files": len(cpu),
             "sum_over_workers_s": round(sum(walls) / WORKERS, 1),
             "longest_file_s": max(walls, default=0.0), "lpt_makespan_s": round(makespan(walls), 1),
             "budget_s": BUDGET_S, "workers": WORKERS}
