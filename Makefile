@@ -27,9 +27,11 @@ readme: setup
 	$(BIN)/delay-stability claims --scale quick --readme README.md
 
 # The suite in $(CORES) processes, one test file per process at a time (--dist loadfile: a file's
-# module fixtures and its real processes stay together); many tests wait on subprocesses.
+# module fixtures and its real processes stay together); many tests wait on subprocesses. The files
+# are handed out longest first (tests/conftest.py orders them by benchmarks/results/test_time.json;
+# --no-loadscope-reorder keeps that order instead of xdist's most-tests-first).
 test: setup
-	$(BIN)/python -m pytest -q -n $(CORES) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(CORES) --dist loadfile --no-loadscope-reorder
 
 # A one-node SLURM cluster on this machine, then a quick target through workflow/profiles/slurm, then
 # the preemption checks (a requeued job and a chain of 1-minute jobs; `make test` runs the requeue only).

@@ -53,13 +53,20 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", params=list(SCALES))
-def rules(request, workdir):
-    """rule -> {code, modules} as Snakemake plans it at one scale."""
-    res = snakemake(workdir, "-n", "--cores", "1", "--quiet", "rules", "-s", "Probe.smk", *SCALES[request.param],
-                    timeout=600)
+def plan(request, workdir):
+    """One forced dry run per scale (``snakemake -n -F -p -s Probe.smk all``): every rule's code param and
+    the modules behind it, and every job of the plan (rule, outputs, shell command)."""
+    res = snakemake(workdir, "-n", "-F", "-p", "--cores", "1", "-s", "Probe.smk", "all", *SCALES[request.param],
+                    timeout=600)  # `all` named: from Probe.smk Snakemake does not take it as the default target
     assert res.returncode == 0, res.stderr[-3000:]
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith("PROBE "))
-    found = json.loads(line.removeprefix("PROBE "))
+    return {"scale": request.param, "rules": json.loads(line.removeprefix("PROBE ")), "jobs": jobs_of(res.stdout)}
+
+
+@pytest.fixture(scope="module")
+def rules(plan):
+    """rule -> {code, modules} as Snakemake plans it at one scale."""
+    found = plan["rules"]
     assert found["train"]["modules"] == [f"{ROOT}.train"]
     return {name: rule for name, rule in found.items() if rule["code"]}
 
@@ -168,18 +175,23 @@ def test_the_version_reruns_nothing(rules, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ figure options
-def forced_jobs(workdir, *args):
-    """(rule, outputs, shell command) of every job of a forced dry run, as a sorted list."""
-    res = snakemake(workdir, "-n", "-F", "-p", "--cores", "1", *args, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+def jobs_of(stdout):
+    """(rule, outputs, shell command) of every job of a forced dry run's output, as a sorted list."""
     jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", res.stdout)[1:]:
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", stdout)[1:]:
         rule = re.match(r"(?:local)?rule (\w+):", block).group(1)
         output = re.search(r"^\s+output: (.*)$", block, re.M)
         command = re.search(r"^Shell command: (.*)$", block, re.M)
         jobs.append((rule, output.group(1) if output else "", command.group(1) if command else ""))
     assert len(jobs) > 20
     return sorted(jobs)
+
+
+def forced_jobs(workdir, *args):
+    """The jobs of a forced dry run (``snakemake -n -F -p``) in ``workdir``."""
+    res = snakemake(workdir, "-n", "-F", "-p", "--cores", "1", *args, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return jobs_of(res.stdout)
 
 
 def figure_option_edits(block):
@@ -198,22 +210,26 @@ def figure_option_edits(block):
             yield "fig2", {**plots["fig2"], "variant": other[0][0], "momentum": other[0][1]}
 
 
-@pytest.mark.parametrize("scale", list(SCALES))
-def test_a_figure_option_reruns_no_compute_job_and_redraws_its_figure(scale, tmp_path):
-    work = copy_workflow(tmp_path / "wf")
+def test_a_figure_option_reruns_no_compute_job_and_redraws_its_figure(plan, workdir):
+    """Each edit in the probe's own project (smoke mode's data folder is an absolute path: another
+    copy's commands would differ everywhere), its config.yaml restored after each edit."""
+    scale = plan["scale"]
     args = SCALES[scale]
-    config = yaml.safe_load((work / "config.yaml").read_text())
+    original = (workdir / "config.yaml").read_text()
+    config = yaml.safe_load(original)
     block_scale = "paper" if scale == "paper-smoke" else scale
     edits = [(name, figure, options) for name in ("stability", "shifted_stability") if name in config[block_scale]
              for figure, options in figure_option_edits(config[block_scale][name])]
     assert {figure for _, figure, _ in edits} >= {"fig12", "fig4"}
-    before = forced_jobs(work, *args)
+    before = plan["jobs"]  # the unedited plan (the probe's dry run: the same project, config and workflow)
     # what a figure option may touch: the stability tables of one figure, and the figures
     redraw = {"stability_figure_tables", "fig2", "fig12", "fig4"}
     for name, figure, options in edits:
-        edit_config(work, lambda c: c[block_scale][name]["plots"].__setitem__(figure, options))
-        after = forced_jobs(work, *args)
+        try:
+            edit_config(workdir, lambda c: c[block_scale][name]["plots"].__setitem__(figure, options))
+            after = forced_jobs(workdir, *args)
+        finally:
+            (workdir / "config.yaml").write_text(original)
         changed = {job[0] for job in set(after) ^ set(before)}
         assert figure in changed, (figure, changed)
         assert changed <= redraw, (figure, sorted(changed - redraw))
-        (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
