@@ -115,9 +115,10 @@ def edited_reruns(closure, module):
     return {name for name, modules in closure.items() if module in modules}
 
 
-#: What tables and figure rules run: each experiment's tables module and plots module, the shared plots.
+#: What tables and figure rules run: each experiment's tables module and plots module, the shared plots,
+#: and the claims ledger (it reads the tidy tables only).
 TABLES_AND_PLOTS = ({f"{ROOT}.experiments.{e.tables}" for e in EXPERIMENTS}
-                    | {f"{ROOT}.plots.{e.name}" for e in EXPERIMENTS} | {f"{ROOT}.plots"})
+                    | {f"{ROOT}.plots.{e.name}" for e in EXPERIMENTS} | {f"{ROOT}.plots", f"{ROOT}.experiments.claims"})
 
 
 def compute(rules):

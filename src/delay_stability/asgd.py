@@ -232,7 +232,7 @@ def gaussian_landing_probabilities(staleness, workers: int, spread: float | None
     return phi / total
 
 
-def _draw(probs, u: float) -> int:
+def draw_index(probs, u: float) -> int:
     """Index k with cumulative probability first exceeding u in [0, 1)."""
     cdf = np.cumsum(probs)
     return min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), len(probs) - 1)
@@ -250,7 +250,7 @@ def draw_compute_time(law: dict, rng: random.Random) -> float:
             return x
 
 
-def _as_probabilities(delay) -> list[float]:
+def as_probabilities(delay) -> list[float]:
     """A probability vector P(tau = k), k = 0..K, checked and normalised to sum exactly 1."""
     probs = np.asarray(delay, dtype=np.float64)
     if probs.ndim != 1 or probs.size == 0:
@@ -413,7 +413,7 @@ class DelayedSGD(torch.optim.Optimizer):
                 raise ValueError("workers is not used with schedule='iid' (give delay probabilities)")
             if isinstance(delay, (int, np.integer)) and not isinstance(delay, bool):
                 raise ValueError("schedule='iid' needs delay as a probability vector P(tau=k), k=0..K")
-            self.probs = _as_probabilities(delay)
+            self.probs = as_probabilities(delay)
             return len(self.probs)
         tau = _check_int("delay", delay, 0)
         if workers is not None:
@@ -553,7 +553,7 @@ class DelayedSGD(torch.optim.Optimizer):
             return land, land, land
         if self.schedule == "gaussian":
             staleness = [t - s for s in self._stamps]
-            land = _draw(gaussian_landing_probabilities(staleness, K, self.spread), self._rng.random())
+            land = draw_index(gaussian_landing_probabilities(staleness, K, self.spread), self._rng.random())
             return land, land, land
         if self.schedule == "compute_time":
             land = min(range(K), key=self._finish.__getitem__)  # the earliest finisher

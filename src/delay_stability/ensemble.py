@@ -66,8 +66,8 @@ from torch.func import functional_call, grad, vmap
 
 from . import __version__
 from .asgd import (
-    _as_probabilities,
-    _draw,
+    as_probabilities,
+    draw_index,
     draw_compute_time,
     gaussian_landing_probabilities,
     optimizer_state,
@@ -118,7 +118,7 @@ def _tau(spec: dict) -> int:
     """The largest staleness a ring slot can hold: M - 1 for M workers, K for P(tau = k), k = 0..K."""
     o = spec["optimizer"]
     if isinstance(o["delay"], dict):
-        return len(_as_probabilities(delay_probabilities(o["delay"]))) - 1
+        return len(as_probabilities(delay_probabilities(o["delay"]))) - 1
     return o["workers"] - 1 if o["workers"] is not None else o["delay"]
 
 
@@ -156,7 +156,7 @@ class Member:
             if self.schedule == "compute_time" else None
         self.landing_order = self.probs = self.cdf = None
         if self.schedule == "iid":  # DelayedSGD's i.i.d. delays: P(tau = k) as it normalises them
-            self.probs = _as_probabilities(delay_probabilities(o["delay"]))
+            self.probs = as_probabilities(delay_probabilities(o["delay"]))
             self.cdf = np.cumsum(self.probs).tolist()
         if self.schedule == "replay":
             from .staleness import landing_order
@@ -204,7 +204,7 @@ class Member:
         if self.schedule == "random":
             land = self.rng.randrange(K)
         elif self.schedule == "gaussian":
-            land = _draw(gaussian_landing_probabilities([t - s for s in self.stamps], K, self.spread), self.rng.random())
+            land = draw_index(gaussian_landing_probabilities([t - s for s in self.stamps], K, self.spread), self.rng.random())
         elif self.schedule == "compute_time":
             land = min(range(K), key=self.finish.__getitem__)  # the earliest finisher
             self.finish[land] += draw_compute_time(self.compute_time, self.rng)
