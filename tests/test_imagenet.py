@@ -80,13 +80,16 @@ def test_dampened_momentum_moves_like_undampened_momentum_at_eta_times_1_minus_m
 def test_named_arms_get_distinct_folders_and_a_bad_scaling_is_named():
     block = copy.deepcopy(CONFIG["quick"]["imagenet"])
     names = [r.name for _, r in im.runs(block, "fig5", block["train"])]
-    assert names == ["s-sgd/seed0", "standard-momentum/seed0", "m-0/seed0", "shifted-momentum/seed0",
-                     "1-sqrt-tau/seed0"]
-    # fig9's constant delay with shifted momentum, seed 0, is fig5's shifted-momentum run: one folder
+    arms = ["s-sgd", "standard-momentum", "m-0", "shifted-momentum", "1-sqrt-tau"]
+    assert sorted(names) == sorted(f"{a}/seed{s}" for a in arms for s in block["fig5"]["seeds"])
+    assert len(set(names)) == len(names) == 5 * len(block["fig5"]["seeds"])
+    # fig9's constant delay with shifted momentum is fig5's shifted-momentum run of the same seed: one folder
     plan = im.planned(block, block["train"], "R")
     fig9 = {(name, spec["seed"]): folder for name, folder, spec in plan["fig9"]}
-    assert fig9[("constant", 0)] == os.path.join("R", "fig5", "shifted-momentum", "seed0")
-    assert fig9[("constant", 1)] == os.path.join("R", "fig9", "constant", "seed1")
+    for seed in block["fig9"]["seeds"]:
+        shared = seed in block["fig5"]["seeds"]
+        assert fig9[("constant", seed)] == (os.path.join("R", "fig5", "shifted-momentum", f"seed{seed}") if shared
+                                            else os.path.join("R", "fig9", "constant", f"seed{seed}"))
     assert fig9[("gaussian", 0)] == os.path.join("R", "fig9", "gaussian", "seed0")
     block["fig5"]["runs"][1]["lr_scaling"] = "cubic"
     with pytest.raises(Exception, match="lr_scaling"):
@@ -211,6 +214,7 @@ def test_tables_name_the_arms_and_read_every_run(tmp_path):
     block["train"] = deep_merge(block["train"], {"epochs": 2, "dataset_args": {"train_size": 64},
                                                  "lr_schedule": {"milestones": [1], "warmup_epochs": 0}})
     block["fig5"]["runs"] = block["fig5"]["runs"][:2]
+    block["fig5"]["seeds"] = [0]
     named = im.planned(block, block["train"], tmp_path)["fig5"]
     for _, folder, spec in named:
         run_training(spec, folder)
