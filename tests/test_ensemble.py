@@ -415,7 +415,7 @@ def test_the_quick_figures_batch_their_seeds():
     from delay_stability.spec import ensemble_groups
 
     config = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "config.yaml")))["quick"]
-    fig11 = [r.spec for r in sp.runs(config["fig11"], config["fig11"]["train"])]
+    fig11 = [r.spec for r in sp.runs(config["spikes"], config["spikes"]["train"])]
     assert len(fig11) >= 3 and decide(fig11) == (True, "")
     block = config["imagenet"]
     groups = {}
