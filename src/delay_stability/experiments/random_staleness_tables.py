@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 
@@ -123,13 +124,17 @@ def write_text_atomic(path, text: str) -> None:
 # ----------------------------------------------------------------------------- real workers, re-scored
 def real_worker_predictors(workers: int, histogram, settings=None) -> dict:
     """predictor -> (source, criterion, α*) for one setting: every criterion from the measured
-    histogram (i.i.d. model), from the worker count (uniform workers), and round robin (τ = M − 1)."""
+    histogram (i.i.d. model), from the worker count (uniform workers), and round robin (τ = M − 1).
+    A predictor whose edge cannot be computed (the moment operator of a long-tailed measured
+    histogram on which ARPACK does not converge) is left out, and said so on stderr."""
     out = {}
     for criterion in theory.CRITERIA:
-        out[f"histogram/{criterion}"] = ("histogram", criterion,
-                                         theory.iid_edge(histogram, criterion, settings=settings)["alpha"])
-        out[f"workers/{criterion}"] = ("workers", criterion,
-                                       theory.worker_edge(workers, criterion, settings=settings)["alpha"])
+        for name, source, edge in ((f"histogram/{criterion}", "histogram", lambda: theory.iid_edge(histogram, criterion, settings=settings)),
+                                   (f"workers/{criterion}", "workers", lambda: theory.worker_edge(workers, criterion, settings=settings))):
+            try:
+                out[name] = (source, criterion, edge()["alpha"])
+            except RuntimeError as exc:
+                print(f"random-staleness-rescore: M={workers}: {name} left out ({exc})", file=sys.stderr)
     out["round-robin"] = ("workers", "constant delay", theory.critical_alpha(workers - 1))
     return out
 
