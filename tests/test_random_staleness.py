@@ -407,3 +407,16 @@ def test_the_config_check_names_a_bad_model():
     cfg["quick"]["random_staleness"]["models"]["bad"] = {"workers": 2, "landing": "fifo"}
     with pytest.raises(ConfigError, match="quick.random_staleness.models.bad: .*landing"):
         config_check.check(cfg, schema)
+
+
+def test_rescoring_leaves_out_the_moment_edges_of_a_long_measured_histogram(capsys):
+    """A measured staleness law longer than MAX_MOMENT_SUPPORT keeps its mean edge (eq. 19, exact) and
+    the worker-count predictors, and leaves out its mean-square and almost-sure edges, saying so."""
+    K = RT.MAX_MOMENT_SUPPORT + 5
+    hist = np.full(K + 1, 1.0 / (K + 1))
+    settings = T.LyapunovSettings(chains=8, steps=300, burn=50, renorm=10, seed=1)
+    out = RT.real_worker_predictors(2, hist, settings)
+    assert "histogram/mean" in out and "histogram/mean-square" not in out and "histogram/almost-sure" not in out
+    assert out["histogram/mean"][2] == pytest.approx(T.iid_edge(hist, "mean")["alpha"])
+    assert {"workers/mean", "workers/mean-square", "workers/almost-sure", "round-robin"} <= set(out)
+    assert "histogram/mean-square left out" in capsys.readouterr().err

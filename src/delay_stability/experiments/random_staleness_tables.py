@@ -122,6 +122,11 @@ def write_text_atomic(path, text: str) -> None:
 
 
 # ----------------------------------------------------------------------------- real workers, re-scored
+#: Longest measured staleness histogram (support 0..K) whose mean-square and almost-sure edges the
+#: re-scoring computes: beyond it the (K+1)²-dimensional moment operator is left out (ARPACK need not converge).
+MAX_MOMENT_SUPPORT = 40
+
+
 def real_worker_predictors(workers: int, histogram, settings=None) -> dict:
     """predictor -> (source, criterion, α*) for one setting: every criterion from the measured
     histogram (i.i.d. model), from the worker count (uniform workers), and round robin (τ = M − 1).
@@ -131,6 +136,11 @@ def real_worker_predictors(workers: int, histogram, settings=None) -> dict:
     for criterion in theory.CRITERIA:
         for name, source, edge in ((f"histogram/{criterion}", "histogram", lambda: theory.iid_edge(histogram, criterion, settings=settings)),
                                    (f"workers/{criterion}", "workers", lambda: theory.worker_edge(workers, criterion, settings=settings))):
+            if source == "histogram" and criterion != "mean" and len(histogram) > MAX_MOMENT_SUPPORT:
+                print(f"random-staleness-rescore: M={workers}: {name} left out (the measured staleness reaches "
+                      f"{len(histogram) - 1}: a {len(histogram) ** 2}-dimensional moment operator, over the "
+                      f"{MAX_MOMENT_SUPPORT ** 2} this re-scoring solves)", file=sys.stderr)
+                continue
             try:
                 out[name] = (source, criterion, edge()["alpha"])
             except RuntimeError as exc:
