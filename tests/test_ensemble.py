@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from delay_stability.asgd import has_in_flight
 from delay_stability.ensemble import can_ensemble, run_ensemble
 from delay_stability.errors import UserError
 from delay_stability.train import load_checkpoint, model_from_checkpoint, read_metrics, run_training
@@ -75,12 +76,12 @@ def compare(ens_dir, single_dir, tol):
 
 def check_against_single(tmp_path, specs, tol):
     outs = [str(tmp_path / f"e{i}") for i in range(len(specs))]
-    summaries = run_ensemble(specs, outs)
+    summaries = run_ensemble(specs, outs, final_in_flight=True)  # final.pt with its in-flight buffers, compared below
     assert len(summaries) == len(specs)
     worst = 0.0
     for i, spec in enumerate(specs):
         single = str(tmp_path / f"s{i}")
-        run_training(spec, single)
+        run_training(spec, single, final_in_flight=True)
         worst = max(worst, compare(outs[i], single, tol))
     return outs, worst
 
@@ -174,7 +175,7 @@ def test_member_checkpoint_resumes_as_a_single_run(tmp_path):
     """A member's checkpoint.pt has the single run's format: run_training can resume it."""
     spec = base(epochs=6, checkpoint_every=2, optimizer={"delay": 3, "variant": "shifted", "momentum": 0.5})
     out = str(tmp_path / "m")
-    run_ensemble([dict(spec, epochs=4)], [out])  # train 4 epochs, then pretend it was interrupted at 4
+    run_ensemble([dict(spec, epochs=4)], [out], final_in_flight=True)  # 4 epochs, then pretend it was interrupted
     ckpt = load_checkpoint(os.path.join(out, "final.pt"))
     ckpt["spec"] = dict(ckpt["spec"], epochs=6)
     ckpt["loop"]["status"] = None
@@ -183,6 +184,27 @@ def test_member_checkpoint_resumes_as_a_single_run(tmp_path):
     run_training(ckpt["spec"], out)
     run_training(spec, str(tmp_path / "whole"))
     compare(out, str(tmp_path / "whole"), 1e-10)
+
+
+def test_a_finished_members_final_pt_without_in_flight_buffers_reloads_exactly(tmp_path):
+    """final.pt keeps no in-flight buffers (asgd.without_in_flight); an ensemble that finds it (its
+    kept copy gone) writes the same summary and final.pt again, as the single run does."""
+    import shutil
+
+    specs = random_members(4)[:2]
+    outs = [str(tmp_path / f"m{i}") for i in range(2)]
+    first = run_ensemble(specs, outs)
+    before = [load_checkpoint(os.path.join(o, "final.pt")) for o in outs]
+    assert all(not has_in_flight(c["optimizer"]) for c in before)
+    for o in outs:
+        shutil.rmtree(os.path.join(o, ".finished"))
+    again = run_ensemble(specs, outs)
+    strip = lambda d: {k: v for k, v in d.items() if k != "seconds"}  # noqa: E731
+    assert [strip(s) for s in again] == [strip(s) for s in first]
+    for o, b in zip(outs, before):
+        a = load_checkpoint(os.path.join(o, "final.pt"))
+        assert same_schedule_state(a["optimizer"], b["optimizer"])
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
 
 
 def test_sigkill_and_resume_matches_an_uninterrupted_ensemble(tmp_path):
@@ -217,7 +239,7 @@ def test_sigkill_and_resume_matches_an_uninterrupted_ensemble(tmp_path):
         a, b = load_checkpoint(os.path.join(k, "final.pt")), load_checkpoint(os.path.join(w, "final.pt"))
         for name in a["model"]:
             assert torch.equal(a["model"][name], b["model"][name]), name
-        assert torch.equal(a["optimizer"]["delayed"]["grads"], b["optimizer"]["delayed"]["grads"])
+        assert same_schedule_state(a["optimizer"], b["optimizer"])
         resumed = json.load(open(os.path.join(k, "run.json")))["resumed"]
         assert len(resumed) == 1 and resumed[0]["epoch"] >= 3
 
@@ -249,7 +271,7 @@ def test_random_worker_members_equal_their_single_runs(tmp_path, batch_size):
 def test_random_worker_checkpoint_resumes_as_a_single_run(tmp_path):
     spec = random_members(3, epochs=6, checkpoint_every=2)[2]
     out = str(tmp_path / "m")
-    run_ensemble([dict(spec, epochs=4)], [out])
+    run_ensemble([dict(spec, epochs=4)], [out], final_in_flight=True)
     ckpt = load_checkpoint(os.path.join(out, "final.pt"))
     ckpt["spec"] = dict(ckpt["spec"], epochs=6)
     ckpt["loop"]["status"] = None
@@ -386,7 +408,7 @@ def test_sigkill_while_member_checkpoints_are_written(tmp_path):
         a, b = load_checkpoint(os.path.join(k, "final.pt")), load_checkpoint(os.path.join(w, "final.pt"))
         for name in b["model"]:
             assert torch.equal(a["model"][name], b["model"][name]), name
-        assert torch.equal(a["optimizer"]["delayed"]["grads"], b["optimizer"]["delayed"]["grads"])
+        assert same_schedule_state(a["optimizer"], b["optimizer"])
         assert [r["epoch"] for r in json.load(open(os.path.join(k, "run.json")))["resumed"]] == [epoch]
 
 
@@ -465,6 +487,12 @@ def worker_members(schedule, workers=3, **overrides):
              lr_schedule=WARMUP_FROM),
         dict(b, lr=0.03, seed=4, optimizer=dict(o, variant="shifted", momentum=-0.3, weight_decay=5e-3)),
     ]
+
+
+def same_schedule_state(a, b) -> bool:
+    """Two finished runs' final.pt optimizer states (without their in-flight buffers) agree."""
+    assert not has_in_flight(a) and not has_in_flight(b)
+    return a["delayed"] == b["delayed"] and a["param_groups"] == b["param_groups"]
 
 
 def same_optimizer_state(ens_dir, single_dir):
@@ -547,26 +575,26 @@ def test_gaussian_member_checkpoint_resumes_as_a_single_run(tmp_path):
     single run's: run_training resumes it and ends as the uninterrupted run."""
     spec = worker_members("gaussian", epochs=6, checkpoint_every=2)[2]
     out = str(tmp_path / "m")
-    run_ensemble([dict(spec, epochs=4)], [out])
+    run_ensemble([dict(spec, epochs=4)], [out], final_in_flight=True)
     ckpt = load_checkpoint(os.path.join(out, "final.pt"))
     ckpt["spec"] = dict(ckpt["spec"], epochs=6)
     ckpt["loop"]["status"] = None
     torch.save(ckpt, os.path.join(out, "checkpoint.pt"))
     os.remove(os.path.join(out, "final.pt"))
-    run_training(ckpt["spec"], out)
-    run_training(spec, str(tmp_path / "whole"))
+    run_training(ckpt["spec"], out, final_in_flight=True)
+    run_training(spec, str(tmp_path / "whole"), final_in_flight=True)
     compare(out, str(tmp_path / "whole"), 1e-10)
     same_optimizer_state(out, str(tmp_path / "whole"))
     # and the other way: the ensemble resumes a single run's checkpoint (its buffers group by group)
     back = str(tmp_path / "back")
-    run_training(dict(spec, epochs=4), back)
+    run_training(dict(spec, epochs=4), back, final_in_flight=True)
     ckpt = load_checkpoint(os.path.join(back, "final.pt"))
     assert len(ckpt["optimizer"]["param_groups"]) == 2
     ckpt["spec"] = dict(ckpt["spec"], epochs=6)
     ckpt["loop"]["status"] = None
     torch.save(ckpt, os.path.join(back, "checkpoint.pt"))
     os.remove(os.path.join(back, "final.pt"))
-    run_ensemble([spec], [back])
+    run_ensemble([spec], [back], final_in_flight=True)
     compare(back, str(tmp_path / "whole"), 1e-10)
     same_optimizer_state(back, str(tmp_path / "whole"))
 

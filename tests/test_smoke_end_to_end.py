@@ -8,6 +8,7 @@ tests/test_smoke.py run on the other worker meanwhile; conftest.py starts the lo
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,12 @@ def build(tmp_path_factory):
     """(project, paper plan before the build): every paper target built in smoke mode, once."""
     workdir = copy_workflow(tmp_path_factory.mktemp("smoke-e2e") / "project")
     before = paper_plan(workdir)
-    result = snakemake(workdir, "--cores", "2", "--config", "scale=paper", "smoke=true", timeout=1500)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return workdir, before
+    try:
+        result = snakemake(workdir, "--cores", "2", "--config", "scale=paper", "smoke=true", timeout=1500)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        yield workdir, before
+    finally:  # the paper's networks at paper scale: the build's checkpoints take gigabytes
+        shutil.rmtree(workdir / "results", ignore_errors=True)
 
 
 def test_every_paper_target_runs_end_to_end_in_smoke_mode(build):
@@ -54,6 +58,18 @@ def test_the_smoke_runs_train_the_papers_networks(build):
     assert run["spec"]["model"] == "vgg11" and run["spec"]["dataset"] == "cifar10"  # the paper's network
     run = json_load(smoke_dir / "shifted_stability" / "baseline" / "run.json")
     assert run["spec"]["model"] == "fc3x1024" and run["spec"]["dataset"] == "mnist"
+
+
+def test_finished_paper_runs_keep_no_in_flight_copies(build):
+    """A finished run's final.pt holds the weights, not the tau + 1 in-flight gradients: table 1's
+    asynchronous VGG-11 (tau = 32) keeps its model, its starting weights and small state only."""
+    from delay_stability.train import load_checkpoint
+
+    run = build[0] / "results" / "paper-smoke" / "generalization" / "table1" / "VGG-11" / "asgd" / "seed0"
+    ckpt = load_checkpoint(str(run / "final.pt"))
+    assert ckpt["spec"]["optimizer"]["delay"] == 32 and ckpt["optimizer"]["delayed"]["grads"] is None
+    weights = sum(t.numel() * t.element_size() for t in ckpt["model"].values())
+    assert (run / "final.pt").stat().st_size < 2.2 * weights  # model + starting weights (+ small state)
 
 
 def test_a_smoke_build_leaves_the_paper_plan_unchanged(build):

@@ -247,6 +247,43 @@ def test_same_seed_same_run_and_callbacks(tmp_path):
     assert [s for e, s, _ in events if e == "step"] == list(range(1, 16))
 
 
+def test_final_pt_keeps_no_in_flight_buffers_and_reloads_exactly(tmp_path):
+    """final.pt leaves out the tau + 1 in-flight gradients and the velocity (asgd.without_in_flight):
+    its optimizer part holds no P-sized tensor, and the run reloaded from it (its kept copy gone)
+    writes the same summary, staleness counts included; a DelayedSGD loaded from it refuses to
+    step. ``final_in_flight=True`` keeps them, equal to those of a run that goes on."""
+    spec = quick_spec(batch_size=64, epochs=3, optimizer={"workers": 5, "schedule": "random",
+                                                          "variant": "momentum", "momentum": 0.5})
+    out = tmp_path / "a"
+    first = run_training(spec, str(out))
+    ckpt = load_checkpoint(str(out / "final.pt"))
+    delayed = ckpt["optimizer"]["delayed"]
+    assert delayed["grads"] is None and delayed["velocity"] is None and delayed["in_flight"] == "dropped"
+    assert sum(delayed["hist"]) == 15 and len(delayed["hist"]) > 5  # 3 epochs x 5 batches, staleness >= M
+    full = tmp_path / "b"
+    run_training(spec, str(full), final_in_flight=True)
+    kept = load_checkpoint(str(full / "final.pt"))["optimizer"]["delayed"]
+    n = sum(p.numel() for p in build_model("mlp", hidden=[16], activation="tanh").parameters())
+    assert tuple(kept["grads"].shape) == (5, n) and tuple(kept["velocity"].shape) == (1, n)
+    assert {k: v for k, v in kept.items() if k not in ("grads", "velocity")} == \
+        {k: v for k, v in delayed.items() if k not in ("grads", "velocity", "in_flight")}
+    assert (full / "final.pt").stat().st_size - (out / "final.pt").stat().st_size >= 6 * n * 8
+
+    import shutil
+    shutil.rmtree(out / ".finished")  # reloaded from final.pt itself, not restored from the kept copy
+    again = run_training(spec, str(out))
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in first.items() if k != "seconds"}
+
+    model = build_model("mlp", hidden=[16], activation="tanh").double()
+    model.load_state_dict(ckpt["model"])
+    from delay_stability.train import build_optimizer
+    opt = build_optimizer(validate_spec(spec), model)
+    opt.load_state_dict(ckpt["optimizer"])
+    assert opt.staleness_histogram().tolist() == delayed["hist"] and opt.steps == 15
+    with pytest.raises(RuntimeError, match="checkpoint.pt"):
+        opt.step()
+
+
 # ------------------------------------------------------------------ stopping rules
 
 

@@ -215,6 +215,29 @@ def optimizer_state(*, param_groups: list[dict], schedule: str, variant: str, nu
     }
 
 
+#: The entries of ``optimizer_state``'s "delayed" dict whose size grows with the parameters: the
+#: (slots x P) in-flight gradients, the (rows x P) velocities and a mitigation's P-sized buffers.
+IN_FLIGHT = ("grads", "velocity", "mitigation_buffers")
+
+
+def without_in_flight(state: dict) -> dict:
+    """``state`` (``optimizer_state``'s layout) without the buffers listed in ``IN_FLIGHT``, marked
+    ``delayed["in_flight"] = "dropped"``: the state a finished run keeps in final.pt. Its schedule
+    position, RNG and staleness counts stay, so a summary read back from it is exact; the run cannot
+    take more steps from it (``DelayedSGD.load_state_dict`` loads it, ``step`` then refuses). With
+    tau + 1 in-flight copies of P weights this is what makes final.pt of a tau = 32 run about
+    34 times smaller than its checkpoint.pt."""
+    delayed = dict(state["delayed"], grads=None, velocity=None, in_flight="dropped")
+    if "mitigation_buffers" in delayed:
+        delayed["mitigation_buffers"] = {}
+    return dict(state, delayed=delayed)
+
+
+def has_in_flight(state: dict) -> bool:
+    """Whether an optimizer state dict still holds its in-flight buffers (not ``without_in_flight``)."""
+    return state["delayed"].get("in_flight") != "dropped"
+
+
 # ================================================================ landing rules of worker schedules
 
 
@@ -468,6 +491,7 @@ class DelayedSGD(torch.optim.Optimizer):
         rows = velocity_rows(self.variant, self.num_slots)
         self._velocity = torch.zeros(rows, numel, **kw) if rows else None
         self._w = torch.zeros(numel, **kw)  # the weights as one flat row, for the kernel
+        self._ended = False  # True once loaded from a finished run's state (without_in_flight)
 
         self._group_ranges = []  # (first param index, last+1, first element, last+1) per group
         offsets, i, off = [], 0, 0
@@ -490,6 +514,10 @@ class DelayedSGD(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """Store the fresh gradient g(w_t), then apply the update the schedule lands (eq. 2/9/10)."""
+        if self._ended:
+            raise RuntimeError("DelayedSGD: this state was loaded from the end of a finished run (final.pt), which "
+                               "keeps no in-flight updates; resume from checkpoint.pt, or start a new run from these "
+                               "weights (init_checkpoint)")
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -806,13 +834,20 @@ class DelayedSGD(torch.optim.Optimizer):
         groups = state_dict["param_groups"]
         if [len(g["params"]) for g in groups] != [len(g["params"]) for g in self.param_groups]:
             raise ValueError("optimizer state: its parameter groups do not match these parameters")
-        if tuple(delayed["grads"].shape) != tuple(self._grads.shape):
+        dropped = not has_in_flight(state_dict)
+        if not dropped and tuple(delayed["grads"].shape) != tuple(self._grads.shape):
             raise ValueError("optimizer state: the in-flight buffer does not match these parameters")
         for group, saved in zip(self.param_groups, groups):
             group.update({k: v for k, v in saved.items() if k != "params"})
-        self._grads.copy_(delayed["grads"])
-        if self._velocity is not None:
-            self._velocity.copy_(delayed["velocity"])
+        self._ended = dropped  # a finished run's state (final.pt): no in-flight updates to go on with
+        if dropped:
+            self._grads.zero_()
+            if self._velocity is not None:
+                self._velocity.zero_()
+        else:
+            self._grads.copy_(delayed["grads"])
+            if self._velocity is not None:
+                self._velocity.copy_(delayed["velocity"])
         self._stamps = list(delayed["stamps"])
         self._t = int(delayed["t"])
         self._free = int(delayed["free"])
@@ -823,7 +858,7 @@ class DelayedSGD(torch.optim.Optimizer):
         self._fresh = [bool(f) for f in delayed.get("fresh", [False] * rows)]
         self._finish = [float(x) for x in delayed.get("schedule_state", {}).get("finish", self._finish)]
         if self.mitigation is not None:
-            for name, buffer in delayed["mitigation_buffers"].items():
+            for name, buffer in delayed["mitigation_buffers"].items():  # none in a finished run's state
                 getattr(self, "_" + name).copy_(buffer)
             self._mit_steps = int(delayed["mitigation_steps"])
 

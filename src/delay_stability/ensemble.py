@@ -70,9 +70,11 @@ from .asgd import (
     draw_index,
     draw_compute_time,
     gaussian_landing_probabilities,
+    has_in_flight,
     optimizer_state,
     update,
     velocity_rows,
+    without_in_flight,
 )
 from .errors import UserError
 from .files import write_json
@@ -389,6 +391,7 @@ class _Family:
 
     def __init__(self, spec: dict, kernel: str = "auto"):
         self.spec = spec
+        self.final_in_flight = False  # final.pt without the in-flight buffers (run_ensemble's final_in_flight)
         setup = training_setup(spec)  # Run's own set-up: device, dtype, data, batch sizes, intervals
         self.device, self.dtype, self.data = setup.device, setup.dtype, setup.data
         self.batch_size, self.steps_per_epoch, self.full_batch = setup.batch_size, setup.steps_per_epoch, setup.full_batch
@@ -564,15 +567,16 @@ def _one(m: Member) -> tuple[torch.Tensor, dict]:
     return m.w.unsqueeze(0), {n: b.unsqueeze(0) for n, b in m.bufs.items()}
 
 
-def _payload(fam: _Family, m: Member) -> dict:
-    """The single run's checkpoint of member ``m`` (Run.save's keys)."""
+def _payload(fam: _Family, m: Member, in_flight: bool = True) -> dict:
+    """The single run's checkpoint of member ``m`` (Run.save's keys); ``in_flight=False``: without
+    the in-flight buffers (``asgd.without_in_flight``), as final.pt keeps it."""
     now = time.time()
     m.loop.seconds += now - m.t0
     m.t0 = now
     return {
         "spec": m.spec,
         "model": fam.state_dict(m.w, m.bufs),
-        "optimizer": m.optimizer_state(fam),
+        "optimizer": m.optimizer_state(fam) if in_flight else without_in_flight(m.optimizer_state(fam)),
         "init_params": [m.w0[o:o + k].view(s).clone() for s, (o, k) in zip(fam.shapes, fam.offsets)],
         "rng": {"torch": m.rng_torch, "cuda": None, "data": m.generator.get_state()},
         "loop": m.loop.to_dict(),
@@ -593,7 +597,7 @@ def _summary(fam: _Family, m: Member) -> dict:
 def _finish(fam: _Family, m: Member, members: int) -> dict:
     """Run.finish for one member: final.pt, metrics.csv, summary.json, run.json; drop checkpoint.pt."""
     out = m.out_dir
-    save_checkpoint(os.path.join(out, "final.pt"), _payload(fam, m))
+    save_checkpoint(os.path.join(out, "final.pt"), _payload(fam, m, in_flight=fam.final_in_flight))
     write_metrics(os.path.join(out, "metrics.csv"), m.loop.rows)
     summary = _summary(fam, m)
     write_json(os.path.join(out, "summary.json"), summary)
@@ -849,11 +853,11 @@ def _train_group(fam: _Family, members: list[Member], total_members: int, summar
         summaries[m.index] = _finish(fam, m, total_members)
 
 
-def run_ensemble(specs, out_dirs, *, kernel: str = "auto") -> list[dict]:
+def run_ensemble(specs, out_dirs, *, kernel: str = "auto", final_in_flight: bool = False) -> list[dict]:
     """Train every spec as one batched ensemble, member r writing ``out_dirs[r]`` as
-    ``train.run_training(specs[r], out_dirs[r])`` would (resuming each from its checkpoint of the
-    same spec); returns the summaries in order. UserError when the specs cannot be batched
-    (``can_ensemble`` gives the reason): train those with ``run_training``."""
+    ``train.run_training(specs[r], out_dirs[r], final_in_flight=final_in_flight)`` would (resuming
+    each from its checkpoint of the same spec); returns the summaries in order. UserError when the
+    specs cannot be batched (``can_ensemble`` gives the reason): train those with ``run_training``."""
     specs = [validate_spec(s) for s in specs]
     out_dirs = [os.fspath(d) for d in out_dirs]
     if len(out_dirs) != len(specs):
@@ -865,6 +869,7 @@ def run_ensemble(specs, out_dirs, *, kernel: str = "auto") -> list[dict]:
         raise UserError(f"cannot train these specs as one ensemble: {reason}{FALLBACK}")
     R = len(specs)
     fam = _Family(specs[0], kernel)
+    fam.final_in_flight = final_in_flight
     summaries: dict[int, dict] = {}
     pending = []
     code_part = run_key(specs[0], CODE).rsplit("-", 1)[1]  # hashing the code costs ~0.5 s: once
@@ -958,8 +963,13 @@ def _restore(fam: _Family, m: Member, ckpt: dict) -> None:
         m.hist, m.last_staleness = list(delayed["hist"]), delayed["last_staleness"]
         m.finish = [float(x) for x in delayed.get("schedule_state", {}).get("finish", m.finish)]
     m.fresh = [bool(f) for f in delayed.get("fresh", [False] * len(m.fresh))]
-    ring = delayed["grads"].to(fam.device, fam.dtype)
-    vel = None if delayed["velocity"] is None else delayed["velocity"].to(fam.device, fam.dtype)
+    if has_in_flight(opt):
+        ring = delayed["grads"].to(fam.device, fam.dtype)
+        vel = None if delayed["velocity"] is None else delayed["velocity"].to(fam.device, fam.dtype)
+    else:  # a finished run's final.pt (without_in_flight): it is not stepped on, only written again
+        ring = torch.zeros(m.slots, fam.numel, device=fam.device, dtype=fam.dtype)
+        rows = velocity_rows(m.variant, m.slots)
+        vel = torch.zeros(rows, fam.numel, device=fam.device, dtype=fam.dtype) if rows else None
     if len(opt["param_groups"]) > 1:  # weight_decay_on: weights: the buffers are laid out group by group
         if not m.split:
             raise UserError(f"{m.out_dir}: its checkpoint has {len(opt['param_groups'])} parameter groups but the "

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .asgd import DelayedSGD
+from .asgd import DelayedSGD, without_in_flight
 from .data import DTYPES, load_dataset
 from .errors import TimeLimitReached, UserError
 from .files import atomic_write as _atomic_write
@@ -388,6 +388,7 @@ class Run:
         self.spec = spec
         self.out_dir = out_dir
         self.callbacks = list(callbacks)
+        self.final_in_flight = False  # final.pt without the in-flight buffers (run_training's final_in_flight)
         setup = training_setup(spec)
         self.device, self.dtype, self.data = setup.device, setup.dtype, setup.data
         self.batch_size, self.steps_per_epoch, self.full_batch = setup.batch_size, setup.steps_per_epoch, setup.full_batch
@@ -624,14 +625,16 @@ class Run:
 
     # ------------------------------------------------------------ outputs
 
-    def save(self, path: str) -> None:
+    def save(self, path: str, in_flight: bool = True) -> None:
+        """The run's state into ``path``; ``in_flight=False`` leaves out the optimizer's in-flight
+        buffers (``asgd.without_in_flight``: what final.pt keeps unless asked otherwise)."""
         now = time.time()
         self.loop.seconds += now - self.t0
         self.t0 = now
         save_checkpoint(path, {
             "spec": self.spec,
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizer.state_dict() if in_flight else without_in_flight(self.optimizer.state_dict()),
             "init_params": self.init_params,
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -649,7 +652,7 @@ class Run:
 
     def finish(self) -> dict:
         out = self.out_dir
-        self.save(os.path.join(out, "final.pt"))
+        self.save(os.path.join(out, "final.pt"), in_flight=self.final_in_flight)
         write_metrics(os.path.join(out, "metrics.csv"), self.loop.rows)
         summary = self.summary()
         write_json(os.path.join(out, "summary.json"), summary)
@@ -850,9 +853,16 @@ def summary_record(loop: LoopState, mean_staleness, buffer_bytes: int, staleness
     }
 
 
-def run_training(spec: dict, out_dir: str, callbacks=(), *, code=("delay_stability.train",), key_extra=None) -> dict:
+def run_training(spec: dict, out_dir: str, callbacks=(), *, code=("delay_stability.train",), key_extra=None,
+                 final_in_flight: bool = False) -> dict:
     """Train as ``spec`` says, writing metrics.csv, summary.json, run.json and final.pt into
     ``out_dir`` (resuming from a checkpoint of the same spec found there); returns the summary.
+
+    final.pt holds the weights, the starting weights, the metrics, the RNG and the optimizer's
+    schedule position and staleness counts; its in-flight gradients and velocities (tau + 1 and up
+    to M copies of the weights) are left out unless ``final_in_flight`` (``asgd.without_in_flight``):
+    a finished run is analysed, not stepped on. The rolling checkpoint.pt of a run in progress
+    always holds them, so that a resumed run continues bit for bit.
 
     ``callbacks`` are called as ``cb(event, state)`` with event "start", "step" (after every
     optimizer step; ``state.loss`` is the step's detached loss tensor), "epoch" (``state.loss`` the
@@ -875,6 +885,7 @@ def run_training(spec: dict, out_dir: str, callbacks=(), *, code=("delay_stabili
     if restored is not None:
         return restored
     run = Run(spec, out_dir, callbacks)
+    run.final_in_flight = final_in_flight
     run.start()
     run.train()
     summary = run.finish()
