@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 
 from ..errors import UserError
-from ..spec import deep_merge, validate_spec
+from ..spec import check_spec, deep_merge
 
 
 class ConfigError(UserError):
@@ -41,6 +41,9 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
+_VALIDATOR_CLASS = None
+
+
 def _key_path(error) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
 
@@ -52,7 +55,10 @@ def validate(cfg: dict, schema: dict) -> None:
 
     if not isinstance(cfg, dict):
         raise ConfigError("the configuration must be a mapping of keys (config.yaml)")
-    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    global _VALIDATOR_CLASS
+    if _VALIDATOR_CLASS is None:  # extending a validator class costs more than a validation
+        _VALIDATOR_CLASS = _with_defaults(jsonschema.Draft202012Validator)
+    validator = _VALIDATOR_CLASS(schema)
     problems = []
     for err in sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path))):
         if err.validator == "additionalProperties":
@@ -131,7 +137,7 @@ def check(cfg: dict, schema: dict) -> dict:
     for scale in (s for s in SCALES if s in cfg):
         for key, spec in training_specs(cfg, scale):
             try:
-                validate_spec(spec)
+                check_spec(spec)
             except UserError as exc:
                 raise ConfigError(f"invalid configuration: {scale}.{key}: {exc}") from None
     return cfg

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from .. import files
 from ..errors import UserError
-from ..spec import deep_merge, validate_spec
+from ..spec import check_spec, copy_tree, deep_merge
 
 #: Grid axis name -> the spec key path it sets.
 AXES = {
@@ -110,10 +110,11 @@ def _key_path(axis: str) -> str:
     return AXES[axis]
 
 
-def _run(base: dict, overrides, point: dict, validate: bool) -> GridRun:
-    """The GridRun of one point (axis -> value): its name, and the spec with the values set."""
+def _run(merged: dict, point: dict, validate: bool) -> GridRun:
+    """The GridRun of one point (axis -> value): its name, and a copy of the spec ``merged``
+    (the base with the overrides) with the values set."""
     name = "/".join(f"{axis}{value_tag(value)}" for axis, value in point.items())
-    spec = copy.deepcopy(deep_merge(base, overrides))
+    spec = copy_tree(merged)
     for axis, value in point.items():
         node = spec
         *parents, last = _key_path(axis).split(".")
@@ -124,7 +125,7 @@ def _run(base: dict, overrides, point: dict, validate: bool) -> GridRun:
         node[last] = copy.deepcopy(value)
     if validate:
         try:
-            validate_spec(spec)
+            check_spec(spec)
         except UserError as exc:
             raise UserError(f"grid run {name}: {exc}") from None
     return GridRun(name=name, axes=dict(point), spec=spec)
@@ -158,7 +159,8 @@ def expand(base: dict, axes: dict, *, overrides: dict | None = None, validate: b
                     raise UserError(f"grid axis {axis!r}: values {a!r} and {b!r} would share the "
                                     f"folder name {axis}{value_tag(a)}")
     names = list(axes)
-    return [_run(base, overrides, dict(zip(names, combo)), validate)
+    merged = copy.deepcopy(deep_merge(base, overrides))
+    return [_run(merged, dict(zip(names, combo)), validate)
             for combo in itertools.product(*(list(axes[n]) for n in names))]
 
 
@@ -180,15 +182,17 @@ def expand_named(base: dict, points: list, *, overrides: dict | None = None, val
     if not points:
         raise UserError("grid has no points")
     order = list(points[0])
-    runs = []
+    merged = copy.deepcopy(deep_merge(base, overrides))
+    runs, by_name = [], {}
     for i, point in enumerate(points):
         if not isinstance(point, dict) or set(point) != set(order):
             raise UserError(f"grid point {i} {point!r}: expected the axes {', '.join(order)}")
-        run = _run(base, overrides, {axis: point[axis] for axis in order}, validate)
-        for other in runs:
-            if other.name == run.name:
-                what = "is given twice" if other.axes == run.axes else f"has the name of {other.axes!r}"
-                raise UserError(f"grid point {point!r} {what} ({run.name})")
+        run = _run(merged, {axis: point[axis] for axis in order}, validate)
+        other = by_name.get(run.name)
+        if other is not None:
+            what = "is given twice" if other.axes == run.axes else f"has the name of {other.axes!r}"
+            raise UserError(f"grid point {point!r} {what} ({run.name})")
+        by_name[run.name] = run
         runs.append(run)
     return runs
 
