@@ -536,7 +536,7 @@ def test_decay_on_weights_decays_only_the_weights(tmp_path):
     spec = base(epochs=1, batch_size=0, optimizer={"delay": 0, "weight_decay": 0.5, "weight_decay_on": "weights"})
     alike = dict(spec, optimizer={"delay": 0, "weight_decay": 0.5})
     outs = [str(tmp_path / "weights"), str(tmp_path / "all")]
-    run_ensemble([spec, alike], outs)
+    run_ensemble([spec, alike], outs, final_in_flight=True)  # final.pt with the starting weights
     data = training_setup(validate_spec(spec)).data
     model = build_model(spec["model"], **spec["model_args"]).to(torch.float64)
     ckpt = load_checkpoint(os.path.join(outs[0], "final.pt"))

@@ -248,8 +248,8 @@ def test_same_seed_same_run_and_callbacks(tmp_path):
 
 
 def test_final_pt_keeps_no_in_flight_buffers_and_reloads_exactly(tmp_path):
-    """final.pt leaves out the tau + 1 in-flight gradients and the velocity (asgd.without_in_flight):
-    its optimizer part holds no P-sized tensor, and the run reloaded from it (its kept copy gone)
+    """final.pt leaves out the tau + 1 in-flight gradients, the velocity (asgd.without_in_flight) and
+    the starting weights: its optimizer part holds no P-sized tensor, and the run reloaded from it (its kept copy gone)
     writes the same summary, staleness counts included; a DelayedSGD loaded from it refuses to
     step. ``final_in_flight=True`` keeps them, equal to those of a run that goes on."""
     spec = quick_spec(batch_size=64, epochs=3, optimizer={"workers": 5, "schedule": "random",
@@ -267,7 +267,8 @@ def test_final_pt_keeps_no_in_flight_buffers_and_reloads_exactly(tmp_path):
     assert tuple(kept["grads"].shape) == (5, n) and tuple(kept["velocity"].shape) == (1, n)
     assert {k: v for k, v in kept.items() if k not in ("grads", "velocity")} == \
         {k: v for k, v in delayed.items() if k not in ("grads", "velocity", "in_flight")}
-    assert (full / "final.pt").stat().st_size - (out / "final.pt").stat().st_size >= 6 * n * 8
+    assert ckpt["init_params"] is None and len(load_checkpoint(str(full / "final.pt"))["init_params"]) == 2 * 2
+    assert (full / "final.pt").stat().st_size - (out / "final.pt").stat().st_size >= 7 * n * 8
 
     import shutil
     shutil.rmtree(out / ".finished")  # reloaded from final.pt itself, not restored from the kept copy

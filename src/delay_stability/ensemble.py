@@ -569,7 +569,7 @@ def _one(m: Member) -> tuple[torch.Tensor, dict]:
 
 def _payload(fam: _Family, m: Member, in_flight: bool = True) -> dict:
     """The single run's checkpoint of member ``m`` (Run.save's keys); ``in_flight=False``: without
-    the in-flight buffers (``asgd.without_in_flight``), as final.pt keeps it."""
+    the in-flight buffers (``asgd.without_in_flight``) and the starting weights, as final.pt keeps it."""
     now = time.time()
     m.loop.seconds += now - m.t0
     m.t0 = now
@@ -577,7 +577,8 @@ def _payload(fam: _Family, m: Member, in_flight: bool = True) -> dict:
         "spec": m.spec,
         "model": fam.state_dict(m.w, m.bufs),
         "optimizer": m.optimizer_state(fam) if in_flight else without_in_flight(m.optimizer_state(fam)),
-        "init_params": [m.w0[o:o + k].view(s).clone() for s, (o, k) in zip(fam.shapes, fam.offsets)],
+        "init_params": ([m.w0[o:o + k].view(s).clone() for s, (o, k) in zip(fam.shapes, fam.offsets)]
+                        if in_flight else None),
         "rng": {"torch": m.rng_torch, "cuda": None, "data": m.generator.get_state()},
         "loop": m.loop.to_dict(),
         "epoch": m.loop.epoch,
@@ -944,7 +945,8 @@ def _restore(fam: _Family, m: Member, ckpt: dict) -> None:
     """Run._restore for one member from its checkpoint (the single run's format)."""
     m.w = fam.flatten(ckpt["model"])
     m.bufs = {n: ckpt["model"][n].to(fam.device).clone() for n in fam.buffer_names}
-    m.w0 = torch.cat([t.to(fam.device, fam.dtype).reshape(-1) for t in ckpt["init_params"]])
+    m.w0 = (m.w.clone() if ckpt.get("init_params") is None  # a finished run's final.pt: no more steps
+            else torch.cat([t.to(fam.device, fam.dtype).reshape(-1) for t in ckpt["init_params"]]))
     opt = ckpt["optimizer"]
     delayed = opt["delayed"]
     schedule = {"distribution": "iid"}.get(delayed["schedule"], delayed["schedule"])

@@ -460,7 +460,10 @@ class Run:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except ValueError as exc:  # e.g. velocities of another convention: never load them silently
             raise UserError(f"{self.out_dir}: its checkpoint does not fit this spec's optimizer ({exc})") from None
-        self.init_params = [t.to(self.device) for t in ckpt["init_params"]]
+        if ckpt.get("init_params") is not None:  # a finished run's final.pt keeps none (it takes no more steps)
+            self.init_params = [t.to(self.device) for t in ckpt["init_params"]]
+        else:
+            self.init_params = [p.detach().clone() for p in self.params]
         self.loop = LoopState.from_dict(ckpt["loop"])
         rng = ckpt["rng"]
         torch.set_rng_state(rng["torch"])
@@ -627,7 +630,8 @@ class Run:
 
     def save(self, path: str, in_flight: bool = True) -> None:
         """The run's state into ``path``; ``in_flight=False`` leaves out the optimizer's in-flight
-        buffers (``asgd.without_in_flight``: what final.pt keeps unless asked otherwise)."""
+        buffers (``asgd.without_in_flight``) and the starting weights (the seed's, or init_checkpoint's
+        perturbed by the seed): what final.pt keeps unless asked otherwise."""
         now = time.time()
         self.loop.seconds += now - self.t0
         self.t0 = now
@@ -635,7 +639,7 @@ class Run:
             "spec": self.spec,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict() if in_flight else without_in_flight(self.optimizer.state_dict()),
-            "init_params": self.init_params,
+            "init_params": self.init_params if in_flight else None,  # the seed's (or init_checkpoint's)
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
@@ -858,10 +862,10 @@ def run_training(spec: dict, out_dir: str, callbacks=(), *, code=("delay_stabili
     """Train as ``spec`` says, writing metrics.csv, summary.json, run.json and final.pt into
     ``out_dir`` (resuming from a checkpoint of the same spec found there); returns the summary.
 
-    final.pt holds the weights, the starting weights, the metrics, the RNG and the optimizer's
-    schedule position and staleness counts; its in-flight gradients and velocities (tau + 1 and up
-    to M copies of the weights) are left out unless ``final_in_flight`` (``asgd.without_in_flight``):
-    a finished run is analysed, not stepped on. The rolling checkpoint.pt of a run in progress
+    final.pt holds the weights, the metrics, the RNG and the optimizer's schedule position and
+    staleness counts; its in-flight gradients and velocities (tau + 1 and up to M copies of the
+    weights, ``asgd.without_in_flight``) and the starting weights (``init_params``: the seed's) are
+    left out unless ``final_in_flight``: a finished run is analysed, not stepped on. The rolling checkpoint.pt of a run in progress
     always holds them, so that a resumed run continues bit for bit.
 
     ``callbacks`` are called as ``cb(event, state)`` with event "start", "step" (after every
