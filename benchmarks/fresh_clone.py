@@ -1,15 +1,16 @@
 """Benchmark: the two commands from a fresh clone (budgets: `make test` 12 minutes, `make figures`
 about 20 minutes, on 2 cores).
 
-    .venv/bin/python benchmarks/fresh_clone.py test|figures|dry-run [--clone DIR] [--keep]
+    .venv/bin/python benchmarks/fresh_clone.py test|figures|dry-run|audit [--clone DIR] [--keep]
 
 ``test`` and ``figures`` clone this repository's HEAD into DIR (a new temporary folder by default),
 run ``make test`` or ``make figures`` there and record the wall time of the set-up (``make setup``:
 the virtual environment and its packages) and of the command itself, its exit status, pytest's
 outcome line or Snakemake's job count, and the 1-minute load average before, during (sampled every
 10 s) and after: the machine may be shared, and a number measured under load says so. ``dry-run``
-times ``snakemake -n`` in the clone of an earlier ``figures`` (``--clone DIR``; the issue's bound:
-5 s on a finished quick build), three times, and records the median.
+times ``snakemake -n`` in the clone of an earlier ``figures`` (``--clone DIR``; the bound: 5 s on a
+finished quick build), three times, and records the median; ``audit`` times ``delay-stability audit``
+there the same way (the bound: 10 s), with the files it checked.
 
 Writes benchmarks/results/fresh_clone.json (one record per command, the others kept) and
 benchmarks/results/fresh_clone.md, the table the README includes (``make readme``).
@@ -31,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "fresh_clone.json"
 TABLE = ROOT / "benchmarks" / "results" / "fresh_clone.md"
-BUDGETS_S = {"test": 12 * 60, "figures": 20 * 60, "dry-run": 5}
+BUDGETS_S = {"test": 12 * 60, "figures": 20 * 60, "dry-run": 5, "audit": 10}
 
 
 def load1() -> float:
@@ -98,27 +99,33 @@ def measure_make(kind: str, dest: Path) -> dict:
     return record
 
 
-def measure_dry_run(dest: Path) -> dict:
-    snakemake = dest / ".venv" / "bin" / "snakemake"
-    if not snakemake.exists():
-        sys.exit(f"--clone {dest}: no .venv/bin/snakemake there; run `fresh_clone.py figures --clone {dest} --keep` first")
-    runs = []
+def measure_in_build(kind: str, dest: Path) -> dict:
+    """``snakemake -n`` or ``delay-stability audit`` in a finished build, three times: the median."""
+    tool = dest / ".venv" / "bin" / ("snakemake" if kind == "dry-run" else "delay-stability")
+    if not tool.exists():
+        sys.exit(f"--clone {dest}: no {tool.relative_to(dest)} there; run `fresh_clone.py figures --clone {dest} --keep` first")
+    cmd = [str(tool), "-n", "--quiet"] if kind == "dry-run" else [str(tool), "audit"]
+    before, runs = load1(), []
     for _ in range(3):
         t0 = time.monotonic()
-        done = subprocess.run([str(snakemake), "-n", "--quiet"], cwd=dest, capture_output=True, text=True)
+        done = subprocess.run(cmd, cwd=dest, capture_output=True, text=True)
         runs.append(round(time.monotonic() - t0, 2))
     text = done.stdout + done.stderr
-    return {"command": "snakemake -n --quiet", "exit_status": done.returncode, "wall_s": sorted(runs)[1],
-            "runs_s": runs, "outcome": "Nothing to be done" if "Nothing to be done" in text else text.strip()[-200:],
-            "load1_before": load1(), "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=dest,
-                                                                capture_output=True, text=True).stdout.strip()}
+    if kind == "dry-run":
+        outcome_ = "Nothing to be done" if "Nothing to be done" in text else text.strip()[-200:]
+    else:  # the audit's summary comes first
+        outcome_ = text.strip().splitlines()[0][:200] if text.strip() else None
+    return {"command": " ".join([tool.name] + cmd[1:]), "exit_status": done.returncode, "wall_s": sorted(runs)[1],
+            "runs_s": runs, "outcome": outcome_, "load1_before": before,
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=dest,
+                                     capture_output=True, text=True).stdout.strip()}
 
 
 def write_table(records: dict) -> None:
     """The README's table: one row per command, with its budget and the load it ran under."""
     lines = ["| command (fresh clone) | set-up | run | budget | outcome | load (1-min, mean / max) | commit | measured |",
              "|---|---|---|---|---|---|---|---|"]
-    for kind in ("figures", "test", "dry-run"):
+    for kind in ("figures", "test", "dry-run", "audit"):
         r = records.get(kind)
         if r is None:
             continue
@@ -127,7 +134,8 @@ def write_table(records: dict) -> None:
         budget = f"{BUDGETS_S[kind] / 60:.0f} min" if BUDGETS_S[kind] >= 60 else f"{BUDGETS_S[kind]} s"
         load = (f"{r['load1_mean_during']} / {r['load1_max_during']}" if "load1_mean_during" in r
                 else f"{r['load1_before']}")
-        name = {"figures": "`make figures`", "test": "`make test`", "dry-run": "`snakemake -n` (finished quick build)"}[kind]
+        name = {"figures": "`make figures`", "test": "`make test`", "dry-run": "`snakemake -n` (finished quick build)",
+                "audit": "`delay-stability audit` (finished quick build)"}[kind]
         lines.append(f"| {name} | {setup} | {run} | {budget} | {r.get('outcome') or 'exit ' + str(r['exit_status'])} "
                      f"| {load} | {r['commit']} | {r['measured'][:16].replace('T', ' ')} UTC |")
     TABLE.write_text("\n".join(lines) + "\n")
@@ -135,14 +143,14 @@ def write_table(records: dict) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("kind", choices=["test", "figures", "dry-run"])
+    p.add_argument("kind", choices=["test", "figures", "dry-run", "audit"])
     p.add_argument("--clone", type=Path, help="where to clone (default: a new temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the clone (for a later dry-run)")
     args = p.parse_args()
-    if args.kind == "dry-run":
+    if args.kind in ("dry-run", "audit"):
         if args.clone is None:
-            sys.exit("dry-run needs --clone DIR: the clone of an earlier `fresh_clone.py figures --keep`")
-        record = measure_dry_run(args.clone.resolve())
+            sys.exit(f"{args.kind} needs --clone DIR: the clone of an earlier `fresh_clone.py figures --keep`")
+        record = measure_in_build(args.kind, args.clone.resolve())
     else:
         if args.clone is not None and args.clone.exists():
             sys.exit(f"--clone {args.clone}: already exists; name a new folder")
