@@ -180,13 +180,32 @@ class _Compiled:
         return getattr(self.stacked, name)
 
 
+def write_table(record: dict, path: str) -> None:
+    """The README's table (benchmarks/results/ensemble.md): the goal cases at R = 16, 1 thread, with
+    the best kernel, the ratio, the goal, and the load the measurement ran under."""
+    before, after = record["load_average_before"][0], record["load_average_after"][0]
+    lines = ["| model | R | threads | best kernel | ratio | goal | met | load (1-min) before / after |",
+             "|---|---|---|---|---|---|---|---|"]
+    for g in record["goals"]:
+        lines.append(f"| `{g['model']}` | {g['members']} | {g['threads']} | {g['kernel']} | {g['ratio']}× | "
+                     f"{g['goal']:g}× | {'yes' if g['met'] else 'no'} | {before:.2f} / {after:.2f} |")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3, help="timed ensemble steps at R = 16 (scaled by 16/R)")
     parser.add_argument("--out", default=OUT)
     parser.add_argument("--case", nargs=2, metavar=("MODEL", "THREADS"), help=argparse.SUPPRESS)
     parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--table-only", action="store_true", help="rewrite ensemble.md from the JSON, measure nothing")
     args = parser.parse_args()
+    table = os.path.splitext(args.out)[0] + ".md"
+    if args.table_only:
+        with open(args.out) as f:
+            write_table(json.load(f), table)
+        return
     if args.case:  # a subprocess: one model at one thread count
         print("CASES " + json.dumps(measure(args.case[0], int(args.case[1]), args.steps)), flush=True)
         return
@@ -233,8 +252,8 @@ def main() -> None:
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "uptime": uptime,
-        "note": "the machine is shared: other jobs ran on its cores during the measurement (see the load); "
-                "with 2 threads under that load OpenMP's threads wait on each other and a single run's step "
+        "note": "the machine may be shared: read the load averages beside the ratios; "
+                "with 2 threads under load OpenMP's threads wait on each other and a single run's step "
                 "slows down by an order of magnitude, so the 2-thread ratios measure the contention more "
                 "than the engine: read the 1-thread ones",
         "engine": {"default_kernel": "stacked (auto)", "max_conv_members": MAX_CONV_MEMBERS,
@@ -245,6 +264,7 @@ def main() -> None:
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(record, f, indent=2)
+    write_table(record, table)
     print(json.dumps(goals, indent=1))
 
 
