@@ -462,16 +462,28 @@ def metadata_record_path(directory, path, kind="metadata") -> Path:
     """Where Snakemake 9's file persistence keeps the record of output ``path`` (a path relative to
     the working directory): ``.snakemake/metadata/<urlsafe base64 of path>``, split into folders
     named ``@<part>`` when longer than the file system's name limit."""
-    metadata = Path(directory) / ".snakemake" / kind
-    max_len = 255
-    if os.name == "posix":
-        try:
-            max_len = os.pathconf(metadata if metadata.is_dir() else directory, "PC_NAME_MAX") or 255
-        except OSError:
-            pass
+    metadata = os.path.join(os.fspath(directory), ".snakemake", kind)
+    max_len = _name_max(metadata, os.fspath(directory))
     b64 = urlsafe_b64encode(str(path).encode()).decode()
     parts = [b64[i:i + max_len - 1] for i in range(0, len(b64), max_len - 1)]
-    return metadata.joinpath(*["@" + p for p in parts[:-1]], parts[-1])
+    return Path(os.path.join(metadata, *["@" + p for p in parts[:-1]], parts[-1]))
+
+
+_NAME_MAX: dict = {}
+
+
+def _name_max(metadata: str, directory: str) -> int:
+    """The file system's name limit where the records live (asked once per folder: a workflow
+    looks up the records of thousands of files)."""
+    if metadata not in _NAME_MAX:
+        max_len = 255
+        if os.name == "posix":
+            try:
+                max_len = os.pathconf(metadata if os.path.isdir(metadata) else directory, "PC_NAME_MAX") or 255
+            except OSError:
+                pass
+        _NAME_MAX[metadata] = max_len
+    return _NAME_MAX[metadata]
 
 
 def _read_record(directory, path):
