@@ -118,3 +118,42 @@ def test_code_of_strips_every_docstring_and_keeps_string_statements_that_are_cod
     assert code_of(plain) == code_of(documented)
     assert code_of("def f():\n    return 'a'\n") != code_of("def f():\n    return 'b'\n")
     assert code_of("def f():\n    'only a docstring'\n") == code_of("def f():\n    pass\n")
+
+
+HASH_IN_A_NEW_PROCESS = """
+import sys
+from pathlib import Path
+from delay_stability import files
+print(files.code_hash("pkg.a", Path(sys.argv[1])), int(files._DISK["dirty"]))  # dirty: something was parsed
+"""
+
+
+def test_the_code_cache_is_kept_between_processes_and_follows_edits(pkg, tmp_path):
+    """A second process reads the parsed modules from the cache file (DELAY_STABILITY_CODE_CACHE)
+    and gets the same hash as with no cache; an edited module is parsed again and changes it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache" / "code.json"
+
+    def run(cache_path):
+        env = dict(os.environ, DELAY_STABILITY_CODE_CACHE=str(cache_path), PYTHONPATH=str(SRC))
+        out = subprocess.run([sys.executable, "-c", HASH_IN_A_NEW_PROCESS, str(pkg)], env=env,
+                             capture_output=True, text=True, check=True).stdout.split()
+        return out[0], int(out[1])
+
+    first, parsed = run(cache)
+    assert parsed == 1
+    data = json.loads(cache.read_text())
+    assert data["format"] == 1 and {Path(k[0]).name for k, _ in data["code"]} >= {"a.py", "b.py", "c.py"}
+    again, parsed = run(cache)
+    assert again == first and parsed == 0  # every module came from the file
+    assert run("")[0] == first  # no cache at all: the same hash
+    c = pkg / "pkg" / "c.py"
+    c.write_text("from collections import OrderedDict\n\ndef f():\n    return 20\n")
+    edited, parsed = run(cache)
+    assert parsed == 1 and edited != first and edited == run("")[0]
+    cache.write_text("{not json")  # a damaged cache is ignored and rewritten
+    assert run(cache)[0] == edited and json.loads(cache.read_text())["format"] == 1

@@ -225,15 +225,82 @@ def _module_file(name, package_root):
 
 _IMPORTS_CACHE: dict = {}
 
+# ---------------------------------------------------------------- the code caches, kept between processes
+
+#: Format of the cache file; another format is ignored (and rewritten).
+CODE_CACHE_FORMAT = 1
+_DISK = {"loaded": False, "dirty": False}
+
+
+def code_cache_path() -> str | None:
+    """Where the code and import caches are kept between processes (every Snakemake start and every
+    training job hashes the same modules): ``$DELAY_STABILITY_CODE_CACHE`` if set (empty: none),
+    else ``$XDG_CACHE_HOME/delay-stability/code-cache.json`` (``~/.cache`` by default). Entries are
+    keyed, as within a process, by each file's path, size and modification time (ns), so an edited
+    module is parsed again; a damaged or foreign file is ignored and rewritten."""
+    path = os.environ.get("DELAY_STABILITY_CODE_CACHE")
+    if path is not None:
+        return path or None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "delay-stability", "code-cache.json")
+
+
+def _load_code_cache() -> None:
+    """Fill the in-process caches from the file (once per process) and save them at exit."""
+    if _DISK["loaded"]:
+        return
+    _DISK["loaded"] = True
+    path = code_cache_path()
+    if path is None:
+        return
+    import atexit
+
+    atexit.register(_save_code_cache)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if not isinstance(data, dict) or data.get("format") != CODE_CACHE_FORMAT:
+            return
+        for key, code in data["code"]:
+            _CODE_CACHE.setdefault(tuple(key), code.encode())
+        for key, mods in data["imports"]:
+            _IMPORTS_CACHE.setdefault(tuple(key), frozenset(mods))
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+
+
+def _still_current(path: str, size: int, mtime_ns: int) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return st.st_size == size and st.st_mtime_ns == mtime_ns
+
+
+def _save_code_cache() -> None:
+    """Write the caches' entries whose files are unchanged (atomically; a failure costs only time)."""
+    path = code_cache_path()
+    if path is None or not _DISK["dirty"]:
+        return
+    code = [[list(k), v.decode()] for k, v in _CODE_CACHE.items() if _still_current(*k)]
+    imports = [[list(k), sorted(v)] for k, v in _IMPORTS_CACHE.items() if _still_current(*k[1:4])]
+    try:
+        text = json.dumps({"format": CODE_CACHE_FORMAT, "code": code, "imports": imports})
+        atomic_write(path, lambda f: f.write(text.encode()))
+    except (OSError, TypeError, ValueError):
+        pass
+
 
 def _imported_modules(name, path, top, package_root):
     """The modules of package ``top`` that the source of module ``name`` (file ``path``) imports,
-    lazy imports included; cached per process by file, size and mtime (a workflow hashes the same
-    modules for hundreds of rules)."""
+    lazy imports included; cached by file, size and mtime (a workflow hashes the same modules for
+    hundreds of rules), within the process and between processes (``code_cache_path``)."""
+    _load_code_cache()
     st = os.stat(path)
     key = (name, str(path), st.st_size, st.st_mtime_ns, top, str(package_root))
     if key not in _IMPORTS_CACHE:
         _IMPORTS_CACHE[key] = frozenset(_parse_imports(name, path, top, package_root))
+        _DISK["dirty"] = True
     return set(_IMPORTS_CACHE[key])
 
 
@@ -332,12 +399,15 @@ _CODE_CACHE: dict = {}
 
 
 def _code_of_file(path) -> bytes:
-    """``code_of`` a file, cached per process by path, size and modification time."""
+    """``code_of`` a file, cached by path, size and modification time (within the process and
+    between processes: ``code_cache_path``)."""
+    _load_code_cache()
     st = os.stat(path)
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _CODE_CACHE:
         with open(path, encoding="utf-8") as f:
             _CODE_CACHE[key] = code_of(f.read())
+        _DISK["dirty"] = True
     return _CODE_CACHE[key]
 
 
