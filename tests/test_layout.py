@@ -185,3 +185,50 @@ def test_the_workflow_builds_its_dag_without_torch(tmp_path):
     imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
     assert "delay_stability.experiments.config" in imported  # the config was checked in this process
     assert not {m for m in imported if m == "torch" or m.startswith("torch.")}
+
+
+# ------------------------------------------------------------------------------------------------
+# Defaults live in the schema: a fallback written in an experiment module agrees with it
+# ------------------------------------------------------------------------------------------------
+
+
+def schema_defaults(node, out=None):
+    """key -> the set of scalar ``default:`` values the config schema gives a property of that name."""
+    out = {} if out is None else out
+    if isinstance(node, dict):
+        for key, sub in (node.get("properties") or {}).items():
+            if isinstance(sub, dict) and "default" in sub and not isinstance(sub["default"], (dict, list)):
+                out.setdefault(key, set()).add(sub["default"])
+        for value in node.values():
+            schema_defaults(value, out)
+    elif isinstance(node, list):
+        for value in node:
+            schema_defaults(value, out)
+    return out
+
+
+def literal_fallbacks(path):
+    """(line, key, value) of every ``x.get("key", <literal>)`` in a module."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+                and len(node.args) == 2 and all(isinstance(a, ast.Constant) for a in node.args)
+                and isinstance(node.args[0].value, str)):
+            yield node.lineno, node.args[0].value, node.args[1].value
+
+
+def test_a_fallback_in_an_experiment_module_is_the_schemas_default():
+    """The config check fills the schema's defaults in before any plan reads a block, so a literal
+    fallback in an experiment module only matters to library callers: it must then say what the
+    schema says (a key the schema defaults to one value only; imagenet's ref_momentum once fell
+    back to 0.0 where the schema says 0.9)."""
+    defaults = schema_defaults(yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text()))
+    checked, wrong = 0, []
+    for path in sorted((PACKAGE / "experiments").glob("*.py")):
+        for line, key, value in literal_fallbacks(path):
+            if len(defaults.get(key, ())) == 1:
+                checked += 1
+                (expected,) = defaults[key]
+                if value != expected or type(value) is bool and type(expected) is not bool:
+                    wrong.append(f"{path.name}:{line} {key}={value!r}, the schema says {expected!r}")
+    assert not wrong, wrong
+    assert checked >= 10  # the scan sees the fallbacks it is meant to check

@@ -174,24 +174,24 @@ def block(**over):
 
 def test_the_grid_is_random_workers_with_an_eta_window_per_m():
     b = block()
-    runs = mom.runs(b, b["train"])
+    runs = mom_tables.runs(b, b["train"])
     assert len(runs) == 2 * 3 * 3 * 2
-    assert mom.lr_window(b, 1) == [0.5333, 0.8, 1.2]  # rounded to 4 significant digits
-    assert mom.lr_window(b, 4) == [0.1333, 0.2, 0.3]
+    assert mom_tables.lr_window(b, 1) == [0.5333, 0.8, 1.2]  # rounded to 4 significant digits
+    assert mom_tables.lr_window(b, 4) == [0.1333, 0.2, 0.3]
     r = runs[0]
     o = r.spec["optimizer"]
     assert o["schedule"] == "random" and o["workers"] == 1 and o["variant"] == "momentum"
     assert r.spec["stop"]["settle"] == {"below": 1.0, "window": 1}
     assert r.name == "workers1/momentum-0.45/lr0.5333/seed0"
-    ratios = [b2 / a for a, b2 in zip(mom.lr_window(b, 4), mom.lr_window(b, 4)[1:])]
+    ratios = [b2 / a for a, b2 in zip(mom_tables.lr_window(b, 4), mom_tables.lr_window(b, 4)[1:])]
     assert all(x == pytest.approx(1.5, rel=1e-3) for x in ratios)
 
 
 def test_the_block_checks_name_the_key():
     with pytest.raises(UserError, match="fixed_momentum"):
-        list(mom.all_specs(block(momenta=[0.0, 0.5]), block()["train"]))
+        list(mom_tables.all_specs(block(momenta=[0.0, 0.5]), block()["train"]))
     with pytest.raises(UserError, match="workers"):
-        list(mom.all_specs(block(workers=[2, 4]), block()["train"]))
+        list(mom_tables.all_specs(block(workers=[2, 4]), block()["train"]))
 
 
 def test_steps_to_target_interpolates_in_log_loss():

@@ -151,10 +151,11 @@ def test_a_tables_or_plots_edit_reruns_no_compute_job_and_redraws_its_figures(ru
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS, ids=lambda e: e.name)
 def test_plans_and_figure_options_live_where_no_compute_job_reads_them(rules, closure, experiment):
-    """The modules of its figure options and of its list of training specs are hashed by no job that
-    computes (an edit there reruns tables and figures at most)."""
+    """The modules of its figure options, of its list of training specs and of its grouping of runs
+    into ensembles are hashed by no job that computes (an edit there reruns tables and figures at
+    most; the ensemble and training jobs take their specs as params, not as code)."""
     computed = set().union(*(closure[name] for name in compute(rules)))
-    for role in ("plot_options", "specs"):
+    for role in ("plot_options", "specs", "ensembles"):
         function = experiment.role(role)
         if function is not None:
             assert function.__module__ not in computed, (role, function.__module__)

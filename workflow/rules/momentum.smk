@@ -3,8 +3,9 @@
 # the network grid M x μ x η x seeds with random workers (geometric staleness) -> one ensemble job per M
 # (`delay-stability ensemble`; runs that cannot batch are jobs of the generic train rule)
 #   -> `momentum-collect` -> results/<scale>/momentum/{runs,scores,tuned,best,penalty,paper}.csv -> figures.
-# The theory, the stand-in and the grid: delay_stability.experiments.momentum; the score (steps to a target
-# training loss), the tables and the figures' options: experiments.momentum_tables.
+# What the theory and stand-in jobs compute: delay_stability.experiments.momentum (nothing else, so that
+# editing the plan reruns neither); the network grid (the plan of the ensemble and train jobs), the score
+# (steps to a target training loss), the tables and the figures' options: experiments.momentum_tables.
 from delay_stability.experiments import momentum as mom_exp
 from delay_stability.experiments import momentum_tables as mom_tables
 
@@ -12,16 +13,16 @@ MOM = EXP.get("momentum")
 MOM_DIR = SCALE_DIR / "momentum"
 MOM_LOGS = LOGS / "momentum"
 MOM_BASE = with_run_settings(MOM["train"]) if MOM else {}
-MOM_RUNS = mom_exp.runs(MOM, MOM_BASE) if MOM else []
+MOM_RUNS = mom_tables.runs(MOM, MOM_BASE) if MOM else []
 #: M -> the GridRuns that train as one ensemble; run folders MOM_DIR/workers{M}/momentum{μ}/lr{η}/seed{s}
-MOM_GROUPS = mom_exp.ensemble_groups(MOM_RUNS) if MOM else {}
+MOM_GROUPS = mom_tables.ensemble_groups(MOM_RUNS) if MOM else {}
 MOM_SINGLE = [r for r in MOM_RUNS if r.axes["workers"] not in MOM_GROUPS]
 
 for _run in MOM_SINGLE:
     register_run(_run.folder(MOM_DIR), _run.spec, "momentum")
 
 if MOM:
-    ALL_TARGETS.extend(f for name in mom_exp.FIGURES for f in figure(name))
+    ALL_TARGETS.extend(f for name in mom_tables.FIGURES for f in figure(name))
 
 
 rule momentum_theory:
@@ -66,7 +67,7 @@ rule momentum_ensemble:
         specs=str(MOM_DIR / "workers{workers}" / "ensemble-specs.json"),
         record=str(MOM_DIR / "workers{workers}" / "ensemble.json"),
     params:
-        specs=lambda wc: mom_exp.specs_json(MOM_GROUPS[int(wc.workers)]),
+        specs=lambda wc: mom_tables.specs_json(MOM_GROUPS[int(wc.workers)]),
         out=lambda wc: " ".join(r.folder(MOM_DIR) for r in MOM_GROUPS[int(wc.workers)]),
         code=src_hash("ensemble"),
     wildcard_constraints:
@@ -121,7 +122,7 @@ rule momentum_figure:
         opts=lambda wc: mom_tables.plot_options(MOM, MOM_BASE, mom_tables.caption_scale(wc.figure, SCALE)),
         code=plots_hash("momentum"),
     wildcard_constraints:
-        figure=as_regex(mom_exp.FIGURES),
+        figure=as_regex(mom_tables.FIGURES),
     localrule: True
     conda:
         "../../environment.yml"

@@ -83,7 +83,7 @@ def slug(name: str) -> str:
 
 def effective_lr(block: dict, base: dict) -> float:
     """η_eff = η_ref / (1 - m_ref): the effective step of the block's undampened train.lr."""
-    return float(base["lr"]) / (1.0 - float(block.get("ref_momentum", 0.0)))
+    return float(base["lr"]) / (1.0 - float(block.get("ref_momentum", 0.9)))
 
 
 def arm_spec(block: dict, base: dict, arm: dict) -> dict:
@@ -205,7 +205,7 @@ def plot_options(block: dict, figure: str, base: dict, scale: str) -> str:
     sched = spec["lr_schedule"]
     opts = {"model": spec["model"], "dataset": spec["dataset"], "epochs": spec["epochs"],
             "batch_size": spec["batch_size"], "workers": block["workers"], "tau": block["tau"],
-            "ref_momentum": block.get("ref_momentum", 0.0), "lr_ref": spec["lr"],
+            "ref_momentum": block.get("ref_momentum", 0.9), "lr_ref": spec["lr"],
             "warmup_epochs": sched["warmup_epochs"], "milestones": sched.get("milestones", []),
             "weight_decay": spec["optimizer"]["weight_decay"], "scale": scale}
     opts["weight_decay_on"] = spec["optimizer"]["weight_decay_on"]

@@ -1,6 +1,10 @@
 """Asynchrony begets Momentum (Mitliagkas, Zhang, Hadjis, Ré, Allerton 2016): the best explicit
 momentum falls with the number of workers, even below zero.
 
+This module holds what the ``momentum-theory`` and ``momentum-quadratic`` jobs compute, and nothing
+else: the network grid below (the plan of the ensemble and training jobs), the score, the tables and
+the figures' options live in experiments/momentum_tables.py, so that editing them reruns neither job.
+
     momentum_theory        figures 6-7 of the paper from Theorem 7 (``theory.optimal_momentum``):
                            results/theory/momentum_theory.csv (Q, mu_s, optimal_mu_l, rate) and
                            results/theory/momentum_fig7.csv (Q, mu_s, strategy, mu_l, alpha, rate, distance);
@@ -43,18 +47,13 @@ Tables under results/<scale>/momentum/ (``delay-stability momentum-collect``):
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 
 from .. import files, theory
-from ..errors import UserError
 from ..spec import deep_merge
-from . import grid
 
-FIGURES = ("momentum_vs_workers", "momentum_penalty", "momentum_theory")
-AXES = ("workers", "momentum", "lr", "seed")
 THEORY_COLUMNS = ("Q", "mu_s", "optimal_mu_l", "rate")
 FIG7_COLUMNS = ("Q", "mu_s", "strategy", "mu_l", "alpha", "rate", "steps", "distance")
 DEFAULT_THEORY = {"conditions": [5.0, 20.0], "mu_s": [round(0.1 * i, 1) for i in range(10)], "eigenvalues": 40,
@@ -180,76 +179,6 @@ def write_quadratic(out_rows, out_best, options: dict | None = None) -> list[dic
     files.write_csv(out_rows, list(QUADRATIC_COLUMNS), rows)
     files.write_csv(out_best, list(QUADRATIC_BEST_COLUMNS), best)
     return best
-
-
-# ================================================================ the network grid
-
-
-def lr_window(block: dict, workers: int) -> list[float]:
-    """η = center · M^(−worker_exponent) · factor^k for k = −below..above, rounded to 4 significant digits."""
-    g = block["lr_grid"]
-    center = float(g["center"]) * float(workers) ** (-float(g.get("worker_exponent", 0.0)))
-    factor = float(g.get("factor", 1.5))
-    ks = range(-int(g.get("below", 3)), int(g.get("above", 2)) + 1)
-    return [float(f"{center * factor ** k:.4g}") for k in ks]
-
-
-def base_spec(block: dict, base: dict) -> dict:
-    """The block's train spec with random workers, server momentum and the stop at the target."""
-    target = float(block["target_loss"])
-    return deep_merge(base, {"optimizer": {"schedule": "random", "variant": "momentum"},
-                             "stop": {"settle": {"below": target, "window": 1}}})
-
-
-def runs(block: dict, base: dict) -> list:
-    """The GridRuns, named workers{M}/momentum{μ}/lr{η}/seed{s}."""
-    points = [{"workers": int(M), "momentum": float(mu), "lr": lr, "seed": int(s)}
-              for M in block["workers"] for mu in block["momenta"] for lr in lr_window(block, M)
-              for s in block.get("seeds") or [0]]
-    try:
-        return grid.expand_named(base_spec(block, base), points)
-    except UserError as exc:
-        raise UserError(f"momentum: {exc}") from None
-
-
-def check_block(block: dict) -> None:
-    """UserError naming the key when the grid cannot answer its question."""
-    g = block["lr_grid"]
-    if float(g.get("factor", 1.5)) <= 1.0:
-        raise UserError("momentum.lr_grid.factor: must be > 1")
-    if int(g.get("below", 3)) + int(g.get("above", 2)) < 2:
-        raise UserError("momentum.lr_grid: needs at least 3 learning rates (below + above >= 2)")
-    if block.get("fixed_momentum", 0.9) not in block["momenta"]:
-        raise UserError(f"momentum.fixed_momentum: {block.get('fixed_momentum', 0.9)} is not in momentum.momenta")
-    if 1 not in block["workers"]:
-        raise UserError("momentum.workers: must include 1 (the synchronous reference of the correction)")
-
-
-def all_specs(block: dict, base: dict):
-    """(key, spec) of the block's train spec, then of every run (for the config check)."""
-    yield "momentum.train", base
-    check_block(block)
-    for run in runs(block, base):
-        yield f"momentum ({run.name})", run.spec
-
-
-def groups(runs_: list) -> dict:
-    """M -> the GridRuns of that number of workers (one ensemble job each)."""
-    out = {}
-    for run in runs_:
-        out.setdefault(run.axes["workers"], []).append(run)
-    return out
-
-
-def ensemble_groups(runs_: list) -> dict:
-    """M -> GridRuns of the groups that train as one ensemble; the others train one by one."""
-    from ..spec import can_ensemble
-
-    return {M: g for M, g in groups(runs_).items() if can_ensemble([r.spec for r in g])[0]}
-
-
-def specs_json(group: list) -> str:
-    return json.dumps([r.spec for r in group], sort_keys=True)
 
 
 # ================================================================ command line

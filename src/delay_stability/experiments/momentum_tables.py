@@ -1,6 +1,7 @@
-"""Tables and figure options of the momentum experiment, from finished run folders (apart from
-experiments/momentum.py, which holds what its jobs compute: the theory tables, the least-squares
-stand-in and the network grid, so that editing a table or a figure option never reruns a job).
+"""The plan, tables and figure options of the momentum experiment: the network grid (its run specs
+and folders, grouped per number of workers into ensembles), and the tables from its finished run
+folders. experiments/momentum.py holds what the theory and stand-in jobs compute and nothing else, so
+that editing the grid, a table or a figure option never reruns them.
 
     runs.csv     one row per run: steps to the target training loss (interpolated in log loss)
     scores.csv   per (M, μ, η): the mean over seeds; tuned.csv per (M, μ): the best η
@@ -19,8 +20,11 @@ import numpy as np
 
 from .. import files, theory
 from ..errors import UserError
-from .momentum import all_specs, base_spec, lr_window
+from ..spec import deep_merge
+from . import grid
 
+FIGURES = ("momentum_vs_workers", "momentum_penalty", "momentum_theory")
+AXES = ("workers", "momentum", "lr", "seed")
 RUN_COLUMNS = ("workers", "momentum", "lr", "seed", "status", "reached", "steps_to_target", "final_train_loss",
                "epochs_run", "run")
 SCORE_COLUMNS = ("workers", "momentum", "lr", "seeds", "reached", "steps_to_target", "steps_std")
@@ -39,6 +43,80 @@ PAPER = (
     + [("fig4_cifar_cpu", m, "penalty_tuned_nonnegative", v) for m, v in zip((1, 2, 4, 8, 16), (1, 1, 2, 2, 6))]
     + [("fig8_cifar_cpu", m, "penalty_tuned_all", v) for m, v in zip((1, 2, 4, 8, 16), (1, 1, 2, 2, 3))]
 )
+
+
+# ================================================================ the network grid (the plan of the ensemble and train jobs)
+
+
+def lr_window(block: dict, workers: int) -> list[float]:
+    """η = center · M^(−worker_exponent) · factor^k for k = −below..above, rounded to 4 significant digits."""
+    g = block["lr_grid"]
+    center = float(g["center"]) * float(workers) ** (-float(g.get("worker_exponent", 0.0)))
+    factor = float(g.get("factor", 1.5))
+    ks = range(-int(g.get("below", 3)), int(g.get("above", 2)) + 1)
+    return [float(f"{center * factor ** k:.4g}") for k in ks]
+
+
+def base_spec(block: dict, base: dict) -> dict:
+    """The block's train spec with random workers, server momentum and the stop at the target."""
+    target = float(block["target_loss"])
+    return deep_merge(base, {"optimizer": {"schedule": "random", "variant": "momentum"},
+                             "stop": {"settle": {"below": target, "window": 1}}})
+
+
+def runs(block: dict, base: dict) -> list:
+    """The GridRuns, named workers{M}/momentum{μ}/lr{η}/seed{s}."""
+    points = [{"workers": int(M), "momentum": float(mu), "lr": lr, "seed": int(s)}
+              for M in block["workers"] for mu in block["momenta"] for lr in lr_window(block, M)
+              for s in block.get("seeds") or [0]]
+    try:
+        return grid.expand_named(base_spec(block, base), points)
+    except UserError as exc:
+        raise UserError(f"momentum: {exc}") from None
+
+
+def check_block(block: dict) -> None:
+    """UserError naming the key when the grid cannot answer its question."""
+    g = block["lr_grid"]
+    if float(g.get("factor", 1.5)) <= 1.0:
+        raise UserError("momentum.lr_grid.factor: must be > 1")
+    if int(g.get("below", 3)) + int(g.get("above", 2)) < 2:
+        raise UserError("momentum.lr_grid: needs at least 3 learning rates (below + above >= 2)")
+    if block.get("fixed_momentum", 0.9) not in block["momenta"]:
+        raise UserError(f"momentum.fixed_momentum: {block.get('fixed_momentum', 0.9)} is not in momentum.momenta")
+    if 1 not in block["workers"]:
+        raise UserError("momentum.workers: must include 1 (the synchronous reference of the correction)")
+
+
+def all_specs(block: dict, base: dict):
+    """(key, spec) of the block's train spec, then of every run (for the config check)."""
+    yield "momentum.train", base
+    check_block(block)
+    for run in runs(block, base):
+        yield f"momentum ({run.name})", run.spec
+
+
+def groups(runs_: list) -> dict:
+    """M -> the GridRuns of that number of workers (one ensemble job each)."""
+    out = {}
+    for run in runs_:
+        out.setdefault(run.axes["workers"], []).append(run)
+    return out
+
+
+def ensemble_groups(runs_: list) -> dict:
+    """M -> GridRuns of the groups that train as one ensemble; the others train one by one."""
+    from ..spec import can_ensemble
+
+    return {M: g for M, g in groups(runs_).items() if can_ensemble([r.spec for r in g])[0]}
+
+
+def specs_json(group: list) -> str:
+    return json.dumps([r.spec for r in group], sort_keys=True)
+
+
+
+# ================================================================ figures
 
 
 def caption_scale(figure: str, scale: str) -> str:
