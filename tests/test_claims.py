@@ -66,6 +66,43 @@ def test_bootstrap_interval_of_a_mean_is_the_normal_one_for_many_seeds():
     assert (lo + hi) / 2 == pytest.approx(est, abs=0.1 * half)
 
 
+def test_few_seeds_get_students_t_on_the_paired_differences():
+    """n = 3 < T_BELOW, a difference of means (linear): the interval is the closed form
+    mean(d) ± t_{2, 0.975}·sd(d)/√3 with t_{2, 0.975} = 4.302653 and d the per-seed differences,
+    wider than the bootstrap's [min, max] of d."""
+    x = np.array([[1.3, 0.2], [2.9, 0.4], [0.8, 0.9]])
+    d = x[:, 0] - x[:, 1]
+    ci = C.paired_interval(x, lambda m: m[:, 0] - m[:, 1])
+    half = 4.302653 * d.std(ddof=1) / math.sqrt(3)
+    assert ci.method == "t"
+    assert (ci.estimate, ci.low, ci.high) == pytest.approx((d.mean(), d.mean() - half, d.mean() + half), rel=1e-6)
+    assert ci.low < d.min() and ci.high > d.max()
+
+
+def test_a_nonlinear_statistic_or_enough_seeds_keep_the_bootstrap():
+    x3 = np.array([[1.3, 0.2, 0.5], [2.9, 0.4, 0.1], [0.8, 0.9, 0.7]])
+    worst = lambda m: np.min(m[:, 1:] - m[:, [0]], axis=1)   # a minimum over arms: not linear in the means
+    assert not C.linear_in_means(x3, worst)
+    assert C.linear_in_means(x3, lambda m: 100 * (m[:, 0] - 2 * m[:, 2]) + 1.0)
+    ci = C.paired_interval(x3, worst)
+    assert ci.method == "bootstrap" and (ci.estimate, ci.low, ci.high) == C.bootstrap_means(x3, worst)
+    x5 = np.random.default_rng(2).normal(size=(C.T_BELOW, 2))
+    ci = C.paired_interval(x5, lambda m: m[:, 0] - m[:, 1])
+    assert ci.method == "bootstrap" and (ci.estimate, ci.low, ci.high) == C.bootstrap_means(x5, lambda m: m[:, 0] - m[:, 1])
+    one = C.paired_interval(x3[:1], lambda m: m[:, 0])   # one seed: no spread, no interval
+    assert one.low == one.high == one.estimate == 1.3
+
+
+def test_the_note_says_which_interval_was_used():
+    rule = C.Rule("greater", threshold=0.0)
+    t = C.Result(1.0, 0.5, 1.5, 3, method="t")
+    b = C.Result(1.0, 0.5, 1.5, 3)
+    assert "Student t interval over 3 seeds" in C.verdict_and_note(t, rule)[1]
+    note = C.verdict_and_note(b, rule)[1]
+    assert "paired bootstrap over 3 seeds" in note and "optimistic" in note
+    assert "optimistic" not in C.verdict_and_note(C.Result(1.0, 0.5, 1.5, 8), rule)[1]
+
+
 def test_the_bootstrap_is_paired_by_seed():
     """Two arms with a large spread between seeds but a constant difference: the paired interval
     of the difference is that constant exactly (an unpaired one would be wide)."""

@@ -21,7 +21,12 @@ Three kinds of interval:
     seeds           percentile interval of a paired bootstrap over seeds: B = N_RESAMPLES resamples
                     of the seeds with replacement, the same resampled seeds for every arm of the
                     claim (so differences are paired by seed), generator PCG64(RNG_SEED): the ledger
-                    is deterministic. One seed gives no interval: unresolved.
+                    is deterministic. One seed gives no interval: unresolved. With fewer than
+                    T_BELOW seeds the percentile bootstrap is too narrow (with n = 3 it can be no
+                    wider than [min, max] of the per-seed values), so a statistic that is linear in
+                    the arms' means gets Student's t interval on its per-seed values d_s instead:
+                    mean(d) ± t_{n−1, (1+level)/2} · sd(d)/√n (paired by seed: d_s is the statistic
+                    of seed s's row); a nonlinear one keeps the bootstrap and its note says so.
     deterministic   runs without seeds (full-batch continuations from one minimum): the interval is
                     the measurement's own resolution (the search's bisection bracket, the spread of
                     the sharpness over the plateau window); n_seeds is empty.
@@ -55,6 +60,8 @@ VERDICTS = ("holds", "does not hold", "unresolved")
 N_RESAMPLES = 4000
 RNG_SEED = 20200426
 LEVEL = 0.95
+#: Below this many seeds a statistic linear in the means gets Student's t interval, not the bootstrap.
+T_BELOW = 5
 
 # Decision thresholds, one place (each claim's rule quotes the one it uses).
 EXACT_TOL = 1e-9            # exact identities (closed forms), relative
@@ -104,6 +111,7 @@ class Result:
     kind: str = "seeds"             # "seeds" | "deterministic" | "exact" | "missing"
     note: str = ""
     verdict: str | None = None      # set by evaluate() from the rule (or forced: missing inputs)
+    method: str = "bootstrap"       # kind "seeds": "bootstrap" (paired percentile) or "t" (Student's t)
 
 
 def percentile_interval(stats, level: float = LEVEL) -> tuple[float, float]:
@@ -137,6 +145,51 @@ def bootstrap_means(x, statistic: Callable, n_resamples: int = N_RESAMPLES, seed
     idx = resample_indices(len(x), n_resamples, seed)
     lo, hi = percentile_interval(statistic(x[idx].mean(axis=1)), level)
     return est, lo, hi
+
+
+def student_t_interval(d, level: float = LEVEL) -> tuple[float, float, float]:
+    """(mean, lo, hi) of Student's t interval of the mean of ``d`` (n ≥ 2 values):
+    mean ± t_{n−1, (1+level)/2} · s/√n with s the sample standard deviation (ddof 1)."""
+    from scipy.stats import t as student_t
+
+    d = np.asarray(d, dtype=float)
+    mean = float(d.mean())
+    half = float(student_t.ppf((1 + level) / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+    return mean, mean - half, mean + half
+
+
+def linear_in_means(x, statistic: Callable) -> bool:
+    """Whether ``statistic`` (arm means (R, k) -> (R,)) is linear (affine) in the means on the span
+    of the seeds' rows: the statistic of any weighted mean of rows (weights summing to 1) equals the
+    same weighted mean of the rows' statistics, checked on the full mean and on 8 random weightings."""
+    x = np.asarray(x, dtype=float)
+    d = np.asarray(statistic(x), dtype=float)
+    if d.shape != (len(x),) or not np.all(np.isfinite(d)):
+        return False
+    rng = np.random.Generator(np.random.PCG64(RNG_SEED))
+    w = np.vstack([np.full(len(x), 1.0 / len(x)), rng.dirichlet(np.ones(len(x)), size=8)])
+    scale = max(1.0, float(np.abs(d).max()))
+    return bool(np.allclose(statistic(w @ x), w @ d, rtol=1e-9, atol=1e-9 * scale))
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A statistic of the seeds with its interval and how it was made ("bootstrap" or "t")."""
+
+    estimate: float
+    low: float
+    high: float
+    method: str = "bootstrap"
+
+
+def paired_interval(x, statistic: Callable, level: float = LEVEL) -> Interval:
+    """The interval of a statistic of the arms' means (``x``: n seeds × k arms, paired by row):
+    Student's t on the per-seed statistics when 2 ≤ n < T_BELOW and the statistic is linear in
+    the means, else the paired percentile bootstrap (``bootstrap_means``)."""
+    x = np.asarray(x, dtype=float)
+    if 2 <= len(x) < T_BELOW and linear_in_means(x, statistic):
+        return Interval(*student_t_interval(np.asarray(statistic(x), dtype=float), level), method="t")
+    return Interval(*bootstrap_means(x, statistic, level=level))
 
 
 def bootstrap_seeds(seeds, statistic: Callable, n_resamples: int = N_RESAMPLES, seed: int = RNG_SEED,
@@ -191,8 +244,17 @@ def verdict_and_note(result: Result, rule: Rule) -> tuple[str, str]:
     if result.kind == "missing" or result.measured is None:
         return "unresolved", "; ".join(notes) or "no value"
     if result.kind == "seeds":
-        notes.append(f"{int(LEVEL * 100)}% paired bootstrap over {result.n_seeds} seed{'' if result.n_seeds == 1 else 's'} "
-                     f"({N_RESAMPLES} resamples, PCG64 seed {RNG_SEED})")
+        n = result.n_seeds or 0
+        if result.method == "t":
+            notes.append(f"{int(LEVEL * 100)}% Student t interval over {n} seeds, paired by seed (fewer than "
+                         f"{T_BELOW} seeds: a bootstrap would be too narrow)")
+        else:
+            notes.append(f"{int(LEVEL * 100)}% paired bootstrap over {n} seed{'' if n == 1 else 's'} "
+                         f"({N_RESAMPLES} resamples, PCG64 seed {RNG_SEED})")
+            if 2 <= n < T_BELOW:
+                notes.append(f"with fewer than {T_BELOW} seeds a percentile bootstrap is too narrow (it spans at "
+                             "most the per-seed range) and this statistic is not linear in the means: read the "
+                             "interval as optimistic")
         if (result.n_seeds or 0) < 2:
             notes.append("one seed: the spread between seeds is unknown, so no interval; "
                          "rerun with more seeds (5 or more) to test it")
@@ -341,8 +403,8 @@ def mean_difference(rows, arm_col, value_col, a, b, scale=1.0, seed_col="seed") 
         return no_result(f"no rows for arm {exc} in the table")
     if not len(seeds):
         return no_result(f"no seed common to {a} and {b}")
-    est, lo, hi = bootstrap_means(x * scale, lambda m: m[:, 0] - m[:, 1])
-    return Result(est, lo, hi, len(seeds))
+    ci = paired_interval(x * scale, lambda m: m[:, 0] - m[:, 1])
+    return Result(ci.estimate, ci.low, ci.high, len(seeds), method=ci.method)
 
 
 # ---------------------------------------------------------------- theory (exact)
@@ -599,11 +661,11 @@ def ev_fig3_linear(t, o):
         fit = _gen_claims(_resampled(rows, ss))[1]
         return fit["r2"] if fit["r2"] is not None and fit["n_taus"] >= 3 else math.nan
 
-    est, lo, hi = bootstrap_seeds(seeds, stat)
+    ci = Interval(*bootstrap_seeds(seeds, stat))
     fit = _gen_claims(rows)[1]
-    res = Result(est, lo, hi, len(seeds), note=f"1/η_div over τ = {fit['taus']}; η_div = the smallest η of the grid "
+    res = Result(ci.estimate, ci.low, ci.high, len(seeds), method=ci.method, note=f"1/η_div over τ = {fit['taus']}; η_div = the smallest η of the grid "
                                                    "at which at least half the seeds fail")
-    if math.isnan(est):
+    if math.isnan(ci.estimate):
         res.kind, res.measured = "missing", None
         res.note = "fewer than 3 delays have an η_div inside the grid"
     return res
@@ -617,8 +679,8 @@ def ev_fig3_best_below(t, o):
         table = [c for c in _gen_claims(_resampled(rows, ss))[0] if c["eta_div"]]
         return sum(c["best_lr"] < c["eta_div"] for c in table) / len(table) if table else math.nan
 
-    est, lo, hi = bootstrap_seeds(seeds, stat)
-    return Result(est, lo, hi, len(seeds), note="fraction of the delays with an η_div in the grid whose best η "
+    ci = Interval(*bootstrap_seeds(seeds, stat))
+    return Result(ci.estimate, ci.low, ci.high, len(seeds), method=ci.method, note="fraction of the delays with an η_div in the grid whose best η "
                                                 "(least mean val error) is below η_div")
 
 
@@ -639,8 +701,8 @@ def ev_fig3_eq8(t, o):
         table = [c for c in _gen_claims(_resampled(rows, ss))[0] if c["tau"] > 0]
         return sum(_grid_bracket_hit(c["best_lr"], c["eq8_lr"], grid) for c in table) / len(table)
 
-    est, lo, hi = bootstrap_seeds(seeds, stat)
-    return Result(est, lo, hi, len(seeds), note="fraction of τ > 0 whose best η is a grid neighbour of eq. 8's "
+    ci = Interval(*bootstrap_seeds(seeds, stat))
+    return Result(ci.estimate, ci.low, ci.high, len(seeds), method=ci.method, note="fraction of τ > 0 whose best η is a grid neighbour of eq. 8's "
                                                 "η0·α*(τ)/α*(0) (η0: τ = 0's best η)")
 
 
@@ -703,9 +765,9 @@ def ev_fig1_eq8(t, o):
                     sub[(k[0], k[1], f"{s}#{i}")] = v
         return float(_grid_bracket_hit(_fig1_best(sub, tau), eq8_lr(_fig1_best(sub, 0), tau), grid))
 
-    est, lo, hi = bootstrap_seeds(seeds, stat)
+    ci = Interval(*bootstrap_seeds(seeds, stat))
     b0, bt = _fig1_best(final, 0), _fig1_best(final, tau)
-    return Result(est, lo, hi, len(seeds), note=f"1 if τ = {tau}'s best η ({bt:g}) is a grid neighbour of eq. 8's "
+    return Result(ci.estimate, ci.low, ci.high, len(seeds), method=ci.method, note=f"1 if τ = {tau}'s best η ({bt:g}) is a grid neighbour of eq. 8's "
                                                 f"{eq8_lr(b0, tau):.3g} (η0 = {b0:g})")
 
 
@@ -723,8 +785,8 @@ def ev_fig13(t, o):
             bests.append(_fig1_best(sub, tau))
         return sum(b == bests[-1] for b in bests) / len(bests)
 
-    est, lo, hi = bootstrap_seeds(seeds, stat)
-    return Result(est, lo, hi, len(seeds), note=f"fraction of the epochs {', '.join(f'{_f(e):g}' for e in epochs)} "
+    ci = Interval(*bootstrap_seeds(seeds, stat))
+    return Result(ci.estimate, ci.low, ci.high, len(seeds), method=ci.method, note=f"fraction of the epochs {', '.join(f'{_f(e):g}' for e in epochs)} "
                                                 f"at which τ = {tau}'s best η is the final one")
 
 
@@ -757,8 +819,8 @@ def ev_fig5_ssgd_best(t, o):
         x, seeds = per_seed(t["fig5"], "variant", "final_val_error", arms)
     except KeyError as exc:
         return no_result(f"no rows for arm {exc} in fig5.csv")
-    est, lo, hi = bootstrap_means(100 * x, lambda m: np.min(m[:, 1:] - m[:, [0]], axis=1))
-    return Result(est, lo, hi, len(seeds), note="smallest (A-SGD arm − S-SGD) final val error over standard momentum, "
+    ci = paired_interval(100 * x, lambda m: np.min(m[:, 1:] - m[:, [0]], axis=1))
+    return Result(ci.estimate, ci.low, ci.high, len(seeds), method=ci.method, note="smallest (A-SGD arm − S-SGD) final val error over standard momentum, "
                                                 "m = 0 and shifted momentum, in points")
 
 
@@ -773,8 +835,8 @@ def ev_fig5_sqrt_fails(t, o):
     if not rows:
         return no_result("no 1/sqrt(tau) arm in fig5.csv")
     x = np.array([[r["failed"]] for r in rows])
-    est, lo, hi = bootstrap_means(x, lambda m: m[:, 0])
-    return Result(est, lo, hi, len(rows), note="fraction of the 1/√τ arm's runs that do not converge "
+    ci = paired_interval(x, lambda m: m[:, 0])
+    return Result(ci.estimate, ci.low, ci.high, len(rows), method=ci.method, note="fraction of the 1/√τ arm's runs that do not converge "
                                                 "(diverged or final train error > 50%)")
 
 
@@ -801,8 +863,8 @@ def ev_spikes_shifted(t, o):
     rows = [r for r in t["spikes"] if r["variant"] == "shifted"]
     if not rows:
         return no_result("no shifted runs in spikes.csv")
-    est, lo, hi = bootstrap_means(np.array([[_f(r["spikes"])] for r in rows]), lambda m: m[:, 0])
-    return Result(est, lo, hi, len(rows), note="mean spikes per run with shifted momentum")
+    ci = paired_interval(np.array([[_f(r["spikes"])] for r in rows]), lambda m: m[:, 0])
+    return Result(ci.estimate, ci.low, ci.high, len(rows), method=ci.method, note="mean spikes per run with shifted momentum")
 
 
 # ---------------------------------------------------------------- second paper: momentum vs workers (seeds)
@@ -978,11 +1040,11 @@ def _rs_ratio(criterion: str, worst: Callable, keep=lambda row: True, invert=Fal
             ratio = edge / means if invert else means / edge
             return worst(ratio, axis=1)
 
-        est, lo, hi = bootstrap_means(x, stat)
+        ci = paired_interval(x, stat)
         means = x.mean(axis=0)
         per_model = edge / means if invert else means / edge
         which = models[int(np.argmin(per_model) if worst is np.min else np.argmax(per_model))]
-        return Result(est, lo, hi, len(seeds), note=f"{len(models)} models; the worst is {which}")
+        return Result(ci.estimate, ci.low, ci.high, len(seeds), method=ci.method, note=f"{len(models)} models; the worst is {which}")
     return ev
 
 
@@ -999,8 +1061,8 @@ def _outcome(factor_side, jitter=None):
             return no_result("no continuations on that side of the edge")
         want = "left" if factor_side == "above" else "stayed"
         x = np.array([[float(r["outcome"] == want)] for r in rows])
-        est, lo, hi = bootstrap_means(x, lambda m: m[:, 0])
-        return Result(est, lo, hi, len(rows), note=f"fraction of continuations that {want} (repeats pooled over M; "
+        ci = paired_interval(x, lambda m: m[:, 0])
+        return Result(ci.estimate, ci.low, ci.high, len(rows), method=ci.method, note=f"fraction of continuations that {want} (repeats pooled over M; "
                                                    "resampled like seeds)")
     return ev
 
@@ -1327,7 +1389,8 @@ def claims_page(rows: list[dict], scale: str, claims: list[Claim] | None = None)
         "hold` when it lies wholly on the other side, and `unresolved` when it contains both (the note then says "
         "how many seeds would resolve it at the observed spread, n* = ⌈n·(half-width/distance)²⌉). Intervals: a "
         f"paired percentile bootstrap over seeds ({N_RESAMPLES} resamples, PCG64 seed {RNG_SEED}; one seed: "
-        "unresolved); for deterministic runs the measurement's resolution (a bisection bracket); exact for theory. "
+        f"unresolved; with 2 to {T_BELOW - 1} seeds, Student's t on the per-seed paired values where the statistic "
+        "is linear in the means); for deterministic runs the measurement's resolution (a bisection bracket); exact for theory. "
         "Code: `src/delay_stability/experiments/claims.py`.\n\n"
         f"{markdown_table(rows)}\n## How each claim is tested\n\n{definitions_table(claims)}")
 
