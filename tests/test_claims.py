@@ -103,6 +103,17 @@ def test_the_note_says_which_interval_was_used():
     assert "optimistic" not in C.verdict_and_note(C.Result(1.0, 0.5, 1.5, 8), rule)[1]
 
 
+def test_the_seeds_a_t_interval_needs_discount_t_s_own_widening():
+    """n = 3, half-width 4.302653·s/√3 at distance s/√3·1.959964: at the observed spread the normal
+    half-width 1.96·s/√n* reaches the distance at n* = 3 + 1 (the bootstrap's formula would ask
+    3·(4.302653/1.959964)² ≈ 14.5 -> 15)."""
+    s3 = 1 / math.sqrt(3)
+    half, dist = 4.302653 * s3, 1.959964 * s3 * 0.999
+    rule = C.Rule("greater", threshold=0.0)
+    assert C.seeds_needed(3, dist, dist - half, dist + half, rule, "t") == 4
+    assert C.seeds_needed(3, dist, dist - half, dist + half, rule) == 15
+
+
 def test_the_bootstrap_is_paired_by_seed():
     """Two arms with a large spread between seeds but a constant difference: the paired interval
     of the difference is that constant exactly (an unpaired one would be wide)."""

@@ -212,12 +212,18 @@ def bootstrap_seeds(seeds, statistic: Callable, n_resamples: int = N_RESAMPLES, 
     return est, lo, hi
 
 
-def seeds_needed(n: int, estimate: float, lo: float, hi: float, rule: Rule) -> int | None:
+def seeds_needed(n: int, estimate: float, lo: float, hi: float, rule: Rule, method: str = "bootstrap") -> int | None:
     """Seeds that would resolve the claim if the spread stays as observed: the interval's half-width
     shrinks like 1/√n, so n* = ⌈n·(half-width/distance)²⌉ with distance = |estimate − the nearest
-    boundary of the rule|. None when the estimate is on a boundary (no n resolves it)."""
+    boundary of the rule|. A Student t half-width is first brought to the normal quantile it tends
+    to (× z_{(1+level)/2} / t_{n−1, (1+level)/2}): t's own widening with few seeds is not spread.
+    None when the estimate is on a boundary (no n resolves it)."""
     dist = min(abs(estimate - b) for b in rule.boundaries() if math.isfinite(b))
     half = (hi - lo) / 2
+    if method == "t" and n >= 2:
+        from scipy.stats import norm, t as student_t
+
+        half *= float(norm.ppf((1 + LEVEL) / 2) / student_t.ppf((1 + LEVEL) / 2, n - 1))
     if dist == 0 or not math.isfinite(dist):
         return None
     return max(n + 1, int(math.ceil(n * (half / dist) ** 2 - 1e-9)))   # (a rounding error is not a seed)
@@ -264,7 +270,8 @@ def verdict_and_note(result: Result, rule: Rule) -> tuple[str, str]:
         notes.append("an all-or-none statistic (every τ, every run): it is resolved when no resample disagrees, "
                      "which more seeds make likelier if the claim is true; the spread gives no sample size")
     elif verdict == "unresolved" and result.kind == "seeds":
-        need = seeds_needed(result.n_seeds, result.measured, result.ci_low, result.ci_high, rule)
+        need = seeds_needed(result.n_seeds, result.measured, result.ci_low, result.ci_high, rule,
+                            result.method)
         notes.append(f"about {need} seeds would resolve it at the observed spread" if need
                      else "the estimate sits on the threshold: no number of seeds resolves it")
     elif verdict == "unresolved":
