@@ -261,7 +261,7 @@ def verdict_and_note(result: Result, rule: Rule) -> tuple[str, str]:
                 notes.append(f"with fewer than {T_BELOW} seeds a percentile bootstrap is too narrow (it spans at "
                              "most the per-seed range) and this statistic is not linear in the means: read the "
                              "interval as optimistic")
-        if (result.n_seeds or 0) < 2:
+        if n < 2:
             notes.append("one seed: the spread between seeds is unknown, so no interval; "
                          "rerun with more seeds (5 or more) to test it")
             return "unresolved", "; ".join(notes)
@@ -381,6 +381,11 @@ def exact(value: float, note: str = "") -> Result:
                   note="exact (theory)" + (f": {note}" if note else ""))
 
 
+def seeded(ci: Interval, n_seeds: int, note: str = "") -> Result:
+    """A result over ``n_seeds`` seeds with its interval (``paired_interval`` or ``bootstrap_seeds``)."""
+    return Result(ci.estimate, ci.low, ci.high, n_seeds, method=ci.method, note=note)
+
+
 def deterministic(value: float, lo: float, hi: float, note: str) -> Result:
     return Result(measured=value, ci_low=lo, ci_high=hi, kind="deterministic", note=note)
 
@@ -411,7 +416,7 @@ def mean_difference(rows, arm_col, value_col, a, b, scale=1.0, seed_col="seed") 
     if not len(seeds):
         return no_result(f"no seed common to {a} and {b}")
     ci = paired_interval(x * scale, lambda m: m[:, 0] - m[:, 1])
-    return Result(ci.estimate, ci.low, ci.high, len(seeds), method=ci.method)
+    return seeded(ci, len(seeds))
 
 
 # ---------------------------------------------------------------- theory (exact)
@@ -670,8 +675,8 @@ def ev_fig3_linear(t, o):
 
     ci = Interval(*bootstrap_seeds(seeds, stat))
     fit = _gen_claims(rows)[1]
-    res = Result(ci.estimate, ci.low, ci.high, len(seeds), method=ci.method, note=f"1/η_div over τ = {fit['taus']}; η_div = the smallest η of the grid "
-                                                   "at which at least half the seeds fail")
+    res = seeded(ci, len(seeds), f"1/η_div over τ = {fit['taus']}; η_div = the smallest η of the grid "
+                                 "at which at least half the seeds fail")
     if math.isnan(ci.estimate):
         res.kind, res.measured = "missing", None
         res.note = "fewer than 3 delays have an η_div inside the grid"
@@ -687,8 +692,8 @@ def ev_fig3_best_below(t, o):
         return sum(c["best_lr"] < c["eta_div"] for c in table) / len(table) if table else math.nan
 
     ci = Interval(*bootstrap_seeds(seeds, stat))
-    return Result(ci.estimate, ci.low, ci.high, len(seeds), method=ci.method, note="fraction of the delays with an η_div in the grid whose best η "
-                                                "(least mean val error) is below η_div")
+    return seeded(ci, len(seeds), "fraction of the delays with an η_div in the grid whose best η "
+                                  "(least mean val error) is below η_div")
 
 
 def _grid_bracket_hit(best, target, grid) -> bool:
@@ -709,8 +714,8 @@ def ev_fig3_eq8(t, o):
         return sum(_grid_bracket_hit(c["best_lr"], c["eq8_lr"], grid) for c in table) / len(table)
 
     ci = Interval(*bootstrap_seeds(seeds, stat))
-    return Result(ci.estimate, ci.low, ci.high, len(seeds), method=ci.method, note="fraction of τ > 0 whose best η is a grid neighbour of eq. 8's "
-                                                "η0·α*(τ)/α*(0) (η0: τ = 0's best η)")
+    return seeded(ci, len(seeds), "fraction of τ > 0 whose best η is a grid neighbour of eq. 8's "
+                                  "η0·α*(τ)/α*(0) (η0: τ = 0's best η)")
 
 
 def ev_fig3_gap(t, o):
@@ -774,8 +779,8 @@ def ev_fig1_eq8(t, o):
 
     ci = Interval(*bootstrap_seeds(seeds, stat))
     b0, bt = _fig1_best(final, 0), _fig1_best(final, tau)
-    return Result(ci.estimate, ci.low, ci.high, len(seeds), method=ci.method, note=f"1 if τ = {tau}'s best η ({bt:g}) is a grid neighbour of eq. 8's "
-                                                f"{eq8_lr(b0, tau):.3g} (η0 = {b0:g})")
+    return seeded(ci, len(seeds), f"1 if τ = {tau}'s best η ({bt:g}) is a grid neighbour of eq. 8's "
+                                  f"{eq8_lr(b0, tau):.3g} (η0 = {b0:g})")
 
 
 def ev_fig13(t, o):
@@ -793,8 +798,8 @@ def ev_fig13(t, o):
         return sum(b == bests[-1] for b in bests) / len(bests)
 
     ci = Interval(*bootstrap_seeds(seeds, stat))
-    return Result(ci.estimate, ci.low, ci.high, len(seeds), method=ci.method, note=f"fraction of the epochs {', '.join(f'{_f(e):g}' for e in epochs)} "
-                                                f"at which τ = {tau}'s best η is the final one")
+    return seeded(ci, len(seeds), f"fraction of the epochs {', '.join(f'{_f(e):g}' for e in epochs)} "
+                                  f"at which τ = {tau}'s best η is the final one")
 
 
 # ---------------------------------------------------------------- Table 1 (seeds)
@@ -827,8 +832,8 @@ def ev_fig5_ssgd_best(t, o):
     except KeyError as exc:
         return no_result(f"no rows for arm {exc} in fig5.csv")
     ci = paired_interval(100 * x, lambda m: np.min(m[:, 1:] - m[:, [0]], axis=1))
-    return Result(ci.estimate, ci.low, ci.high, len(seeds), method=ci.method, note="smallest (A-SGD arm − S-SGD) final val error over standard momentum, "
-                                                "m = 0 and shifted momentum, in points")
+    return seeded(ci, len(seeds), "smallest (A-SGD arm − S-SGD) final val error over standard momentum, "
+                                  "m = 0 and shifted momentum, in points")
 
 
 def _failed(status, train_error) -> float:
@@ -843,8 +848,8 @@ def ev_fig5_sqrt_fails(t, o):
         return no_result("no 1/sqrt(tau) arm in fig5.csv")
     x = np.array([[r["failed"]] for r in rows])
     ci = paired_interval(x, lambda m: m[:, 0])
-    return Result(ci.estimate, ci.low, ci.high, len(rows), method=ci.method, note="fraction of the 1/√τ arm's runs that do not converge "
-                                                "(diverged or final train error > 50%)")
+    return seeded(ci, len(rows), "fraction of the 1/√τ arm's runs that do not converge "
+                                 "(diverged or final train error > 50%)")
 
 
 def ev_fig5_overshoot(t, o):
@@ -871,7 +876,7 @@ def ev_spikes_shifted(t, o):
     if not rows:
         return no_result("no shifted runs in spikes.csv")
     ci = paired_interval(np.array([[_f(r["spikes"])] for r in rows]), lambda m: m[:, 0])
-    return Result(ci.estimate, ci.low, ci.high, len(rows), method=ci.method, note="mean spikes per run with shifted momentum")
+    return seeded(ci, len(rows), "mean spikes per run with shifted momentum")
 
 
 # ---------------------------------------------------------------- second paper: momentum vs workers (seeds)
@@ -1051,7 +1056,7 @@ def _rs_ratio(criterion: str, worst: Callable, keep=lambda row: True, invert=Fal
         means = x.mean(axis=0)
         per_model = edge / means if invert else means / edge
         which = models[int(np.argmin(per_model) if worst is np.min else np.argmax(per_model))]
-        return Result(ci.estimate, ci.low, ci.high, len(seeds), method=ci.method, note=f"{len(models)} models; the worst is {which}")
+        return seeded(ci, len(seeds), f"{len(models)} models; the worst is {which}")
     return ev
 
 
@@ -1069,8 +1074,8 @@ def _outcome(factor_side, jitter=None):
         want = "left" if factor_side == "above" else "stayed"
         x = np.array([[float(r["outcome"] == want)] for r in rows])
         ci = paired_interval(x, lambda m: m[:, 0])
-        return Result(ci.estimate, ci.low, ci.high, len(rows), method=ci.method, note=f"fraction of continuations that {want} (repeats pooled over M; "
-                                                   "resampled like seeds)")
+        return seeded(ci, len(rows), f"fraction of continuations that {want} (repeats pooled over M; "
+                                     "resampled like seeds)")
     return ev
 
 
