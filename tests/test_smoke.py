@@ -172,7 +172,7 @@ def test_smoke_spec_validates_and_keeps_the_papers_network_and_rules(key, tmp_pa
     assert s["lr_schedule"].get("gamma") == paper["lr_schedule"].get("gamma")
     assert 1 <= s["epochs"] <= smoke.EPOCHS or s["epochs"] == paper["epochs"] == 0
     assert s["batch_size"] == 0 if paper["batch_size"] == 0 else 1 <= s["batch_size"] <= smoke.BATCH_SIZE
-    assert s["eval_every"] == 1 and s["checkpoint_every"] == 1
+    assert s["eval_every"] == 1 and s["checkpoint_every"] == smoke.EPOCHS  # no rolling checkpoint inside a smoke run
     if paper["lr_schedule"]["kind"] == "step":
         assert all(1 <= m < max(2, s["epochs"]) for m in s["lr_schedule"]["milestones"])
         assert len(s["lr_schedule"]["milestones"]) == len(paper["lr_schedule"]["milestones"])
@@ -202,7 +202,7 @@ def test_smoke_spec_scales_a_step_schedule_with_warm_up():
     assert (s["epochs"], s["batch_size"]) == (10, smoke.BATCH_SIZE)
     assert smoke.smoke_spec({"epochs": 300, "eval_every": 1}, "/d") == {"epochs": 2, "eval_every": 1}  # an override
     assert smoke.smoke_spec({"model": "mlp", "epochs": 1, "lr": 1.0, "batch_size": 0}, "/d") == {
-        "model": "mlp", "epochs": 1, "lr": 1.0, "batch_size": 0, "eval_every": 1, "checkpoint_every": 1}
+        "model": "mlp", "epochs": 1, "lr": 1.0, "batch_size": 0, "eval_every": 1, "checkpoint_every": smoke.EPOCHS}
 
 
 def test_smoke_config_is_pure_validates_and_shrinks_every_grid(tmp_path):

@@ -82,3 +82,26 @@ def test_overrides_parse_values_as_yaml():
     assert spec.validate_spec({"model": "mlp", "epochs": 1, **spec.apply_overrides({}, ["lr=1e-2"])})["lr"] == 0.01
     with pytest.raises(UserError, match="KEY=VALUE"):
         spec.apply_overrides({}, ["nonsense"])
+
+
+@pytest.mark.parametrize("seed", [1, 7, 123456])
+def test_a_seed_shares_the_validation_of_seed_0_and_gives_the_same_spec(seed):
+    """The remembered validation of a spec with seed s (through seed 0's) is exactly the
+    uncached validation of that spec."""
+    base = {"model": "mlp", "dataset": "digits", "lr": 0.05, "epochs": 3, "optimizer": {"delay": 2, "momentum": 0.5, "variant": "momentum"}}
+    spec._VALIDATED.clear()
+    got = spec.validate_spec({**base, "seed": seed})
+    assert got == spec._validate_spec({**base, "seed": seed}) and got["seed"] == seed
+    assert spec.validate_spec({**base, "seed": 0})["seed"] == 0  # seed 0's own entry is untouched
+    assert list(got) == list(spec._validate_spec({**base, "seed": seed}))  # same key order
+
+
+@pytest.mark.parametrize("seed", [-1, True, 1.5, "3"])
+def test_a_bad_seed_is_still_named(seed):
+    with pytest.raises(UserError, match="seed"):
+        spec.validate_spec({"model": "mlp", "dataset": "digits", "lr": 0.05, "epochs": 3, "seed": seed})
+
+
+def test_a_bad_key_beside_a_seed_is_still_named():
+    with pytest.raises(UserError, match="lr"):
+        spec.validate_spec({"model": "mlp", "dataset": "digits", "epochs": 3, "seed": 4, "lr": -1.0})

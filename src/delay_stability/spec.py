@@ -235,7 +235,13 @@ def _validated(spec: dict) -> dict:
     key = repr(spec)
     found = _VALIDATED.get(key)
     if found is None:
-        found = _validate_spec(spec)
+        seed = spec.get("seed") if isinstance(spec, dict) else None
+        if type(seed) is int and seed > 0:
+            # the seed is checked alone (an integer >= 0) and nothing else depends on it: a grid's
+            # seeds share one validation (the same dict as seed 0's, with this seed)
+            found = {**_validated({**spec, "seed": 0}), "seed": seed}
+        else:
+            found = _validate_spec(spec)
         if len(_VALIDATED) >= _VALIDATED_MAX:
             _VALIDATED.clear()
         _VALIDATED[key] = found

@@ -26,7 +26,12 @@ What smoke mode changes in a paper-scale training spec (``smoke_spec``), and not
 
     epochs              min(epochs, EPOCHS)
     batch_size          min(batch_size, BATCH_SIZE); 0 (full batch) stays 0
-    eval_every, checkpoint_every   1
+    eval_every          1
+    checkpoint_every    EPOCHS: no rolling checkpoint inside a smoke run (it would hold the paper's
+                        in-flight gradients, 33 VGG-11 copies at tau = 32, written and deleted in
+                        every run); final.pt is written as at paper scale, and resuming from a
+                        rolling checkpoint is tested at the quick scale (tests/test_train.py,
+                        tests/test_faults.py)
     lr_schedule         warm-up and milestones scaled from the spec's epochs into 1..EPOCHS-1
                         (so warm-up and every decay still run); kind and gamma kept
     dataset_args        root: the smoke data (imagenet: <root>/imagenet, image_size IMAGE_SIZE,
@@ -228,8 +233,9 @@ def smoke_spec(spec: dict, data_root, *, epochs: int = EPOCHS, batch_size: int =
     """The smoke version of one paper-scale training spec (a new dict; see the module docstring).
 
     Also takes a partial spec (an override block, e.g. ``stability.continuation``, or ``eos.train``
-    with no lr or epochs): only the keys present are changed, plus eval_every/checkpoint_every
-    (set to 1) and the dataset's arguments when the spec names its model or dataset."""
+    with no lr or epochs): only the keys present are changed, plus eval_every (set to 1),
+    checkpoint_every (set to ``epochs``) and the dataset's arguments when the spec names its model
+    or dataset."""
     out = copy.deepcopy(dict(spec))
     full = "model" in out or "dataset" in out
     reference = out.get("epochs")
@@ -237,9 +243,9 @@ def smoke_spec(spec: dict, data_root, *, epochs: int = EPOCHS, batch_size: int =
         out["epochs"] = _shrink_epochs(out["epochs"], epochs)
     if isinstance(out.get("batch_size"), int) and not isinstance(out["batch_size"], bool) and out["batch_size"] > 0:
         out["batch_size"] = min(out["batch_size"], batch_size)
-    for key in ("eval_every", "checkpoint_every"):
+    for key, value in (("eval_every", 1), ("checkpoint_every", epochs)):
         if full or key in out:
-            out[key] = 1
+            out[key] = value
     schedule = out.get("lr_schedule")
     if isinstance(schedule, dict):
         milestones = schedule.get("milestones")
