@@ -280,3 +280,23 @@ def test_a_damaged_kept_copy_is_not_restored(tiny_build, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     log = (workdir / "logs/train" / f"{BASELINE}.log").read_text()
     assert "is damaged (checksum differs); computing the run again" in log and "completed after" in log
+
+
+@pytest.mark.parametrize("name", ["results/quick/x/final.pt", "results/quick/" + "deep/" * 60 + "final.pt"])
+def test_the_record_listing_finds_exactly_the_records_that_exist(tmp_path, name):
+    """A short path's record is one name in .snakemake/metadata, a long one's lies in '@' folders:
+    the listing answers as reading the record does, with and without a record (and an incomplete
+    mark), so that a sync reads only records that are there."""
+    record = audit.metadata_record_path(tmp_path, name)
+    split = record.parent.name.startswith("@")  # a long path (its record is read, not looked up)
+    assert split == (len(name) > 150)
+    listing = audit._RecordListing(tmp_path)
+    assert audit._read_record(tmp_path, name, listing) is None and audit._read_record(tmp_path, name) is None
+    assert listing.may_exist(name, "incomplete") == split and not audit._running_or_killed(tmp_path, name)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"endtime": 5.0}))
+    listing = audit._RecordListing(tmp_path)
+    assert audit._read_record(tmp_path, name, listing) == {"endtime": 5.0} == audit._read_record(tmp_path, name)
+    assert listing.may_exist(name, "metadata") and not listing.may_exist("results/other.csv", "metadata")
+    audit.mark_incomplete(tmp_path, name)
+    assert audit._RecordListing(tmp_path).may_exist(name, "incomplete")

@@ -40,7 +40,7 @@ def test_the_layout_has_the_library_experiments_and_plots():
 REPO = SRC.parent
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 #: Modules under experiments/ and plots/ that serve every experiment rather than being one.
-HELPERS = {"grid", "config", "audit", "smoke", "style", "claims"}  # serve every experiment
+HELPERS = {"grid", "plan", "config", "audit", "smoke", "style", "claims"}  # serve every experiment
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS, ids=lambda e: e.name)
@@ -232,3 +232,19 @@ def test_a_fallback_in_an_experiment_module_is_the_schemas_default():
                     wrong.append(f"{path.name}:{line} {key}={value!r}, the schema says {expected!r}")
     assert not wrong, wrong
     assert checked >= 10  # the scan sees the fallbacks it is meant to check
+
+
+#: The modules that the compute rules hash (workflow/rules/*.smk: training, ensembles, searches,
+#: solvers, real workers), not those of tables and figures.
+COMPUTE_MODULES = ("train", "ensemble", "server", "measure", "experiments.eos", "experiments.table1",
+                   "experiments.stability", "experiments.mitigations", "experiments.random_staleness",
+                   "experiments.real_workers", "experiments.momentum")
+
+
+@pytest.mark.parametrize("module", COMPUTE_MODULES)
+def test_no_compute_job_imports_the_shared_plan_code(module):
+    """experiments/plan.py (how runs group into ensembles) serves plans and tables only: editing it
+    must rerun no training job, so no module a compute rule hashes may import it."""
+    assert f"delay_stability.{module}" in MODULES
+    assert "delay_stability.experiments.plan" not in module_dependencies(f"delay_stability.{module}", SRC)
+    assert "delay_stability.experiments.plan" in module_dependencies("delay_stability.experiments.generalization", SRC)

@@ -486,12 +486,38 @@ def _name_max(metadata: str, directory: str) -> int:
     return _NAME_MAX[metadata]
 
 
-def _read_record(directory, path):
+def _read_record(directory, path, listing=None):
+    """Snakemake's record of output ``path`` (None: none, or the job did not finish). ``listing``
+    (``_RecordListing``) skips the read of a record that is not there."""
+    if listing is not None and not listing.may_exist(path, "metadata"):
+        return None
     try:
         record = json.loads(metadata_record_path(directory, path).read_text())
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) and not record.get("incomplete") else None
+
+
+class _RecordListing:
+    """The names in ``.snakemake/metadata`` and ``.snakemake/incomplete``, listed once: a sync looks
+    up the record of every result file (thousands), most of which are no declared output and have
+    none. ``may_exist`` is exact for a path whose record is one name (not split into ``@`` folders),
+    and True otherwise (then the file is read, as without the listing)."""
+
+    def __init__(self, directory):
+        self.directory = os.fspath(directory)
+        self.names = {}
+        for kind in ("metadata", "incomplete"):
+            try:
+                self.names[kind] = set(os.listdir(os.path.join(self.directory, ".snakemake", kind)))
+            except OSError:
+                self.names[kind] = set()
+
+    def may_exist(self, path, kind) -> bool:
+        record = metadata_record_path(self.directory, path, kind)
+        if record.parent.name.startswith("@"):  # a long path: its record lies in folders
+            return True
+        return record.name in self.names[kind]
 
 
 def _in_progress(name) -> bool:
@@ -549,6 +575,7 @@ def sync_manifests(directory=".", roots=("results", "figures"), seed=True, resto
     directory = Path(directory)
     stats = {"checked": 0, "hashed": 0, "recorded": 0, "seeded": 0, "retimed": 0, "damaged": [], "missing": []}
     forcerun = set()
+    listing = _RecordListing(directory)
     for root in roots:
         base = directory / root
         if not base.is_dir():
@@ -558,12 +585,17 @@ def sync_manifests(directory=".", roots=("results", "figures"), seed=True, resto
         for folder, _, files in os.walk(base):
             if MANIFEST in files:
                 folders.add(folder)
-        records, owners_of = {}, {}
+        records, owners_of, marked = {}, {}, {}
 
         def record_of(rel):
             if rel not in records:
-                records[rel] = _read_record(directory, rel)
+                records[rel] = _read_record(directory, rel, listing)
             return records[rel]
+
+        def running_or_killed(owner):
+            if owner not in marked:
+                marked[owner] = listing.may_exist(owner, "incomplete") and _running_or_killed(directory, owner)
+            return marked[owner]
 
         def owner_of(folder_rel):
             """The nearest folder at or above ``folder_rel`` with a declared output: its outputs."""
@@ -596,7 +628,7 @@ def sync_manifests(directory=".", roots=("results", "figures"), seed=True, resto
                                   if (record_of(o) or {}).get("endtime") and record_of(o)["endtime"] * 1e9 >= mtime - 1e6),
                                  None)
                 owner_rec = record_of(owner) if owner else None
-                if owner and _running_or_killed(directory, owner):
+                if owner and running_or_killed(owner):
                     if entry:  # its job runs now (or was killed): Snakemake's business, not damage
                         new[name] = entry
                     continue
@@ -645,6 +677,7 @@ def sync_manifests(directory=".", roots=("results", "figures"), seed=True, resto
                     target.parent.mkdir(parents=True, exist_ok=True)
                     (directory / ".snakemake" / "incomplete").mkdir(exist_ok=True)  # else Snakemake "migrates"
                     write_json(target, entry["record"])
+                    listing.names["metadata"].add(target.name)
                     records[rel] = entry["record"]
                     stats["seeded"] += 1
             if changed or set(new) != set(old):

@@ -35,7 +35,7 @@ from .. import files
 from ..errors import UserError
 from ..spec import deep_merge, validate_spec
 from ..theory import critical_alpha, eq8_lr
-from . import grid
+from . import grid, plan
 from .stability_tables import linear_fit
 
 FIGURES = ("fig3", "fig1", "fig13")
@@ -122,23 +122,16 @@ def config_specs(exp: dict, settings):
 
 def groups(runs_: list) -> dict:
     """τ -> the GridRuns of that delay (one ensemble job each)."""
-    out = {}
-    for run in runs_:
-        out.setdefault(run.axes["tau"], []).append(run)
-    return out
+    return plan.groups_by(runs_, "tau")
 
 
 def ensemble_groups(runs_: list) -> dict:
     """τ -> GridRuns of the groups that train as one ensemble (``can_ensemble``); the other runs
     train one by one (the generic rule)."""
-    from ..spec import can_ensemble
-
-    return {tau: g for tau, g in groups(runs_).items() if can_ensemble([r.spec for r in g])[0]}
+    return plan.ensemble_groups_by(runs_, "tau")
 
 
-def specs_json(group: list) -> str:
-    """The JSON list of a group's specs (the ensemble command's --specs file)."""
-    return json.dumps([r.spec for r in group], sort_keys=True)
+specs_json = plan.specs_json
 
 
 def plot_options(block: dict, figure: str, base: dict, scale: str) -> str:

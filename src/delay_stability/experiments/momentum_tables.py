@@ -21,7 +21,7 @@ import numpy as np
 from .. import files, theory
 from ..errors import UserError
 from ..spec import deep_merge
-from . import grid
+from . import grid, plan
 
 FIGURES = ("momentum_vs_workers", "momentum_penalty", "momentum_theory")
 AXES = ("workers", "momentum", "lr", "seed")
@@ -98,22 +98,15 @@ def all_specs(block: dict, base: dict):
 
 def groups(runs_: list) -> dict:
     """M -> the GridRuns of that number of workers (one ensemble job each)."""
-    out = {}
-    for run in runs_:
-        out.setdefault(run.axes["workers"], []).append(run)
-    return out
+    return plan.groups_by(runs_, "workers")
 
 
 def ensemble_groups(runs_: list) -> dict:
     """M -> GridRuns of the groups that train as one ensemble; the others train one by one."""
-    from ..spec import can_ensemble
-
-    return {M: g for M, g in groups(runs_).items() if can_ensemble([r.spec for r in g])[0]}
+    return plan.ensemble_groups_by(runs_, "workers")
 
 
-def specs_json(group: list) -> str:
-    return json.dumps([r.spec for r in group], sort_keys=True)
-
+specs_json = plan.specs_json
 
 
 # ================================================================ figures
