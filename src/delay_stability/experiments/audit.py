@@ -514,10 +514,11 @@ class _RecordListing:
                 self.names[kind] = set()
 
     def may_exist(self, path, kind) -> bool:
-        record = metadata_record_path(self.directory, path, kind)
-        if record.parent.name.startswith("@"):  # a long path: its record lies in folders
+        b64 = urlsafe_b64encode(str(path).encode()).decode()
+        max_len = _name_max(os.path.join(self.directory, ".snakemake", kind), self.directory)
+        if len(b64) > max_len - 1:  # a long path: its record lies in '@' folders (metadata_record_path)
             return True
-        return record.name in self.names[kind]
+        return b64 in self.names[kind]
 
 
 def _in_progress(name) -> bool:
@@ -614,7 +615,7 @@ def sync_manifests(directory=".", roots=("results", "figures"), seed=True, resto
             new, changed = {}, False
             names = present.get(folder, [])
             for name in sorted(set(names) | set(old)):
-                rel = str(Path(rel_folder) / name)
+                rel = os.path.join(rel_folder, name) if rel_folder != "." else name  # as str(Path(rel_folder) / name)
                 path = directory / rel
                 entry = old.get(name)
                 rec = record_of(rel)
