@@ -114,6 +114,38 @@ def test_the_seeds_a_t_interval_needs_discount_t_s_own_widening():
     assert C.seeds_needed(3, dist, dist - half, dist + half, rule) == 15
 
 
+def test_an_interval_is_cut_at_the_statistics_range_and_says_so():
+    """Spike counts 0, 0, 2 over 3 seeds: the t interval of their mean, 2/3 ± 4.302653·1.1547/√3,
+    reaches below 0, which a mean of counts cannot; cut at [0, inf) it starts at 0 (the true mean
+    lies there, so the coverage is the same), keeps its upper end, and the note gives both."""
+    x = np.array([[0.0], [0.0], [2.0]])
+    uncut = C.paired_interval(x, lambda m: m[:, 0])
+    half = 4.302653 * np.std([0, 0, 2], ddof=1) / math.sqrt(3)
+    assert (uncut.low, uncut.high) == pytest.approx((2 / 3 - half, 2 / 3 + half), rel=1e-6) and uncut.cut is None
+    ci = C.paired_interval(x, lambda m: m[:, 0], bounds=(0.0, math.inf))
+    assert (ci.estimate, ci.low, ci.high, ci.method) == (uncut.estimate, 0.0, uncut.high, "t")
+    assert ci.cut == (0.0, math.inf, uncut.low, uncut.high)
+    inside = C.paired_interval(x + 5, lambda m: m[:, 0], bounds=(0.0, math.inf))
+    assert inside.cut is None and inside.low > 0   # nothing to cut: nothing said
+    res = C.seeded(ci, 3)
+    verdict, note = C.verdict_and_note(res, C.Rule("less", threshold=1e-9))
+    assert verdict == "unresolved" and "cut at the statistic's range [0, inf]" in note
+    # the seeds needed come from the uncut spread (the cut half-width would understate it)
+    need = C.seeds_needed(3, uncut.estimate, uncut.low, uncut.high, C.Rule("less", threshold=1e-9), "t")
+    assert f"about {need} seeds" in note
+
+
+def test_a_difference_of_accuracies_stays_within_100_points():
+    """Table 1's SB − ASGD in points: per-arm values in [0, 100], so the difference lies in
+    [−100, 100]; an interval past 100 is cut there."""
+    rows = [{"arm": a, "seed": s, "val_accuracy": v} for s, (sb, asgd) in enumerate([(99.0, 10.0), (98.0, 10.0), (97.0, 60.0)])
+            for a, v in (("SB", sb), ("ASGD", asgd))]
+    free = C.mean_difference(rows, "arm", "val_accuracy", "SB", "ASGD")
+    cut = C.mean_difference(rows, "arm", "val_accuracy", "SB", "ASGD", value_range=(0.0, 100.0))
+    assert free.ci_high > 100 and cut.ci_high == 100.0 and cut.ci_low == free.ci_low and cut.measured == free.measured
+    assert cut.cut == (-100.0, 100.0, free.ci_low, free.ci_high)
+
+
 def test_the_bootstrap_is_paired_by_seed():
     """Two arms with a large spread between seeds but a constant difference: the paired interval
     of the difference is that constant exactly (an unpaired one would be wide)."""

@@ -112,6 +112,7 @@ class Result:
     note: str = ""
     verdict: str | None = None      # set by evaluate() from the rule (or forced: missing inputs)
     method: str = "bootstrap"       # kind "seeds": "bootstrap" (paired percentile) or "t" (Student's t)
+    cut: tuple | None = None        # (range low, range high, uncut low, uncut high) when the interval was cut (``within``)
 
 
 def percentile_interval(stats, level: float = LEVEL) -> tuple[float, float]:
@@ -180,16 +181,33 @@ class Interval:
     low: float
     high: float
     method: str = "bootstrap"
+    cut: tuple | None = None  # (range low, range high, uncut low, uncut high) when cut at the statistic's range
 
 
-def paired_interval(x, statistic: Callable, level: float = LEVEL) -> Interval:
+def within(ci: Interval, bounds) -> Interval:
+    """``ci`` intersected with ``bounds`` = (lo, hi), the range the statistic cannot leave (a
+    fraction in [0, 1], a difference of accuracies in [−100, 100] points). The true value lies in
+    that range, so the cut interval covers it exactly as often: a t interval of few bounded values
+    would otherwise reach past it. The cut (range and uncut interval) is recorded when it cuts."""
+    if bounds is None:
+        return ci
+    lo, hi = max(ci.low, bounds[0]), min(ci.high, bounds[1])
+    if (lo, hi) == (ci.low, ci.high):
+        return ci
+    return Interval(ci.estimate, lo, hi, ci.method, (bounds[0], bounds[1], ci.low, ci.high))
+
+
+def paired_interval(x, statistic: Callable, level: float = LEVEL, bounds=None) -> Interval:
     """The interval of a statistic of the arms' means (``x``: n seeds × k arms, paired by row):
     Student's t on the per-seed statistics when 2 ≤ n < T_BELOW and the statistic is linear in
-    the means, else the paired percentile bootstrap (``bootstrap_means``)."""
+    the means, else the paired percentile bootstrap (``bootstrap_means``); cut at ``bounds``, the
+    statistic's range (``within``), when given."""
     x = np.asarray(x, dtype=float)
     if 2 <= len(x) < T_BELOW and linear_in_means(x, statistic):
-        return Interval(*student_t_interval(np.asarray(statistic(x), dtype=float), level), method="t")
-    return Interval(*bootstrap_means(x, statistic, level=level))
+        ci = Interval(*student_t_interval(np.asarray(statistic(x), dtype=float), level), method="t")
+    else:
+        ci = Interval(*bootstrap_means(x, statistic, level=level))
+    return within(ci, bounds)
 
 
 def bootstrap_seeds(seeds, statistic: Callable, n_resamples: int = N_RESAMPLES, seed: int = RNG_SEED,
@@ -261,6 +279,10 @@ def verdict_and_note(result: Result, rule: Rule) -> tuple[str, str]:
                 notes.append(f"with fewer than {T_BELOW} seeds a percentile bootstrap is too narrow (it spans at "
                              "most the per-seed range) and this statistic is not linear in the means: read the "
                              "interval as optimistic")
+        if result.cut is not None:
+            lo_r, hi_r, lo_u, hi_u = result.cut
+            notes.append(f"the interval [{lo_u:g}, {hi_u:g}] cut at the statistic's range [{lo_r:g}, {hi_r:g}] "
+                         "(the true value lies in it: the coverage is unchanged)")
         if n < 2:
             notes.append("one seed: the spread between seeds is unknown, so no interval; "
                          "rerun with more seeds (5 or more) to test it")
@@ -270,8 +292,8 @@ def verdict_and_note(result: Result, rule: Rule) -> tuple[str, str]:
         notes.append("an all-or-none statistic (every τ, every run): it is resolved when no resample disagrees, "
                      "which more seeds make likelier if the claim is true; the spread gives no sample size")
     elif verdict == "unresolved" and result.kind == "seeds":
-        need = seeds_needed(result.n_seeds, result.measured, result.ci_low, result.ci_high, rule,
-                            result.method)
+        lo, hi = (result.cut[2], result.cut[3]) if result.cut is not None else (result.ci_low, result.ci_high)
+        need = seeds_needed(result.n_seeds, result.measured, lo, hi, rule, result.method)  # the spread, uncut
         notes.append(f"about {need} seeds would resolve it at the observed spread" if need
                      else "the estimate sits on the threshold: no number of seeds resolves it")
     elif verdict == "unresolved":
@@ -383,7 +405,7 @@ def exact(value: float, note: str = "") -> Result:
 
 def seeded(ci: Interval, n_seeds: int, note: str = "") -> Result:
     """A result over ``n_seeds`` seeds with its interval (``paired_interval`` or ``bootstrap_seeds``)."""
-    return Result(ci.estimate, ci.low, ci.high, n_seeds, method=ci.method, note=note)
+    return Result(ci.estimate, ci.low, ci.high, n_seeds, method=ci.method, note=note, cut=ci.cut)
 
 
 def deterministic(value: float, lo: float, hi: float, note: str) -> Result:
@@ -407,15 +429,20 @@ def per_seed(rows, arm_col: str, value_col: str, arms, seed_col: str = "seed",
     return np.array([[by[a][s] for a in arms] for s in seeds], dtype=float), seeds
 
 
-def mean_difference(rows, arm_col, value_col, a, b, scale=1.0, seed_col="seed") -> Result:
-    """Paired difference of means (arm ``a`` − arm ``b``) × ``scale`` with its bootstrap interval."""
+def mean_difference(rows, arm_col, value_col, a, b, scale=1.0, seed_col="seed", value_range=None) -> Result:
+    """Paired difference of means (arm ``a`` − arm ``b``) × ``scale`` with its interval
+    (``paired_interval``), cut at ±scale·(hi − lo) when the values lie in ``value_range`` = (lo, hi)."""
     try:
         x, seeds = per_seed(rows, arm_col, value_col, [a, b], seed_col)
     except KeyError as exc:
         return no_result(f"no rows for arm {exc} in the table")
     if not len(seeds):
         return no_result(f"no seed common to {a} and {b}")
-    ci = paired_interval(x * scale, lambda m: m[:, 0] - m[:, 1])
+    bounds = None
+    if value_range is not None:
+        width = scale * (value_range[1] - value_range[0])
+        bounds = (-width, width)
+    ci = paired_interval(x * scale, lambda m: m[:, 0] - m[:, 1], bounds=bounds)
     return seeded(ci, len(seeds))
 
 
@@ -726,7 +753,7 @@ def ev_fig3_gap(t, o):
     pick = [r for r in rows if (r["tau"], r["lr"]) in ((0, best[0]), (tau, best[tau]))]
     for r in pick:
         r["arm"] = r["tau"]
-    res = mean_difference(pick, "arm", "val_error", tau, 0, scale=100.0)
+    res = mean_difference(pick, "arm", "val_error", tau, 0, scale=100.0, value_range=(0.0, 1.0))
     res.note = (f"val error at τ = {tau} (η {best[tau]:g}) minus τ = 0 (η {best[0]:g}), each at its best η over the "
                 "full sample, in points")
     return res
@@ -758,7 +785,7 @@ def ev_fig1_gap(t, o):
     b0, bt = _fig1_best(final, 0), _fig1_best(final, tau)
     rows = [{"arm": k[0], "seed": k[2], "val_error": v} for k, v in final.items()
             if (k[0], k[1]) in ((0, b0), (tau, bt))]
-    res = mean_difference(rows, "arm", "val_error", tau, 0, scale=100.0)
+    res = mean_difference(rows, "arm", "val_error", tau, 0, scale=100.0, value_range=(0.0, 1.0))
     res.note = f"final val error at τ = {tau} (best η {bt:g}) minus τ = 0 (best η {b0:g}), in points"
     return res
 
@@ -808,7 +835,7 @@ def ev_fig13(t, o):
 def _t1_diff(network, a, b):
     def ev(t, o):
         rows = [r for r in t["table1_runs"] if r["network"] == network]
-        res = mean_difference(rows, "arm", "val_accuracy", a, b)
+        res = mean_difference(rows, "arm", "val_accuracy", a, b, value_range=(0.0, 100.0))
         res.note = f"{network}: val accuracy {a} − {b}, in points"
         return res
     return ev
@@ -819,7 +846,7 @@ def _t1_diff(network, a, b):
 
 def _arm_diff(table, col, a, b, what, scale=100.0, value="final_val_error"):
     def ev(t, o):
-        res = mean_difference(t[table], col, value, a, b, scale=scale)
+        res = mean_difference(t[table], col, value, a, b, scale=scale, value_range=(0.0, 1.0))
         res.note = f"{what}: {a} − {b}" + (", in points" if scale == 100.0 else "")
         return res
     return ev
@@ -831,7 +858,7 @@ def ev_fig5_ssgd_best(t, o):
         x, seeds = per_seed(t["fig5"], "variant", "final_val_error", arms)
     except KeyError as exc:
         return no_result(f"no rows for arm {exc} in fig5.csv")
-    ci = paired_interval(100 * x, lambda m: np.min(m[:, 1:] - m[:, [0]], axis=1))
+    ci = paired_interval(100 * x, lambda m: np.min(m[:, 1:] - m[:, [0]], axis=1), bounds=(-100.0, 100.0))
     return seeded(ci, len(seeds), "smallest (A-SGD arm − S-SGD) final val error over standard momentum, "
                                   "m = 0 and shifted momentum, in points")
 
@@ -847,7 +874,7 @@ def ev_fig5_sqrt_fails(t, o):
     if not rows:
         return no_result("no 1/sqrt(tau) arm in fig5.csv")
     x = np.array([[r["failed"]] for r in rows])
-    ci = paired_interval(x, lambda m: m[:, 0])
+    ci = paired_interval(x, lambda m: m[:, 0], bounds=(0.0, 1.0))
     return seeded(ci, len(rows), "fraction of the 1/√τ arm's runs that do not converge "
                                  "(diverged or final train error > 50%)")
 
@@ -875,7 +902,7 @@ def ev_spikes_shifted(t, o):
     rows = [r for r in t["spikes"] if r["variant"] == "shifted"]
     if not rows:
         return no_result("no shifted runs in spikes.csv")
-    ci = paired_interval(np.array([[_f(r["spikes"])] for r in rows]), lambda m: m[:, 0])
+    ci = paired_interval(np.array([[_f(r["spikes"])] for r in rows]), lambda m: m[:, 0], bounds=(0.0, math.inf))
     return seeded(ci, len(rows), "mean spikes per run with shifted momentum")
 
 
@@ -1073,7 +1100,7 @@ def _outcome(factor_side, jitter=None):
             return no_result("no continuations on that side of the edge")
         want = "left" if factor_side == "above" else "stayed"
         x = np.array([[float(r["outcome"] == want)] for r in rows])
-        ci = paired_interval(x, lambda m: m[:, 0])
+        ci = paired_interval(x, lambda m: m[:, 0], bounds=(0.0, 1.0))
         return seeded(ci, len(rows), f"fraction of continuations that {want} (repeats pooled over M; "
                                      "resampled like seeds)")
     return ev
