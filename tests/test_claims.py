@@ -400,6 +400,25 @@ def test_the_budget_note_counts_runs_that_hit_the_epoch_cap():
     assert C.budget_note(rows) == "1 of 2 converging runs ran to the epoch cap (30 epochs; no steady-state stop)"
 
 
+def test_the_budget_note_of_a_per_epoch_table_counts_each_run_once():
+    """fig1.csv has a row per run and evaluation epoch: a run counts once, by its last row; a
+    completed run ran to its cap, a steady-state stop did not, a diverged run is left out."""
+    rows = [{"run": "a", "epoch": e, "status": "completed"} for e in ("0", "30", "60")]
+    rows += [{"run": "b", "epoch": e, "status": "steady"} for e in ("0", "20")]
+    rows += [{"run": "c", "epoch": e, "status": "diverged"} for e in ("0", "5")]
+    assert C.budget_note_epochs(rows) == "1 of 2 converging runs ran to the epoch cap (60 epochs; no steady-state stop)"
+
+
+def test_fig1_and_fig13_claims_say_how_many_runs_hit_the_cap():
+    rows = [{"tau": str(tau), "lr": str(lr), "seed": "0", "epoch": str(e), "val_error": str(0.1 + lr),
+             "train_error": "0.05", "status": "completed", "run": f"tau{tau}/lr{lr}"}
+            for tau in (0, 8) for lr in (0.01, 0.1) for e in (0, 10, 20)]
+    tables = {"fig1": rows}
+    for name in ("fig1.gap", "fig1.eq8", "fig13.best_lr_stays"):
+        r = C.evaluate(claim(name, tables), tables, {})
+        assert "4 of 4 converging runs ran to the epoch cap (20 epochs; no steady-state stop)" in r["note"], (name, r["note"])
+
+
 def test_the_grid_offset_claim_finds_a_best_momentum_that_moves_with_the_grid():
     """At M = 16 the best μ is −0.45 at the middle η and 0.45 at the others only on the first
     offset's grid: the coarse grids disagree, so the range is 0.9 for every resample."""
