@@ -658,44 +658,51 @@ def _fig3_rows(t):
              "failed": _bool(r["failed"])} for r in t["fig3"]]
 
 
-def budget_note_epochs(rows) -> str:
-    """``budget_note`` for a table of one row per run and evaluation epoch (fig1.csv, which fig1 and
-    fig13 read): a run that ends ``completed`` trained its whole budget (its last epoch is the cap)."""
-    last = {}
-    for r in rows:
-        epoch = _f(r.get("epoch"))
-        if r.get("run") not in last or epoch > last[r.get("run")][0]:
-            last[r.get("run")] = (epoch, r.get("status"))
-    done = [(e, s) for e, s in last.values() if s != "diverged"]
-    caps = sorted({int(e) for e, s in done if s == "completed" and math.isfinite(e)})
-    capped = sum(s == "completed" for _, s in done)
-    return (f"{capped} of {len(done)} converging runs ran to the epoch cap "
+def _cap_note(runs) -> str:
+    """The budget note of ``runs``, (status, epochs run, cap) per run: how many of the runs that did
+    not diverge ran to their epoch cap (no steady-state stop)."""
+    done = [(e, cap) for status, e, cap in runs if status != "diverged"]
+    capped = [cap for e, cap in done if e >= cap]
+    caps = sorted({int(cap) for _, _, cap in runs if math.isfinite(cap)})
+    return (f"{len(capped)} of {len(done)} converging runs ran to the epoch cap "
             f"({', '.join(map(str, caps)) or 'none'} epochs; no steady-state stop)")
-
-
-def with_budget(ev, table: str = "fig3"):
-    """``ev`` with its generalization table's budget note (``budget_note`` for fig3.csv,
-    ``budget_note_epochs`` for fig1.csv) appended to its result's note."""
-    def wrapped(t, o):
-        res = ev(t, o)
-        rows = t[table]
-        if table == "fig3" and {"epochs", "epochs_run", "status"} <= set(rows[0] if rows else ()):
-            res.note = "; ".join(x for x in (res.note, budget_note(rows)) if x)
-        elif table == "fig1" and {"epoch", "status", "run"} <= set(rows[0] if rows else ()):
-            res.note = "; ".join(x for x in (res.note, budget_note_epochs(rows)) if x)
-        return res
-    return wrapped
 
 
 def budget_note(rows) -> str:
     """How many runs of a generalization table ran to their epoch cap (no steady-state stop): the
     paper trains to a steady state (~6,000 epochs for fig. 3), so a claim read at a fixed budget
-    says so."""
-    done = [r for r in rows if r.get("status") != "diverged"]
-    capped = [r for r in done if _f(r.get("epochs_run")) >= _f(r.get("epochs"))]
-    caps = sorted({int(_f(r["epochs"])) for r in rows if math.isfinite(_f(r.get("epochs")))})
-    return (f"{len(capped)} of {len(done)} converging runs ran to the epoch cap "
-            f"({', '.join(map(str, caps))} epochs; no steady-state stop)")
+    says so. ``rows``: one per run (fig3.csv: status, epochs_run, epochs)."""
+    return _cap_note([(r.get("status"), _f(r.get("epochs_run")), _f(r.get("epochs"))) for r in rows])
+
+
+def budget_note_epochs(rows) -> str:
+    """``budget_note`` for a table of one row per run and evaluation epoch (fig1.csv, which fig1 and
+    fig13 read; it has no cap column): a run is its last row, and one that ends ``completed``
+    trained its whole budget, so its last epoch is its cap."""
+    last = {}
+    for r in rows:
+        epoch = _f(r.get("epoch"))
+        if r.get("run") not in last or epoch > last[r.get("run")][0]:
+            last[r.get("run")] = (epoch, r.get("status"))
+    return _cap_note([(status, e, e if status == "completed" else math.inf) for e, status in last.values()])
+
+
+#: generalization table -> (the columns its budget note reads, the note)
+BUDGET_NOTES = {"fig3": ({"epochs", "epochs_run", "status"}, budget_note),
+                "fig1": ({"epoch", "status", "run"}, budget_note_epochs)}
+
+
+def with_budget(ev, table: str = "fig3"):
+    """``ev`` with its generalization table's budget note (``BUDGET_NOTES``) appended to its note."""
+    columns, note = BUDGET_NOTES[table]
+
+    def wrapped(t, o):
+        res = ev(t, o)
+        rows = t[table]
+        if rows and columns <= set(rows[0]):
+            res.note = "; ".join(x for x in (res.note, note(rows)) if x)
+        return res
+    return wrapped
 
 
 def _resampled(rows, seeds):
