@@ -4,6 +4,8 @@
 #   snakemake -n --config scale=paper         what the paper scale would run (GPU; see README)
 # One experiment = an entry of delay_stability/registry.py: workflow/rules/<name>.smk,
 # delay_stability/experiments/<name>.py, plots/<name>.py, config block <name>, tests/test_<name>.py.
+# Generic rules build what every experiment registers: figures.smk its figures, train.smk its run folders
+# and ensembles.
 
 from delay_stability.errors import UserError
 from delay_stability.experiments.config import check_config_files
@@ -26,6 +28,7 @@ for _experiment in EXPERIMENTS:
 
     include: _experiment.rules
 
+include: "workflow/rules/figures.smk"  # after the experiments: one figure rule each, for the figures they registered
 include: "workflow/rules/claims.smk"  # after the experiments: it reads their tables
 include: "workflow/rules/train.smk"  # last: it builds the run folders the experiments registered
 

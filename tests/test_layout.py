@@ -71,7 +71,9 @@ def test_the_registry_is_the_one_list_of_experiments():
     tables = {e.tables for e in EXPERIMENTS if e.tables}
     assert modules - tables == set(names) - tables and set(names) <= modules
     assert {p.stem for p in (PACKAGE / "plots").glob("*.py")} - HELPERS - {"__init__"} == set(names)
-    assert {p.stem for p in (REPO / "workflow" / "rules").glob("*.smk")} - {"common", "train", "claims"} == set(names)
+    shared = {"common", "train", "figures", "claims"}
+    assert {p.stem for p in (REPO / "workflow" / "rules").glob("*.smk")} - shared == set(names)
+    assert {p.stem for p in (REPO / "workflow" / "report").glob("*.rst")} == {e.name for e in EXPERIMENTS if e.figures}
     blocks = {b for e in EXPERIMENTS for b in e.blocks}
     for scale in ("quick", "paper"):
         assert set(CONFIG[scale]) <= blocks, scale
@@ -91,8 +93,22 @@ def test_the_workflow_includes_the_registry_and_no_rule_file_by_hand():
     snakefile = (REPO / "Snakefile").read_text()
     assert "for _experiment in EXPERIMENTS:" in snakefile
     included = [line.split('"')[1] for line in snakefile.splitlines() if line.startswith("include:")]
-    # the shared rule files: common (first), claims (after the experiments: it reads their tables), train (last)
-    assert included == ["workflow/rules/common.smk", "workflow/rules/claims.smk", "workflow/rules/train.smk"]
+    # the shared rule files: common (first); figures (the generic figure rules) and claims (it reads their
+    # tables) after the experiments; train (the generic train and ensemble rules) last
+    assert included == ["workflow/rules/common.smk", "workflow/rules/figures.smk", "workflow/rules/claims.smk",
+                        "workflow/rules/train.smk"]
+
+
+def test_the_generic_rules_are_the_only_figure_and_ensemble_rules():
+    """Experiments register their figures (register_figure) and ensembles (register_ensemble): no rule
+    file of an experiment writes a figure or runs the ensemble command itself, and every figure of the
+    registry is registered by its experiment's rule file."""
+    for experiment in EXPERIMENTS:
+        text = (REPO / experiment.rules).read_text()
+        assert "FIGURES /" not in text and "report(" not in text, experiment.name
+        assert "delay-stability ensemble" not in text, experiment.name
+        for figure in experiment.figures:  # literally, or through the plan's list of its figures
+            assert "register_figure(" in text, (experiment.name, figure)
 
 
 @pytest.mark.parametrize("module", LIBRARY)

@@ -151,17 +151,16 @@ def test_code_edits_rerun_exactly_the_jobs_that_use_the_code(built, tmp_path):
 
     untouched = snakemake(moved, "-n", *TARGETS, env=env)
     assert "Nothing to be done" in untouched.stdout + untouched.stderr
-    assert plan_after("plots/stability.py") == {"fig2", "fig4", "fig12"}
+    assert plan_after("plots/stability.py") == {"stability_figure"}
     assert plan_after("plots/theory.py") == set()  # fig4a's figure is not drawn here; fig4 reads its table
     assert plan_after("experiments/stability_tables.py") == {"stability_tables", "stability_figure_tables",
-                                                              "fig2", "fig4", "fig12"}
+                                                              "stability_figure"}
     assert {"train", "stability_search", "stability_curve"} <= plan_after("asgd.py")
     assert "train" not in plan_after("sharpness.py") and "stability_sharpness" in plan_after("sharpness.py")
 
 
 RULES = ("train", "stability_minimum", "stability_sharpness", "stability_kick", "stability_search",
-         "stability_curve", "stability_tables", "stability_figure_tables", "fig2", "fig4", "fig12",
-         "theory_table")
+         "stability_curve", "stability_tables", "stability_figure_tables", "stability_figure", "theory_table")
 
 
 def test_the_report_holds_every_figure_with_its_caption(built, tmp_path):
@@ -180,7 +179,7 @@ def test_rerun_is_a_no_op_and_plot_options_only_redraw(built):
     edit_config(built, lambda c: c["quick"]["stability"]["plots"]["fig2"].update(variant="shifted", momentum=0.5))
     plot_only = snakemake(built, "-n", "figures/fig2.pdf")
     assert plot_only.returncode == 0
-    assert planned(plot_only, "fig2") and not planned(plot_only, "stability_search")
+    assert planned(plot_only, "stability_figure") and not planned(plot_only, "stability_search")
     assert not planned(plot_only, "train")
 
 

@@ -63,8 +63,14 @@ def test_the_default_config_dry_runs_and_sets_the_schema_defaults(tmp_path):
     workdir = copy_workflow(tmp_path)
     result = snakemake(workdir, "-n")
     assert result.returncode == 0, result.stderr[-2000:]
-    rules = {rule for rule, _ in planned_jobs(result.stdout)}
-    assert {"train", "stability_search", "eos_fixed", "theory_table", "fig2", "delayed_eos"} <= rules
+    jobs = planned_jobs(result.stdout)
+    rules = {rule for rule, _ in jobs}
+    assert {"train", "stability_search", "eos_fixed", "theory_table", "stability_figure", "eos_figure"} <= rules
+    # every figure of the registry is drawn by its experiment's generic figure rule, once
+    from delay_stability.registry import EXPERIMENTS
+
+    drawn = sorted((rule, wildcards["figure"]) for rule, wildcards in jobs if rule.endswith("_figure"))
+    assert drawn == sorted((f"{e.name}_figure", f) for e in EXPERIMENTS for f in e.figures)
 
 
 def test_a_paper_figure_pulls_in_only_the_runs_it_draws(tmp_path):

@@ -32,7 +32,10 @@ class Experiment:
     """The roles of one experiment; each role is the name of a function (or module) that plays it.
 
     name          the experiment: experiments/<name>.py, plots/<name>.py, workflow/rules/<name>.smk,
-                  tests/test_<name>.py
+                  tests/test_<name>.py, and the caption of its figures in the report,
+                  workflow/report/<name>.rst
+    title         its figures' category in the report (``snakemake --report``)
+    exact         True when its results are exact (theory): the report category names no scale
     blocks        the config blocks of a scale block that belong to it (stability has two: the plain
                   and the shifted-momentum minima); ``()`` for an experiment whose block is top-level
     figures       the figures its plots module draws (figures/<figure>.pdf)
@@ -49,6 +52,8 @@ class Experiment:
     """
 
     name: str
+    title: str = ""
+    exact: bool = False
     blocks: tuple = ()
     figures: tuple = ()
     specs: str | None = "config_specs"
@@ -71,6 +76,11 @@ class Experiment:
     def rules(self) -> str:
         """Its rule file, relative to the repository root."""
         return f"workflow/rules/{self.name}.smk"
+
+    @property
+    def caption(self) -> str:
+        """The caption of its figures in the report, relative to the repository root."""
+        return f"workflow/report/{self.name}.rst"
 
     @property
     def test_file(self) -> str:
@@ -101,25 +111,28 @@ class Experiment:
 
 #: Every experiment, in the order the workflow includes them and the figures are listed.
 EXPERIMENTS = (
-    Experiment("theory", figures=("fig6", "fig7", "fig8", "fig10", "fig4a", "bridge"), specs=None,
-               tables="theory", plot_options=None),
-    Experiment("stability", blocks=("stability", "shifted_stability"), figures=("fig2", "fig12", "fig4"),
-               tables="stability_tables", smoke="shrink_stability"),
-    Experiment("eos", blocks=("eos",), figures=("delayed_eos",), tables="eos_tables", smoke="shrink_eos"),
-    Experiment("generalization", blocks=("generalization",), figures=("fig3", "fig1", "fig13"),
+    Experiment("theory", "Theory (exact)", exact=True, figures=("fig6", "fig7", "fig8", "fig10", "fig4a", "bridge"),
+               specs=None, tables="theory", plot_options=None),
+    Experiment("stability", "Minima stability", blocks=("stability", "shifted_stability"),
+               figures=("fig2", "fig12", "fig4"), tables="stability_tables", smoke="shrink_stability"),
+    Experiment("eos", "Beyond the paper", blocks=("eos",), figures=("delayed_eos",), tables="eos_tables",
+               smoke="shrink_eos"),
+    Experiment("generalization", "Generalization", blocks=("generalization",), figures=("fig3", "fig1", "fig13"),
                ensembles="ensemble_groups", tables="generalization", smoke="shrink_generalization"),
-    Experiment("table1", blocks=("table1",), figures=("table1",), tables="table1_tables", smoke="shrink_table1"),
-    Experiment("imagenet", blocks=("imagenet",), figures=("fig5", "fig9"), tables="imagenet",
+    Experiment("table1", "Generalization", blocks=("table1",), figures=("table1",), tables="table1_tables",
+               smoke="shrink_table1"),
+    Experiment("imagenet", "ImageNet under delay", blocks=("imagenet",), figures=("fig5", "fig9"),
+               tables="imagenet", smoke="shrink_delayed"),
+    Experiment("spikes", "Spikes under delay", blocks=("spikes",), figures=("fig11",), tables="spikes",
                smoke="shrink_delayed"),
-    Experiment("spikes", blocks=("spikes",), figures=("fig11",), tables="spikes", smoke="shrink_delayed"),
-    Experiment("momentum", blocks=("momentum",),
+    Experiment("momentum", "Asynchrony begets momentum", blocks=("momentum",),
                figures=("momentum_theory", "momentum_vs_workers", "momentum_penalty"),
                ensembles="ensemble_groups", tables="momentum_tables", smoke="shrink_momentum"),
-    Experiment("mitigations", blocks=("mitigations",), figures=("mitigations",), tables="mitigations_tables",
-               plot_options=None, smoke="shrink_mitigations"),
-    Experiment("real_workers", blocks=("real_workers",), figures=("real_staleness",), specs=None,
+    Experiment("mitigations", "Delay mitigations", blocks=("mitigations",), figures=("mitigations",),
+               tables="mitigations_tables", plot_options=None, smoke="shrink_mitigations"),
+    Experiment("real_workers", "Real workers", blocks=("real_workers",), figures=("real_staleness",), specs=None,
                tables="real_workers_tables", smoke="shrink_real_workers"),
-    Experiment("random_staleness", blocks=("random_staleness",), figures=("random_staleness",),
+    Experiment("random_staleness", "Random staleness", blocks=("random_staleness",), figures=("random_staleness",),
                tables="random_staleness_tables", plot_options=None, smoke="shrink_random_staleness"),
 )
 

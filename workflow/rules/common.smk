@@ -15,7 +15,7 @@ from delay_stability.errors import UserError
 from delay_stability.experiments import config as config_check
 from delay_stability.experiments import smoke
 from delay_stability.files import code_hash
-from delay_stability.registry import EXPERIMENTS
+from delay_stability.registry import EXPERIMENTS, experiment_of_figure
 from delay_stability.spec import deep_merge, validate_spec
 from delay_stability.theory import VARIANTS  # the delayed-SGD variants, for wildcard constraints
 
@@ -193,3 +193,44 @@ def run_records(folder):
 def run_file(folder, name="final.pt"):
     """A file of a registered run folder (final.pt, metrics.csv, summary.json, run.json, spec.json)."""
     return str(Path(folder) / name)
+
+
+# ------------------------------------------------------------- ensembles of the generic ensemble rule
+#: ensemble folder -> {"specs": JSON list of the members' specs, "runs": their run folders, "resources"}:
+#: every batched ensemble that workflow/rules/train.smk builds (rule `ensemble`).
+ENSEMBLES = {}
+
+
+def register_ensemble(folder, runs, key, runtime_quick=30, runtime_paper=24 * 60):
+    """Let the generic ensemble rule train ``runs`` ((run folder, spec) pairs, specs as the plan made
+    them) as one batched ensemble whose record is ``folder``/ensemble.json; each member writes its own
+    run folder, as the train rule would. ``key`` names the config block in error messages. Returns the
+    record's path (what a tables rule takes as input)."""
+    folder = str(folder)
+    entry = {"specs": json.dumps([spec for _, spec in runs], sort_keys=True),
+             "runs": [str(f) for f, _ in runs], "resources": gpu_resources(runtime_quick, runtime_paper)}
+    if folder in ENSEMBLES and ENSEMBLES[folder]["specs"] != entry["specs"]:
+        raise WorkflowError(f"two different ensembles in the folder {folder} (config key {key})")
+    ENSEMBLES[folder] = entry
+    return ensemble_record(folder)
+
+
+def ensemble_record(folder):
+    """The record an ensemble job writes (ensemble.json in its folder): a tables rule's input."""
+    return str(Path(folder) / "ensemble.json")
+
+
+# ---------------------------------------------------------------- figures of the generic figure rules
+#: figure -> {"tables": the tables it reads, in the order its plotter takes them, "options": a function
+#: of no arguments giving its --options JSON}: every figure that workflow/rules/figures.smk draws.
+FIGURE_PLANS = {}
+
+
+def register_figure(name, tables, options=None):
+    """Let the generic figure rule of its experiment (``<experiment>_figure``, workflow/rules/figures.smk)
+    draw figure ``name`` from ``tables`` (paths, in the order its plotter reads them) with ``options``
+    (a function of no arguments returning the JSON object of plot options, called when the job is
+    planned; None: none), and add its PDF and PNG to rule all."""
+    experiment_of_figure(name)  # KeyError: a figure the registry does not list
+    FIGURE_PLANS[name] = {"tables": [str(t) for t in tables], "options": options or (lambda: "{}")}
+    ALL_TARGETS.extend(figure(name))

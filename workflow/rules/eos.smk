@@ -3,7 +3,7 @@
 #   fixed:   one η for every τ, from initialisation            results/<scale>/eos/fixed/lr{lr}/tau{tau}/
 #   scaled:  η = α*(τ, m)/edge, from a shared synchronous burn-in
 #            (results/<scale>/eos/burn_in/)                    results/<scale>/eos/scaled/{variant}-m{m}/tau{tau}/
-# -> `eos-collect` -> plateaus.csv, tracks.csv, theory.csv -> `plot delayed_eos`.
+# -> `eos-collect` -> plateaus.csv, tracks.csv, theory.csv -> `plot delayed_eos` (rule eos_figure).
 # See delay_stability.experiments.eos (tracking) and experiments.eos_tables (the analysis).
 
 
@@ -22,7 +22,8 @@ EOS_BURN_IN = str(EOS_DIR / "burn_in" / "final.pt")
 EOS_FIXED = eos_exp.fixed_runs(EOS, EOS_BASE) if EOS else {}
 EOS_SCALED = {r: eos_exp.scaled_spec(EOS, EOS_BASE, *r, EOS_BURN_IN) for r in eos_exp.scaled_runs(EOS)} if EOS else {}
 if EOS:
-    ALL_TARGETS.extend(figure("delayed_eos"))
+    register_figure("delayed_eos", [EOS_DIR / f"{t}.csv" for t in ("plateaus", "tracks", "theory")],
+                    lambda: eos_tables.plot_options(EOS, SCALE))
 
 
 rule eos_fixed:
@@ -122,25 +123,3 @@ rule eos_collect:
         "delay-stability eos-collect --run {input} --out {output.plateaus} --tracks {output.tracks} "
         "--theory {output.theory} --edge-tol {params.edge_tol} > {log} 2>&1"
 
-
-rule delayed_eos:
-    """Sharpness vs step at fixed η; a(t)/(α*/η) at η = α*/edge; 1/(η·plateau) vs τ against 1/α*."""
-    input:
-        plateaus=str(EOS_DIR / "plateaus.csv"),
-        tracks=str(EOS_DIR / "tracks.csv"),
-        theory=str(EOS_DIR / "theory.csv"),
-    output:
-        pdf=figure("delayed_eos")[0],
-        png=report(figure("delayed_eos")[1], caption="../report/eos.rst",
-                   category="Beyond the paper ({scale})".format(scale=SCALE), labels={"figure": "delayed_eos"}),
-    params:
-        scale=SCALE,
-        opts=lambda wc: eos_tables.plot_options(EOS),
-        code=plots_hash("eos"),
-    conda:
-        "../../environment.yml"
-    log:
-        str(LOGS / "delayed_eos.log"),
-    shell:
-        "delay-stability plot delayed_eos --table {input.plateaus} --table {input.tracks} --table {input.theory} "
-        "--scale {params.scale} --options {params.opts:q} --out {output.pdf} > {log} 2>&1"

@@ -17,45 +17,26 @@ IMAGENET_RUNS = imagenet_exp.planned(IMAGENET, IMAGENET_BASE, IMAGENET_DIR) if I
 
 #: every run folder once, with its spec
 IMAGENET_FOLDERS = {folder: spec for runs in IMAGENET_RUNS.values() for _, folder, spec in runs}
-#: group index -> the run folders that train as one ensemble
+#: group index -> the run folders that train as one ensemble (record IMAGENET_DIR/ensemble<i>/ensemble.json)
 IMAGENET_GROUPS = {
     i: [list(IMAGENET_FOLDERS)[j] for j in g]
     for i, g in enumerate(imagenet_groups(list(IMAGENET_FOLDERS.values())))
 }
 IMAGENET_GROUP_OF = {folder: i for i, folders in IMAGENET_GROUPS.items() for folder in folders}
+IMAGENET_RECORDS = {
+    i: register_ensemble(IMAGENET_DIR / f"ensemble{i}", [(f, IMAGENET_FOLDERS[f]) for f in folders], "imagenet",
+                         runtime_paper=5 * 24 * 60)
+    for i, folders in IMAGENET_GROUPS.items()
+}
 
 for _fig, _runs in IMAGENET_RUNS.items():
     for _name, _folder, _spec in _runs:
         if _folder not in IMAGENET_GROUP_OF:
             register_run(_folder, _spec, f"imagenet.{_fig}", runtime_paper=5 * 24 * 60)
 
-
-ALL_TARGETS.extend(f for name in IMAGENET_FIGURES for f in figure(name))
-
-
-rule imagenet_ensemble:
-    """The runs of one group (one delay and batch size) as one batched ensemble; each writes its own folder."""
-    output:
-        specs=str(IMAGENET_DIR / "ensemble{group}" / "ensemble-specs.json"),
-        record=str(IMAGENET_DIR / "ensemble{group}" / "ensemble.json"),
-    params:
-        specs=lambda wc: json.dumps([IMAGENET_FOLDERS[f] for f in IMAGENET_GROUPS[int(wc.group)]], sort_keys=True),
-        out=lambda wc: " ".join(IMAGENET_GROUPS[int(wc.group)]),
-        code=src_hash("ensemble"),
-    wildcard_constraints:
-        group=r"\d+",
-    conda:
-        "../../environment.yml"
-    log:
-        str(LOGS / "imagenet" / "ensemble{group}.log"),
-    benchmark:
-        str(LOGS / "imagenet" / "ensemble{group}.benchmark.tsv")
-    resources:
-        **gpu_resources(runtime_quick=30, runtime_paper=5 * 24 * 60),
-    shell:
-        "printf '%s' {params.specs:q} > {output.specs} && "
-        "delay-stability-gpu-slot --gpus {resources.gpu} -- delay-stability ensemble --specs {output.specs} "
-        "--out {params.out} --record {output.record} > {log} 2>&1"
+for _name in IMAGENET_FIGURES:
+    register_figure(_name, imagenet_exp.figure_tables(_name, IMAGENET_DIR).values(),
+                    lambda name=_name: imagenet_exp.plot_options(IMAGENET, name, IMAGENET_BASE, SCALE))
 
 
 rule imagenet_tables:
@@ -63,7 +44,7 @@ rule imagenet_tables:
     <figure>_staleness.csv (every run's realised staleness histogram)."""
     input:
         # the figure's ensembles' records and its single runs' records
-        lambda wc: [str(IMAGENET_DIR / f"ensemble{i}" / "ensemble.json")
+        lambda wc: [IMAGENET_RECORDS[i]
                     for i in sorted({IMAGENET_GROUP_OF[f] for _, f, _ in IMAGENET_RUNS[wc.figure] if f in IMAGENET_GROUP_OF})]
         + [r for _, f, _ in IMAGENET_RUNS[wc.figure] if f not in IMAGENET_GROUP_OF for r in run_records(f)],
     output:
@@ -84,25 +65,3 @@ rule imagenet_tables:
         "delay-stability imagenet-collect {wildcards.figure} --runs {params.runs:q} --out {output.table} "
         "--curves {output.curves} --staleness {output.staleness} > {log} 2>&1"
 
-
-rule imagenet_figure:
-    """fig5: val (solid) and train (dashed) error vs epochs, one panel per A-SGD arm with S-SGD; fig9: constant vs Gaussian delay."""
-    input:
-        unpack(lambda wc: imagenet_exp.figure_tables(wc.figure, IMAGENET_DIR)),
-    output:
-        pdf=str(FIGURES / "{figure}.pdf"),
-        png=report(str(FIGURES / "{figure}.png"), caption="../report/imagenet.rst",
-                   category="ImageNet under delay ({scale})".format(scale=SCALE), labels={"figure": "{figure}"}),
-    params:
-        tables=lambda wc: " ".join(f"--table {p}" for p in imagenet_exp.figure_tables(wc.figure, IMAGENET_DIR).values()),
-        opts=lambda wc: imagenet_exp.plot_options(IMAGENET, wc.figure, IMAGENET_BASE, SCALE),
-        code=plots_hash("imagenet"),
-    wildcard_constraints:
-        figure=as_regex(IMAGENET_FIGURES),
-    localrule: True
-    conda:
-        "../../environment.yml"
-    log:
-        str(LOGS / "{figure}.log"),
-    shell:
-        "delay-stability plot {wildcards.figure} {params.tables} --options {params.opts:q} --out {output.pdf} > {log} 2>&1"

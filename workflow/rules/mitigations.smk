@@ -13,7 +13,8 @@ MIT_SOURCE = SCALE_DIR / MIT["from"] if MIT else None
 
 if MIT:
     ALL_TARGETS.extend(str(MIT_DIR / t) for t in ("edges.csv", "noise.csv"))
-    ALL_TARGETS.extend(figure("mitigations"))
+    register_figure("mitigations", [MIT_DIR / "edges.csv"],
+                    lambda: json.dumps({"scale": SCALE, **MIT["plots"]["mitigations"]}))
 
 
 rule mitigations_search:
@@ -84,22 +85,3 @@ rule mitigations_tables:
     shell:
         "delay-stability mitigations-collect --search {input} --out {output} > {log} 2>&1"
 
-
-rule mitigations_figure:
-    """1/(a·η_max) vs τ per rule: theory lines, measured markers, plain A-SGD as the reference."""
-    input:
-        edges=str(MIT_DIR / "edges.csv"),
-    output:
-        pdf=str(FIGURES / "mitigations.pdf"),
-        png=report(str(FIGURES / "mitigations.png"), caption="../report/mitigations.rst",
-                   category="Delay mitigations ({scale})".format(scale=SCALE), labels={"figure": "mitigations"}),
-    params:
-        opts=lambda wc: json.dumps({"scale": SCALE, **MIT["plots"]["mitigations"]}),
-        code=plots_hash("mitigations"),
-    localrule: True
-    conda:
-        "../../environment.yml"
-    log:
-        str(LOGS / "mitigations.log"),
-    shell:
-        "delay-stability plot mitigations --table {input.edges} --options {params.opts:q} --out {output.pdf} > {log} 2>&1"

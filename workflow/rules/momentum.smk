@@ -1,7 +1,7 @@
 # Asynchrony begets Momentum (Mitliagkas et al. 2016): the best explicit momentum falls with the number of
 # workers M, even below zero. Theory (figures 6-7, Theorem 7) -> results/theory/momentum_{theory,fig7}.csv;
 # the network grid M x μ x η x seeds with random workers (geometric staleness) -> one ensemble job per M
-# (`delay-stability ensemble`; runs that cannot batch are jobs of the generic train rule)
+# (the generic ensemble rule; runs that cannot batch are jobs of the generic train rule)
 #   -> `momentum-collect` -> results/<scale>/momentum/{runs,scores,tuned,best,penalty,paper}.csv -> figures.
 # What the theory and stand-in jobs compute: delay_stability.experiments.momentum (nothing else, so that
 # editing the plan reruns neither); the network grid (the plan of the ensemble and train jobs), the score
@@ -20,9 +20,12 @@ MOM_SINGLE = [r for r in MOM_RUNS if r.axes["workers"] not in MOM_GROUPS]
 
 for _run in MOM_SINGLE:
     register_run(_run.folder(MOM_DIR), _run.spec, "momentum")
+MOM_RECORDS = [register_ensemble(MOM_DIR / f"workers{M}", [(r.folder(MOM_DIR), r.spec) for r in group], "momentum",
+                                 runtime_paper=48 * 60) for M, group in MOM_GROUPS.items()]
 
-if MOM:
-    ALL_TARGETS.extend(f for name in mom_tables.FIGURES for f in figure(name))
+for _name in mom_tables.FIGURES if MOM else ():
+    register_figure(_name, mom_tables.figure_tables(_name, MOM_DIR, THEORY_DIR).values(),
+                    lambda name=_name: mom_tables.plot_options(MOM, MOM_BASE, mom_tables.caption_scale(name, SCALE)))
 
 
 rule momentum_theory:
@@ -61,35 +64,10 @@ rule momentum_quadratic:
         "> {log} 2>&1"
 
 
-rule momentum_ensemble:
-    """The runs of one number of workers M as one batched ensemble; each member writes its own run folder."""
-    output:
-        specs=str(MOM_DIR / "workers{workers}" / "ensemble-specs.json"),
-        record=str(MOM_DIR / "workers{workers}" / "ensemble.json"),
-    params:
-        specs=lambda wc: mom_tables.specs_json(MOM_GROUPS[int(wc.workers)]),
-        out=lambda wc: " ".join(r.folder(MOM_DIR) for r in MOM_GROUPS[int(wc.workers)]),
-        code=src_hash("ensemble"),
-    wildcard_constraints:
-        workers=r"\d+",
-    conda:
-        "../../environment.yml"
-    log:
-        str(MOM_LOGS / "workers{workers}-ensemble.log"),
-    benchmark:
-        str(MOM_LOGS / "workers{workers}-ensemble.benchmark.tsv")
-    resources:
-        **gpu_resources(runtime_quick=30, runtime_paper=48 * 60),
-    shell:
-        "printf '%s' {params.specs:q} > {output.specs} && "
-        "delay-stability-gpu-slot --gpus {resources.gpu} -- delay-stability ensemble --specs {output.specs} "
-        "--out {params.out} --record {output.record} > {log} 2>&1"
-
-
 rule momentum_tables:
     """runs, scores, tuned, best, penalty and paper.csv: steps to the target loss, η and μ tuned per M."""
     input:
-        groups=[str(MOM_DIR / f"workers{M}" / "ensemble.json") for M in MOM_GROUPS],
+        groups=MOM_RECORDS,
         single=[f for r in MOM_SINGLE for f in run_records(r.folder(MOM_DIR))],
     output:
         [str(MOM_DIR / f"{name}.csv") for name in mom_tables.TABLES],
@@ -108,25 +86,3 @@ rule momentum_tables:
         "delay-stability momentum-collect --run {params.runs} --target-loss {params.target} "
         "--fixed-momentum {params.fixed} --out-dir {params.out_dir} > {log} 2>&1"
 
-
-rule momentum_figure:
-    """momentum_vs_workers, momentum_penalty (network grid) and momentum_theory (figures 6-7)."""
-    input:
-        unpack(lambda wc: mom_tables.figure_tables(wc.figure, MOM_DIR, THEORY_DIR)),
-    output:
-        pdf=str(FIGURES / "{figure}.pdf"),
-        png=report(str(FIGURES / "{figure}.png"), caption="../report/momentum.rst",
-                   category="Asynchrony begets momentum ({scale})".format(scale=SCALE), labels={"figure": "{figure}"}),
-    params:
-        tables=lambda wc: " ".join(f"--table {p}" for p in mom_tables.figure_tables(wc.figure, MOM_DIR, THEORY_DIR).values()),
-        opts=lambda wc: mom_tables.plot_options(MOM, MOM_BASE, mom_tables.caption_scale(wc.figure, SCALE)),
-        code=plots_hash("momentum"),
-    wildcard_constraints:
-        figure=as_regex(mom_tables.FIGURES),
-    localrule: True
-    conda:
-        "../../environment.yml"
-    log:
-        str(LOGS / "{figure}.log"),
-    shell:
-        "delay-stability plot {wildcards.figure} {params.tables} --options {params.opts:q} --out {output.pdf} > {log} 2>&1"

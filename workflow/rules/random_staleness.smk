@@ -19,7 +19,8 @@ if RS:
     ALL_TARGETS.extend(str(RS_DIR / t) for t in ("predictions.csv", "summary.csv"))
     if RS_RESCORE:
         ALL_TARGETS.append(str(RS_DIR / "scores.csv"))
-    ALL_TARGETS.extend(figure("random_staleness"))
+    register_figure("random_staleness", [RS_DIR / "summary.csv"] + ([RS_DIR / "scores.csv"] if RS_RESCORE else []),
+                    lambda: json.dumps({"scale": SCALE}))
 
 
 rule random_staleness_theory:
@@ -109,25 +110,3 @@ rule random_staleness_rescore:
         "--histograms {input.histograms} --lyapunov {params.lyapunov:q} --rescored {output.rescored} "
         "--scores {output.scores} --markdown {output.markdown} > {log} 2>&1"
 
-
-rule random_staleness_figure:
-    """Measured edges (seeds' interval) beside the mean, mean-square and almost-sure edges; real workers' scores."""
-    input:
-        summary=str(RS_DIR / "summary.csv"),
-        scores=str(RS_DIR / "scores.csv") if RS_RESCORE else [],
-    output:
-        pdf=str(FIGURES / "random_staleness.pdf"),
-        png=report(str(FIGURES / "random_staleness.png"), caption="../report/random_staleness.rst",
-                   category="Random staleness ({scale})".format(scale=SCALE), labels={"figure": "random_staleness"}),
-    params:
-        opts=lambda wc: json.dumps({"scale": SCALE}),
-        tables=lambda wc, input: " ".join(f"--table {p}" for p in input),
-        code=plots_hash("random_staleness"),
-    localrule: True
-    conda:
-        "../../environment.yml"
-    log:
-        str(LOGS / "random_staleness.log"),
-    shell:
-        "delay-stability plot random_staleness {params.tables} --options {params.opts:q} "
-        "--out {output.pdf} > {log} 2>&1"

@@ -15,7 +15,8 @@ RW_FROM = SCALE_DIR / RW["from"] if RW else None
 RW_SETTINGS = rw_exp.settings(RW) if RW else []
 
 if RW:
-    ALL_TARGETS.extend(figure("real_staleness"))
+    register_figure("real_staleness", [RW_DIR / f"{t}.csv" for t in ("outcomes", "histograms", "settings")],
+                    lambda: rw_tables.plot_options(RW, SCALE, EXP[RW["from"]]["baseline"]))
 
 
 rule real_workers_run:
@@ -73,25 +74,3 @@ rule real_workers_tables:
         "--histograms {output.histograms} --settings {output.settings} --continuations {output.continuations} "
         "--growth {params.growth} > {log} 2>&1"
 
-
-rule real_workers_figure:
-    """Measured staleness histograms with the geometric law and round robin; stay/leave per factor."""
-    input:
-        outcomes=str(RW_DIR / "outcomes.csv"),
-        histograms=str(RW_DIR / "histograms.csv"),
-        settings=str(RW_DIR / "settings.csv"),
-    output:
-        pdf=str(FIGURES / "real_staleness.pdf"),
-        png=report(str(FIGURES / "real_staleness.png"), caption="../report/real_workers.rst",
-                   category="Real workers ({scale})".format(scale=SCALE)),
-    params:
-        opts=lambda wc: rw_tables.plot_options(RW, SCALE, EXP[RW["from"]]["baseline"]),
-        code=plots_hash("real_workers"),
-    localrule: True
-    conda:
-        "../../environment.yml"
-    log:
-        str(LOGS / "real_staleness.log"),
-    shell:
-        "delay-stability plot real_staleness --table {input.outcomes} --table {input.histograms} "
-        "--table {input.settings} --options {params.opts:q} --out {output.pdf} > {log} 2>&1"

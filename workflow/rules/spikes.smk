@@ -1,6 +1,6 @@
 # Spikes in the training error under delay (appendix D): figure 11.
 # A-SGD with momentum, without, and with shifted momentum (config block spikes), the same hyperparameters,
-# no LR decay, x seeds: one batched ensemble job (`delay-stability ensemble`, per-member BatchNorm) when
+# no LR decay, x seeds: one batched ensemble job (the generic ensemble rule, per-member BatchNorm) when
 # spec.ensemble_groups allows, else one job of the generic train rule per run -> `spikes-collect` -> results/<scale>/spikes/{spikes,spikes_curves}.csv -> figures/fig11.
 # The spike count: delay_stability.experiments.spikes.count_spikes.
 from delay_stability.experiments import spikes as spikes_exp
@@ -18,38 +18,18 @@ SPIKES_GROUP = [SPIKES_RUNS[i] for g in spikes_groups([r.spec for r in SPIKES_RU
 for _run in SPIKES_RUNS:
     if _run not in SPIKES_GROUP:
         register_run(_run.folder(SPIKES_DIR), _run.spec, "spikes", runtime_paper=3 * 24 * 60)
+SPIKES_RECORDS = [register_ensemble(SPIKES_DIR, [(r.folder(SPIKES_DIR), r.spec) for r in SPIKES_GROUP], "spikes",
+                                    runtime_paper=3 * 24 * 60)] if SPIKES_GROUP else []
 
 if SPIKES:
-    ALL_TARGETS.extend(figure("fig11"))
-
-
-rule spikes_ensemble:
-    """The runs of fig11 as one batched ensemble; each member writes its own run folder."""
-    output:
-        specs=str(SPIKES_DIR / "ensemble-specs.json"),
-        record=str(SPIKES_DIR / "ensemble.json"),
-    params:
-        specs=json.dumps([r.spec for r in SPIKES_GROUP], sort_keys=True),
-        out=" ".join(r.folder(SPIKES_DIR) for r in SPIKES_GROUP),
-        code=src_hash("ensemble"),
-    conda:
-        "../../environment.yml"
-    log:
-        str(LOGS / "spikes" / "ensemble.log"),
-    benchmark:
-        str(LOGS / "spikes" / "ensemble.benchmark.tsv")
-    resources:
-        **gpu_resources(runtime_quick=30, runtime_paper=3 * 24 * 60),
-    shell:
-        "printf '%s' {params.specs:q} > {output.specs} && "
-        "delay-stability-gpu-slot --gpus {resources.gpu} -- delay-stability ensemble --specs {output.specs} "
-        "--out {params.out} --record {output.record} > {log} 2>&1"
+    register_figure("fig11", [SPIKES_DIR / "spikes.csv", SPIKES_DIR / "spikes_curves.csv"],
+                    lambda: spikes_exp.plot_options(SPIKES, SPIKES_BASE, SCALE))
 
 
 rule spikes_tables:
     """spikes.csv (per run: spikes, mean height, final train error) and spikes_curves.csv."""
     input:
-        group=[str(SPIKES_DIR / "ensemble.json")] if SPIKES_GROUP else [],
+        group=SPIKES_RECORDS,
         single=[f for r in SPIKES_RUNS if r not in SPIKES_GROUP for f in run_records(r.folder(SPIKES_DIR))],
     output:
         table=str(SPIKES_DIR / "spikes.csv"),
@@ -67,24 +47,3 @@ rule spikes_tables:
         "delay-stability spikes-collect --run {params.runs} --margin {params.margin} --out {output.table} "
         "--curves {output.curves} > {log} 2>&1"
 
-
-rule spikes_figure:
-    """fig11: train error vs epochs per algorithm and seed, spikes marked and counted."""
-    input:
-        table=str(SPIKES_DIR / "spikes.csv"),
-        curves=str(SPIKES_DIR / "spikes_curves.csv"),
-    output:
-        pdf=str(FIGURES / "fig11.pdf"),
-        png=report(str(FIGURES / "fig11.png"), caption="../report/spikes.rst",
-                   category="Spikes under delay ({scale})".format(scale=SCALE)),
-    params:
-        opts=spikes_exp.plot_options(SPIKES, SPIKES_BASE, SCALE) if SPIKES else "{}",
-        code=plots_hash("spikes"),
-    localrule: True
-    conda:
-        "../../environment.yml"
-    log:
-        str(LOGS / "fig11.log"),
-    shell:
-        "delay-stability plot fig11 --table {input.table} --table {input.curves} --options {params.opts:q} "
-        "--out {output.pdf} > {log} 2>&1"

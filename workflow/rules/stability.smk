@@ -1,7 +1,7 @@
 # Minima stability under delay (Section 3.1, appendix F): figures 2, 12 and 4 (right).
 # baseline (rule train) -> minimum (polish) -> sharpness -> kick -> search per (variant, m, tau)
 #   -> tables (every search: results/<scale>/stability/*.csv; per figure: .../stability/<figure>/*.csv)
-#   -> figures. Every step writes under results/<scale>/<experiment>/; the experiment's logic and its
+#   -> figures (the generic figure rule `stability_figure`, workflow/rules/figures.smk). Every step writes under results/<scale>/<experiment>/; the experiment's logic and its
 #   grid are in delay_stability.experiments.stability, its tables and the figures' plan (searches each
 #   draws, options) in experiments.stability_tables.
 from delay_stability.experiments import stability as stability_exp
@@ -20,7 +20,9 @@ for _exp in STABILITY_EXPERIMENTS:
 
 if STABILITY_EXPERIMENTS:
     ALL_TARGETS.extend(str(STABILITY_TABLES / f"{t}.csv") for t in ("thresholds", "fits", "probes", "curves"))
-    ALL_TARGETS.extend(f for name in STABILITY_FIGURES for f in figure(name))
+for _name, _exp in STABILITY_FIGURES.items():
+    register_figure(_name, stability_tables.figure_tables(_name, STABILITY_TABLES, THEORY_DIR),
+                    lambda name=_name, exp=_exp: stability_tables.plot_options(EXP[exp], name, exp, SCALE))
 
 
 rule stability_minimum:
@@ -196,73 +198,3 @@ rule stability_figure_tables:
         "delay-stability stability-collect --search {input.search} --curve {input.curves} "
         "--thresholds {output.thresholds} --probes {output.probes} --curves {output.curves} > {log} 2>&1"
 
-
-rule fig2:
-    """Epochs to leave the minimum vs η per τ (left); 1/η_max vs τ with fit and theory (right)."""
-    input:
-        thresholds=str(STABILITY_TABLES / "fig2" / "thresholds.csv"),
-        fits=str(STABILITY_TABLES / "fig2" / "fits.csv"),
-        probes=str(STABILITY_TABLES / "fig2" / "probes.csv"),
-    output:
-        pdf=str(FIGURES / "fig2.pdf"),
-        png=report(str(FIGURES / "fig2.png"), caption="../report/stability.rst",
-                   category="Minima stability ({scale})".format(scale=SCALE), labels={"figure": "fig2"}),
-    params:
-        opts=lambda wc: stability_tables.plot_options(
-            EXP[STABILITY_FIGURES["fig2"]], "fig2", STABILITY_FIGURES["fig2"], SCALE),
-        code=plots_hash("stability"),
-    localrule: True
-    conda:
-        "../../environment.yml"
-    log:
-        str(LOGS / "fig2.log"),
-    shell:
-        "delay-stability plot fig2 --table {input.thresholds} --table {input.fits} --table {input.probes} "
-        "--options {params.opts:q} --out {output.pdf} > {log} 2>&1"
-
-
-rule fig12:
-    """Validation error vs epochs of the continuations (the (τ, η) pairs of fig2)."""
-    input:
-        curves=str(STABILITY_TABLES / "fig12" / "curves.csv"),
-        thresholds=str(STABILITY_TABLES / "fig12" / "thresholds.csv"),
-    output:
-        pdf=str(FIGURES / "fig12.pdf"),
-        png=report(str(FIGURES / "fig12.png"), caption="../report/stability.rst",
-                   category="Minima stability ({scale})".format(scale=SCALE), labels={"figure": "fig12"}),
-    params:
-        opts=lambda wc: stability_tables.plot_options(
-            EXP[STABILITY_FIGURES["fig12"]], "fig12", STABILITY_FIGURES["fig12"], SCALE),
-        code=plots_hash("stability"),
-    localrule: True
-    conda:
-        "../../environment.yml"
-    log:
-        str(LOGS / "fig12.log"),
-    shell:
-        "delay-stability plot fig12 --table {input.curves} --table {input.thresholds} --options {params.opts:q} "
-        "--out {output.pdf} > {log} 2>&1"
-
-
-rule fig4:
-    """Shifted momentum: theory 1/(aη) vs τ (left); measured 1/(a·η_max) vs τ with fits (right)."""
-    input:
-        theory=str(THEORY_DIR / "fig4a.csv"),
-        thresholds=str(STABILITY_TABLES / "fig4" / "thresholds.csv"),
-        fits=str(STABILITY_TABLES / "fig4" / "fits.csv"),
-    output:
-        pdf=str(FIGURES / "fig4.pdf"),
-        png=report(str(FIGURES / "fig4.png"), caption="../report/stability.rst",
-                   category="Minima stability ({scale})".format(scale=SCALE), labels={"figure": "fig4"}),
-    params:
-        opts=lambda wc: stability_tables.plot_options(
-            EXP[STABILITY_FIGURES["fig4"]], "fig4", STABILITY_FIGURES["fig4"], SCALE),
-        code=plots_hash("stability"),
-    localrule: True
-    conda:
-        "../../environment.yml"
-    log:
-        str(LOGS / "fig4.log"),
-    shell:
-        "delay-stability plot fig4 --table {input.theory} --table {input.thresholds} --table {input.fits} "
-        "--options {params.opts:q} --out {output.pdf} > {log} 2>&1"

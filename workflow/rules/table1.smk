@@ -17,7 +17,7 @@ T1_SCAN = {n: t1_exp.scan_runs(T1, base) for n, base in T1_BASE.items()}
 T1_SLUGS = {t1_exp.slug(n): n for n in T1_NETS}
 
 if T1:
-    ALL_TARGETS.extend(figure("table1"))
+    register_figure("table1", [SCALE_DIR / "generalization" / "table1.csv"], lambda: t1_tables.plot_options(T1, SCALE))
 
 
 rule table1_scan:
@@ -94,22 +94,3 @@ rule table1_table:
     shell:
         "delay-stability table1-collect --record {input} --table {output.table} --markdown {output.markdown} --runs {output.runs} > {log} 2>&1"
 
-
-rule table1_figure:
-    """Table 1 drawn: validation accuracy per arm, one group per network (the paper's values beside)."""
-    input:
-        table=str(SCALE_DIR / "generalization" / "table1.csv"),
-    output:
-        pdf=str(FIGURES / "table1.pdf"),
-        png=report(str(FIGURES / "table1.png"), caption="../report/generalization.rst",
-                   category="Generalization ({scale})".format(scale=SCALE), labels={"figure": "table1"}),
-    params:
-        opts=lambda wc: t1_tables.plot_options(T1, SCALE),
-        code=plots_hash("table1"),
-    localrule: True
-    conda:
-        "../../environment.yml"
-    log:
-        str(LOGS / "table1.log"),
-    shell:
-        "delay-stability plot table1 --table {input.table} --options {params.opts:q} --out {output.pdf} > {log} 2>&1"

@@ -1,5 +1,6 @@
 # Exact stability theory: figures 6, 7, 8, 10, 4 (left) and the bridge to "Asynchrony begets Momentum".
 # config["theory"][fig] -> `delay-stability theory-table` -> results/theory/{fig}.csv -> `delay-stability plot`
+# (the generic figure rule `theory_figure`, workflow/rules/figures.smk)
 # Tables are scale-independent (exact roots of the characteristic equations); they take seconds.
 
 THEORY_FIGURES = ["fig6", "fig7", "fig8", "fig10", "fig4a", "bridge"]
@@ -8,7 +9,8 @@ THEORY_FIGURES = ["fig6", "fig7", "fig8", "fig10", "fig4a", "bridge"]
 THEORY_FLAGS = {"tau_max": "--tau-max", "b_max": "--b-max", "mu_max": "--mu-max", "momenta": "--momenta", "qs": "--qs"}
 
 
-ALL_TARGETS.extend(f for name in THEORY_FIGURES for f in figure(name))
+for _name in THEORY_FIGURES:
+    register_figure(_name, [THEORY_DIR / f"{_name}.csv"])
 
 
 rule theory_table:
@@ -30,27 +32,3 @@ rule theory_table:
     shell:
         "delay-stability theory-table {wildcards.fig} --out {output} {params.flags} > {log} 2>&1"
 
-
-rule theory_figure:
-    """Plot a theory figure from its table only (PDF and PNG twin)."""
-    input:
-        str(THEORY_DIR / "{fig}.csv"),
-    output:
-        pdf=str(FIGURES / "{fig}.pdf"),
-        png=report(
-            str(FIGURES / "{fig}.png"),
-            caption="../report/theory.rst",
-            category="Theory (exact)",
-            labels={"figure": "{fig}"},
-        ),
-    params:
-        code=plots_hash("theory"),
-    wildcard_constraints:
-        fig="|".join(THEORY_FIGURES),
-    localrule: True
-    log:
-        str(LOGS / "theory" / "{fig}.plot.log"),
-    conda:
-        "../../environment.yml"
-    shell:
-        "delay-stability plot {wildcards.fig} --table {input} --out {output.pdf} > {log} 2>&1"

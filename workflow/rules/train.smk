@@ -1,6 +1,7 @@
-# One generic rule: a run folder from its training spec (`delay-stability train`). Every experiment
-# registers the runs it needs with `register_run(folder, spec, key)` (common.smk); this file is
-# included after them, so that the rule knows every folder.
+# The two generic rules that train: a run folder from its training spec (`delay-stability train`), and
+# a batched ensemble of run folders (`delay-stability ensemble`). Every experiment registers the runs it
+# needs with `register_run(folder, spec, key)` and the ensembles with `register_ensemble(folder, runs,
+# key)` (common.smk); this file is included after them, so that the rules know every folder.
 
 
 rule train:
@@ -29,3 +30,31 @@ rule train:
     shell:
         "printf '%s' {params.spec:q} > {output.spec} && "
         "delay-stability-gpu-slot --gpus {resources.gpu} -- delay-stability train --spec {output.spec} --out $(dirname {output.final}) > {log} 2>&1"
+
+
+rule ensemble:
+    """Train a registered group of runs as one batched ensemble (delay_stability.ensemble: one model
+    per member, vectorised); each member writes its own run folder, as the train rule would."""
+    output:
+        specs=str(Path("{group}") / "ensemble-specs.json"),
+        record=str(Path("{group}") / "ensemble.json"),
+    params:
+        specs=lambda wc: ENSEMBLES[wc.group]["specs"],
+        out=lambda wc: " ".join(ENSEMBLES[wc.group]["runs"]),
+        code=src_hash("ensemble"),
+    wildcard_constraints:
+        group=as_regex(ENSEMBLES),
+    conda:
+        "../../environment.yml"
+    log:
+        str(Path("logs") / "ensemble" / "{group}.log"),
+    benchmark:
+        str(Path("logs") / "ensemble" / "{group}.benchmark.tsv")
+    resources:
+        gpu=GPUS_PER_JOB,
+        runtime=lambda wc: ENSEMBLES[wc.group]["resources"]["runtime"],
+        mem_mb=lambda wc: ENSEMBLES[wc.group]["resources"]["mem_mb"],
+    shell:
+        "printf '%s' {params.specs:q} > {output.specs} && "
+        "delay-stability-gpu-slot --gpus {resources.gpu} -- delay-stability ensemble --specs {output.specs} "
+        "--out {params.out} --record {output.record} > {log} 2>&1"

@@ -151,9 +151,9 @@ def theory_rows(plateaus) -> list[dict]:
 # ------------------------------------------------------------------------------------------------
 
 
-def plot_options(block: dict) -> str:
-    """The ``--options`` JSON of the delayed_eos figure."""
-    opts = {"edge_tol": block["edge_tol"]}
+def plot_options(block: dict, scale: str) -> str:
+    """The ``--options`` JSON of the delayed_eos figure (``scale`` names the scale in its caption)."""
+    opts = {"scale": scale, "edge_tol": block["edge_tol"]}
     burn = (block.get("scaled") or {}).get("burn_in")
     if burn:
         opts["burn_in"] = f"{burn['epochs']} steps of GD at η = {burn['lr']:g}"

@@ -15,6 +15,7 @@ so that editing an analysis or a figure option never reruns a training job.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ..errors import UserError
@@ -182,6 +183,18 @@ def table_inputs(experiments: dict, figure: str | None = None) -> dict:
             curves += [curve_file(exp_dir, *c) for c in curve_points(block)]
     return {"search": searches_, "curves": curves,
             "metrics": [str(Path(c).with_name("metrics.csv")) for c in curves]}
+
+
+#: figure -> the tables it reads, in the order its plotter takes them (fig4 first reads theory's fig4a)
+FIGURE_TABLES = {"fig2": ("thresholds", "fits", "probes"), "fig12": ("curves", "thresholds"),
+                 "fig4": ("fig4a", "thresholds", "fits")}
+
+
+def figure_tables(figure: str, tables_dir, theory_dir) -> list[str]:
+    """The tables figure ``figure`` reads: its own selection under ``tables_dir``/<figure>/ (the
+    stability_figure_tables rule writes them), and theory's fig4a.csv under ``theory_dir`` for fig4."""
+    return [os.path.join(os.fspath(theory_dir), "fig4a.csv") if name == "fig4a"
+            else os.path.join(os.fspath(tables_dir), figure, f"{name}.csv") for name in FIGURE_TABLES[figure]]
 
 
 def plot_options(block: dict, figure: str, experiment: str, scale: str) -> str:
