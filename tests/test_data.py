@@ -14,6 +14,7 @@ from torchvision import datasets as tv
 
 from delay_stability.data import NORMALISATION, dataset_args_with_defaults, load_dataset
 from delay_stability.errors import UserError
+from delay_stability.spec import validate_spec
 
 
 
@@ -98,7 +99,39 @@ def test_digits_fixed_seeded_split():
     assert not torch.equal(other.train_y[:100], ds.train_y[:100])
 
 
+# ------------------------------------------------------------------ MNIST-1D
+def test_mnist1d_is_the_packages_make_dataset_as_one_row_images_and_leaves_global_rngs_alone():
+    """The fig5/fig9 quick stand-in: exactly mnist1d's make_dataset (default arguments, seed 42, no
+    download), its 80/20 split, each signal a 1x1x40 image; generating it neither moves nor
+    depends on Python's or NumPy's global generators."""
+    import random
+
+    import numpy as np
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    random.seed(7)
+    np.random.seed(7)
+    expected_next = (random.random(), np.random.rand())
+    random.seed(7)
+    np.random.seed(7)
+    ds = load_dataset({"dataset": "mnist1d", "dtype": "float64"})
+    assert (random.random(), np.random.rand()) == expected_next
+    reference = make_dataset(get_dataset_args())
+    assert (ds.num_train, ds.num_val, ds.input_shape, ds.num_classes) == (4000, 1000, (1, 1, 40), 10)
+    assert torch.equal(ds.train_x.view(4000, 40), torch.tensor(reference["x"]))
+    assert torch.equal(ds.val_y, torch.tensor(reference["y_test"]))
+    assert abs(float(torch.cat([ds.train_x, ds.val_x]).mean())) < 1e-9  # centred over the whole set
+    assert torch.bincount(ds.train_y).min() > 300  # ten balanced classes
+    small = load_dataset({"dataset": "mnist1d", "dataset_args": {"num_samples": 500, "seed": 1}})
+    assert (small.num_train, small.num_val) == (400, 100) and small.train_x.dtype == torch.float32
+    with pytest.raises(UserError, match="dataset_args.num_samples"):
+        dataset_args_with_defaults("mnist1d", {"num_samples": 10})
+    with pytest.raises(UserError, match="augment"):
+        validate_spec({"model": "resnet_digits", "dataset": "mnist1d", "augment": True, "epochs": 1, "lr": 0.1})
+
+
 # ------------------------------------------------------------------ MNIST / CIFAR through torchvision
+
 
 
 @pytest.mark.parametrize("compress", [False, True])

@@ -209,9 +209,9 @@ def test_the_image_folder_run_resumes_after_sigkill_bit_for_bit(tmp_path):
 
 
 def test_tables_name_the_arms_and_read_every_run(tmp_path):
-    """Two short digits runs (the quick stand-in network) collected into fig5.csv / fig5_curves.csv."""
+    """Two short runs of the quick stand-in (MNIST-1D, 64 training signals) collected into fig5.csv / fig5_curves.csv."""
     block = copy.deepcopy(CONFIG["quick"]["imagenet"])
-    block["train"] = deep_merge(block["train"], {"epochs": 2, "dataset_args": {"train_size": 64},
+    block["train"] = deep_merge(block["train"], {"epochs": 2, "dataset_args": {"num_samples": 80},
                                                  "lr_schedule": {"milestones": [1], "warmup_epochs": 0}})
     block["fig5"]["runs"] = block["fig5"]["runs"][:2]
     block["fig5"]["seeds"] = [0]
@@ -261,7 +261,7 @@ def test_fig9_gaussian_arm_is_the_authors_worker_rule_and_its_histogram_is_drawn
     from delay_stability.plots import plot_figure
 
     block = copy.deepcopy(CONFIG["quick"]["imagenet"])
-    block["train"] = deep_merge(block["train"], {"epochs": 2, "dataset_args": {"train_size": 320},
+    block["train"] = deep_merge(block["train"], {"epochs": 2, "dataset_args": {"num_samples": 400},
                                                  "lr_schedule": {"milestones": [1], "warmup_epochs": 1}})
     block["fig9"]["seeds"] = [0]
     named = im.planned(block, block["train"], tmp_path)["fig9"]

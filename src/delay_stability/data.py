@@ -6,6 +6,11 @@
 
     digits    scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download): pixels / 16,
               a fixed seeded split into train_size training and 1797 - train_size validation images
+    mnist1d   MNIST-1D (Greydanus 2020), generated procedurally by the ``mnist1d`` package's
+              ``make_dataset`` (no download): num_samples signals of length 40 from the ten digit
+              templates (padded, shifted, scaled, sheared, correlated and white noise; seed), centred
+              and scaled to unit variance over the whole set, the package's 80% / 20% split, held as
+              (N, 1, 1, 40) images
     mnist     torchvision MNIST (IDX files under <root>/MNIST/raw), normalised with mean/std
     cifar10   torchvision CIFAR-10 (pickled batches under <root>/cifar-10-batches-py)
     cifar100  torchvision CIFAR-100 (<root>/cifar-100-python)
@@ -158,6 +163,36 @@ def _load_digits(args: dict, dtype, device) -> TensorDataset:
     perm = torch.as_tensor(np.random.default_rng(args["split_seed"]).permutation(len(y)))
     tr, va = perm[: args["train_size"]], perm[args["train_size"] :]
     return TensorDataset("digits", 10, x[tr].to(device), y[tr].to(device), x[va].to(device), y[va].to(device))
+
+
+def _mnist1d_arrays(num_samples: int, seed: int) -> dict:
+    """The package's ``make_dataset`` with its default arguments but ``num_samples`` and ``seed``
+    (x, y: the first 80%; x_test, y_test: the rest). It seeds Python's and NumPy's global generators:
+    their states are put back, so that loading the data changes no other randomness."""
+    import random
+
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed = int(num_samples), int(seed)
+    states = random.getstate(), np.random.get_state()
+    try:
+        return make_dataset(args)
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+
+
+def _load_mnist1d(args: dict, dtype, device) -> TensorDataset:
+    d = _mnist1d_arrays(args["num_samples"], args["seed"])
+
+    def signals(a):
+        return torch.tensor(np.asarray(a), dtype=dtype).view(len(a), 1, 1, -1).to(device)
+
+    def labels(a):
+        return torch.tensor(np.asarray(a), dtype=torch.int64).to(device)
+
+    return TensorDataset("mnist1d", 10, signals(d["x"]), labels(d["y"]), signals(d["x_test"]), labels(d["y_test"]))
 
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -371,10 +406,12 @@ def load_dataset(spec: dict, device="cpu"):
     args = dataset_args_with_defaults(name, spec.get("dataset_args"))
     dtype = DTYPES[spec.get("dtype", "float32")]
     augment = bool(spec.get("augment", False))
-    if augment and name == "digits":
-        raise UserError("spec key 'augment': augmentation is for mnist, cifar10, cifar100 and imagenet, not digits")
+    if augment and name in ("digits", "mnist1d"):
+        raise UserError(f"spec key 'augment': augmentation is for mnist, cifar10, cifar100 and imagenet, not {name}")
     if name == "digits":
         return _load_digits(args, dtype, device)
+    if name == "mnist1d":
+        return _load_mnist1d(args, dtype, device)
     if name == "imagenet":
         return FolderDataset(args, dtype, device, augment)
     return _load_torchvision(name, args, dtype, device, augment)

@@ -64,6 +64,7 @@ MODEL_NAMES = tuple(MODEL_ARGS)
 #: The keys each dataset accepts in ``dataset_args``, with their defaults.
 DATASET_ARGS = {
     "digits": {"train_size": 1297, "split_seed": 0},
+    "mnist1d": {"num_samples": 5000, "seed": 42},  # the package's defaults: 4,000 / 1,000 signals
     "mnist": {"root": "data", "download": False, "train_subset": None, "val_subset": None},
     "cifar10": {"root": "data", "download": False, "train_subset": None, "val_subset": None, "verify": True},
     "cifar100": {"root": "data", "download": False, "train_subset": None, "val_subset": None, "verify": True},
@@ -89,12 +90,16 @@ def dataset_args_with_defaults(name: str, args: dict | None) -> dict:
                 f"spec key 'dataset_args.{key}': not an argument of dataset {name!r} (choose {', '.join(out)})"
             )
         out[key] = value
-    for key in ("train_size", "train_subset", "val_subset", "workers", "image_size", "split_seed", "prefetch"):
+    for key in ("train_size", "train_subset", "val_subset", "workers", "image_size", "split_seed", "prefetch",
+                "num_samples", "seed"):
         value = out.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise UserError(f"spec key 'dataset_args.{key}': expected a non-negative integer, got {value!r}")
     if name == "imagenet" and out["prefetch"] < 1:
         raise UserError(f"spec key 'dataset_args.prefetch': batches queued per worker, must be >= 1, got {out['prefetch']}")
+    if name == "mnist1d" and out["num_samples"] < 50:
+        raise UserError(f"spec key 'dataset_args.num_samples': at least 50 (5 per class, 80% of them to train), "
+                        f"got {out['num_samples']}")
     if name == "digits" and not 1 <= out["train_size"] < DIGITS_SIZE:
         raise UserError(f"spec key 'dataset_args.train_size': must be in 1..{DIGITS_SIZE - 1}, got {out['train_size']}")
     if out.get("root") is not None and not isinstance(out["root"], str):
@@ -263,8 +268,8 @@ def check_spec(spec: dict) -> None:
 def _validate_spec(spec: dict) -> dict:
     """Check a training spec and return a copy with every default filled in.
 
-    Keys (defaults in SPEC_DEFAULTS): model, model_args, dataset (digits | mnist | cifar10 |
-    cifar100 | imagenet), dataset_args, loss (cross_entropy | mse), dtype, device (auto | cpu |
+    Keys (defaults in SPEC_DEFAULTS): model, model_args, dataset (digits | mnist1d | mnist |
+    cifar10 | cifar100 | imagenet), dataset_args, loss (cross_entropy | mse), dtype, device (auto | cpu |
     cuda), seed, threads, epochs, batch_size (0 = full batch), lr, lr_schedule ({kind: constant} or
     {kind: step, milestones, gamma}, both with warmup_epochs and warmup_start), optimizer (delay,
     workers, schedule (SCHEDULES; spread: gaussian, compute_time, landing_log: replay), momentum,
@@ -289,8 +294,8 @@ def _validate_spec(spec: dict) -> dict:
     s["lr_schedule"] = _lr_schedule(s["lr_schedule"])
     s["optimizer"] = _optimizer(s["optimizer"])
     s["augment"] = _bool("augment", s["augment"])
-    if s["augment"] and s["dataset"] == "digits":
-        raise _bad("augment", "augmentation is for mnist, cifar10, cifar100 and imagenet, not digits")
+    if s["augment"] and s["dataset"] in ("digits", "mnist1d"):
+        raise _bad("augment", f"augmentation is for mnist, cifar10, cifar100 and imagenet, not {s['dataset']}")
     s["eval_every"] = _int("eval_every", s["eval_every"], 1)
     s["checkpoint_every"] = _int("checkpoint_every", s["checkpoint_every"], 1, allow_none=True)
     s["stop"] = _stop(s["stop"])
