@@ -89,11 +89,19 @@ def check_block(block: dict) -> None:
 
 
 def all_specs(block: dict, base: dict):
-    """(key, spec) of the block's train spec, then of every run (for the config check)."""
+    """(key, spec) of the block's train spec, then of every run (for the config check): every
+    configuration (M, μ, η) at the first seed, and each further seed once. A spec's seed is checked
+    alone (an integer >= 0; nothing else depends on it, see ``spec._validated``), so this finds every
+    error that checking all the runs would, with 1/len(seeds) of the specs: the check runs at every
+    Snakemake start, and the grid has thousands of runs."""
     yield "momentum.train", base
     check_block(block)
-    for run in runs(block, base):
+    seeds = block.get("seeds") or [0]
+    first = runs({**block, "seeds": seeds[:1]}, base)
+    for run in first:
         yield f"momentum ({run.name})", run.spec
+    for seed in seeds[1:]:
+        yield f"momentum.seeds ({seed})", {**first[0].spec, "seed": seed}
 
 
 def groups(runs_: list) -> dict:
