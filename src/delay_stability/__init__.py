@@ -6,7 +6,7 @@ theory     characteristic equations of delayed SGD and their stability edges (ex
 spec       training specs: defaults, validation, overrides (no torch)
 asgd       DelayedSGD, a drop-in torch.optim.Optimizer that applies stale updates
 models     the papers' networks and small stand-ins, built by name
-data       datasets (digits, MNIST, CIFAR-10/100, ImageNet), held on the device
+data       datasets (digits, MNIST-1D, MNIST, CIFAR-10/100, ImageNet), held on the device
 train      the training engine behind `delay-stability train`; load_run for analysis
 sharpness  the top Hessian eigenvalue of the training loss (Lanczos / power iteration)
 measure    `delay-stability sharpness`: the solver on a saved run

@@ -28,7 +28,7 @@ arguments (spread, compute_time, landing_log) and the stop rules.
 
 What batches: the quick stand-ins (mlp, cnn_digits with or without BatchNorm, resnet_digits) and the
 paper-scale networks without BatchNorm (fc3x1024, mnist_cnn, cifar10_quick) on the in-memory datasets
-(digits, mnist, cifar10, cifar100) without augmentation. BatchNorm is per member: batch statistics of
+(digits, mnist1d, mnist, cifar10, cifar100) without augmentation. BatchNorm is per member: batch statistics of
 its own minibatch in training (and for L0), its own running statistics (stacked buffers, updated in
 place) in evaluation, as a single run's model.train()/model.eval(). What falls back (``can_ensemble``
 says why, and the workflow trains each spec with ``run_training``): the paper-scale BatchNorm networks,
