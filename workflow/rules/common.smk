@@ -196,8 +196,8 @@ def run_file(folder, name="final.pt"):
 
 
 # ------------------------------------------------------------- ensembles of the generic ensemble rule
-#: ensemble folder -> {"specs": JSON list of the members' specs, "runs": their run folders, "resources"}:
-#: every batched ensemble that workflow/rules/train.smk builds (rule `ensemble`).
+#: ensemble folder -> {"specs": the members' specs, "runs": their run folders, "resources"}: every
+#: batched ensemble that workflow/rules/train.smk builds (rule `ensemble`, which writes the specs as JSON).
 ENSEMBLES = {}
 
 
@@ -207,8 +207,8 @@ def register_ensemble(folder, runs, key, runtime_quick=30, runtime_paper=24 * 60
     run folder, as the train rule would. ``key`` names the config block in error messages. Returns the
     record's path (what a tables rule takes as input)."""
     folder = str(folder)
-    entry = {"specs": json.dumps([spec for _, spec in runs], sort_keys=True),
-             "runs": [str(f) for f, _ in runs], "resources": gpu_resources(runtime_quick, runtime_paper)}
+    entry = {"specs": [spec for _, spec in runs], "runs": [str(f) for f, _ in runs],
+             "resources": gpu_resources(runtime_quick, runtime_paper)}
     if folder in ENSEMBLES and ENSEMBLES[folder]["specs"] != entry["specs"]:
         raise WorkflowError(f"two different ensembles in the folder {folder} (config key {key})")
     ENSEMBLES[folder] = entry

@@ -39,7 +39,7 @@ rule ensemble:
         specs=str(Path("{group}") / "ensemble-specs.json"),
         record=str(Path("{group}") / "ensemble.json"),
     params:
-        specs=lambda wc: ENSEMBLES[wc.group]["specs"],
+        specs=lambda wc: json.dumps(ENSEMBLES[wc.group]["specs"], sort_keys=True),
         out=lambda wc: " ".join(ENSEMBLES[wc.group]["runs"]),
         code=src_hash("ensemble"),
     wildcard_constraints:

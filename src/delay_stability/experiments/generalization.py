@@ -131,8 +131,6 @@ def ensemble_groups(runs_: list) -> dict:
     return plan.ensemble_groups_by(runs_, "tau")
 
 
-specs_json = plan.specs_json
-
 
 def plot_options(block: dict, figure: str, base: dict, scale: str) -> str:
     """The ``--options`` JSON of a figure: the budget and model, for the caption."""

@@ -114,8 +114,6 @@ def ensemble_groups(runs_: list) -> dict:
     return plan.ensemble_groups_by(runs_, "workers")
 
 
-specs_json = plan.specs_json
-
 
 # ================================================================ figures
 

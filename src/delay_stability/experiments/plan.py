@@ -6,7 +6,6 @@ Only plans and tables import this module (generalization, momentum_tables); no c
 
 from __future__ import annotations
 
-import json
 
 
 def groups_by(runs: list, axis: str) -> dict:
@@ -24,7 +23,3 @@ def ensemble_groups_by(runs: list, axis: str) -> dict:
 
     return {value: g for value, g in groups_by(runs, axis).items() if can_ensemble([r.spec for r in g])[0]}
 
-
-def specs_json(group: list) -> str:
-    """The JSON list of a group's specs (the ensemble command's ``--specs``)."""
-    return json.dumps([r.spec for r in group], sort_keys=True)
