@@ -438,6 +438,29 @@ def test_the_grid_offset_claim_finds_a_best_momentum_that_moves_with_the_grid():
     assert float(r["measured"]) == pytest.approx(0.9) and r["verdict"] == "does not hold"
 
 
+def test_the_decade_grid_claims_read_each_offset_of_the_papers_protocol():
+    """Decade grids {1, .1} and {.3162, .03162}: at M = 16 μ = 0.45 is best at η = 0.1 and μ = −0.45
+    at η = 0.3162, so the paper's grid (through the largest η) picks 0.45 and the shifted one −0.45."""
+    rows = []
+    for M in (1, 16):
+        for mu in (-0.45, 0.45):
+            for lr in (1.0, 0.3162, 0.1, 0.03162):
+                for s in range(3):
+                    good = M == 16 and ((mu == 0.45 and lr == 0.1) or (mu == -0.45 and lr == 0.3162))
+                    steps = (50.0 if good and mu < 0 else 60.0 if good else 200.0) + s
+                    rows.append({"workers": str(M), "momentum": repr(mu), "lr": repr(lr), "seed": str(s),
+                                 "reached": "True", "steps_to_target": repr(steps)})
+    tables = {"momentum_decade_runs": rows}
+    neg = C.evaluate(claim("p2.decade.negative", tables), tables, {})
+    assert float(neg["measured"]) == 0.45 and neg["verdict"] == "does not hold" and neg["n_seeds"] == "3"
+    off = C.evaluate(claim("p2.decade.offset", tables), tables, {})
+    assert float(off["measured"]) == pytest.approx(0.9) and off["verdict"] == "does not hold"
+    assert "1: +0.45, 0.316: -0.45" in off["note"]
+    one = [r for r in rows if float(r["lr"]) in (1.0, 0.1)]                 # one offset: no spread to measure
+    assert C.evaluate(claim("p2.decade.offset", {"momentum_decade_runs": one}), {"momentum_decade_runs": one},
+                      {})["verdict"] == "unresolved"
+
+
 def test_the_deterministic_claims_read_the_real_columns():
     """Constructed tables with the columns their modules write (stability_tables, eos_tables,
     mitigations_tables, real_workers): every claim evaluates (no 'cannot evaluate') to the verdict

@@ -194,6 +194,53 @@ def test_the_block_checks_name_the_key():
         list(mom_tables.all_specs(block(workers=[2, 4]), block()["train"]))
 
 
+def test_the_decade_grid_is_the_papers_undampened_protocol_at_shifted_offsets():
+    from delay_stability.experiments.claims import decade_offsets
+
+    b = block(decade_grid={"top": 1.0, "decades": 3, "offsets": 4, "workers": [1, 4]})
+    lrs = mom_tables.decade_lrs(b)
+    assert lrs == [1.0, 0.5623, 0.3162, 0.1778, 0.1, 0.05623, 0.03162, 0.01778, 0.01, 0.005623, 0.003162, 0.001778]
+    runs = mom_tables.decade_runs(b, b["train"])
+    assert len(runs) == 2 * 3 * 12 * 2
+    assert {r.spec["optimizer"]["dampening"] for r in runs} == {False}
+    assert {r.spec["optimizer"]["schedule"] for r in runs} == {"random"}
+    assert runs[0].name == "workers1/momentum-0.45/lr1/seed0" and runs[0].spec["lr"] == 1.0
+    # the ledger reads the grids back from the learning rates alone: the paper's grid (1, .1, .01) first
+    assert [[lrs[i] for i in g] for g in decade_offsets(lrs)] == [
+        [1.0, 0.1, 0.01], [0.5623, 0.05623, 0.005623], [0.3162, 0.03162, 0.003162], [0.1778, 0.01778, 0.001778]]
+    assert mom_tables.decade_runs(block(), block()["train"]) == []          # no decade_grid: no runs
+    assert mom_tables.decade_workers(block(decade_grid={"top": 0.1})) == [1, 4]   # default: the block's workers
+    with pytest.raises(UserError, match="decade_grid.workers"):
+        list(mom_tables.all_specs(block(decade_grid={"top": 1.0, "workers": [4]}), block()["train"]))
+    keys = [k for k, _ in mom_tables.all_specs(b, b["train"])]
+    assert sum(k.startswith("momentum.decade_grid (") for k in keys) == 2 * 3 * 12   # one seed per configuration
+
+
+def test_undampened_momentum_at_eta_is_dampened_momentum_at_eta_over_one_minus_mu():
+    """Why the decade grid needs its own runs: undampened momentum at η (the paper's) moves exactly as
+    the project's dampened momentum at η/(1 − μ), a different η for every μ (random workers, same seed)."""
+    import torch
+
+    from delay_stability.asgd import DelayedSGD
+
+    lam = torch.linspace(0.5, 2.0, 6, dtype=torch.float64)
+    for mu in (-0.675, 0.45):
+        paths = []
+        for lr, damp in ((0.3, False), (0.3 / (1 - mu), True)):
+            w = torch.ones(6, dtype=torch.float64, requires_grad=True)
+            opt = DelayedSGD([w], lr=lr, workers=4, schedule="random", momentum=mu, variant="momentum",
+                             dampening=damp, seed=3)
+            path = []
+            for _ in range(40):
+                with torch.no_grad():
+                    w.grad = lam * w
+                opt.step()
+                path.append(w.detach().clone())
+            paths.append(torch.stack(path))
+        assert torch.allclose(paths[0], paths[1], rtol=1e-12, atol=1e-15)
+        assert not torch.allclose(paths[0][-1], torch.ones(6, dtype=torch.float64))
+
+
 def test_steps_to_target_interpolates_in_log_loss():
     rows = [{"epoch": 0, "step": 0, "train_loss": 2.0}, {"epoch": 1, "step": 10, "train_loss": 1.0},
             {"epoch": 2, "step": 20, "train_loss": 0.25}]
@@ -276,11 +323,12 @@ def test_a_tiny_momentum_grid_builds_through_snakemake(tmp_path):
                                                           threads=1),
                                       theory={"conditions": [5.0], "mu_s": [0.0, 0.5], "eigenvalues": 5,
                                               "fig7": {"condition": 10.0, "steps": 10, "momenta": [0.0]}},
-                                      quadratic=dict(TINY_QUADRATIC, seeds=4, steps=4))
+                                      quadratic=dict(TINY_QUADRATIC, seeds=4, steps=4),
+                                      decade_grid={"top": 1.0, "decades": 1, "offsets": 2, "workers": [1, 4]})
 
     edit_config(workdir, tiny)
     res = snakemake(workdir, "--cores", "2", "figures/momentum_vs_workers.pdf", "figures/momentum_penalty.pdf",
-                    "figures/momentum_theory.pdf", timeout=300)
+                    "figures/momentum_theory.pdf", "results/quick/momentum/decade/best.csv", timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     mdir = workdir / "results" / "quick" / "momentum"
     runs = read_csv(mdir / "runs.csv")
@@ -293,5 +341,11 @@ def test_a_tiny_momentum_grid_builds_through_snakemake(tmp_path):
     theory_rows = read_csv(workdir / "results" / "theory" / "momentum_theory.csv")
     assert list(theory_rows[0]) == ["Q", "mu_s", "optimal_mu_l", "rate"] and len(theory_rows) == 2
     assert len(read_csv(mdir / "quadratic_best.csv")) == 2
+    decade = read_csv(mdir / "decade" / "runs.csv")   # the paper's protocol: its own runs, undampened
+    assert sorted({float(r["lr"]) for r in decade}) == [0.3162, 1.0] and len(decade) == 2 * 3 * 2 * 2
+    for r in decade[:2]:
+        rec = json.loads((workdir / r["run"] / "run.json").read_text())
+        assert rec["spec"]["optimizer"]["dampening"] is False and rec["ensemble"]["members"] == 12
+    assert len(read_csv(mdir / "decade" / "best.csv")) == 4
     for name in ("momentum_vs_workers", "momentum_penalty", "momentum_theory"):
         assert (workdir / "figures" / f"{name}.png").stat().st_size > 0

@@ -23,6 +23,18 @@ for _run in MOM_SINGLE:
 MOM_RECORDS = [register_ensemble(MOM_DIR / f"workers{M}", [(r.folder(MOM_DIR), r.spec) for r in group], "momentum",
                                  runtime_paper=48 * 60) for M, group in MOM_GROUPS.items()]
 
+# The second paper's own protocol (``decade_grid``: undampened momentum, η on a decade grid at several
+# offsets): its own runs, one ensemble job per M, tables under MOM_DIR/decade/ (the same collect).
+MOM_DECADE_DIR = MOM_DIR / "decade"
+MOM_DECADE_RUNS = mom_tables.decade_runs(MOM, MOM_BASE) if MOM else []
+MOM_DECADE_GROUPS = mom_tables.ensemble_groups(MOM_DECADE_RUNS)
+MOM_DECADE_SINGLE = [r for r in MOM_DECADE_RUNS if r.axes["workers"] not in MOM_DECADE_GROUPS]
+for _run in MOM_DECADE_SINGLE:
+    register_run(_run.folder(MOM_DECADE_DIR), _run.spec, "momentum.decade_grid")
+MOM_DECADE_RECORDS = [
+    register_ensemble(MOM_DECADE_DIR / f"workers{M}", [(r.folder(MOM_DECADE_DIR), r.spec) for r in group],
+                      "momentum.decade_grid", runtime_paper=48 * 60) for M, group in MOM_DECADE_GROUPS.items()]
+
 for _name in mom_tables.FIGURES if MOM else ():
     register_figure(_name, mom_tables.figure_tables(_name, MOM_DIR, THEORY_DIR).values(),
                     lambda name=_name: mom_tables.plot_options(MOM, MOM_BASE, mom_tables.caption_scale(name, SCALE)))
@@ -86,3 +98,22 @@ rule momentum_tables:
         "delay-stability momentum-collect --run {params.runs} --target-loss {params.target} "
         "--fixed-momentum {params.fixed} --out-dir {params.out_dir} > {log} 2>&1"
 
+
+
+
+# The paper's own protocol (undampened momentum, decade η grid): the same tables under momentum/decade/
+# (the claims read the best μ on each offset of the decade grid from its runs.csv).
+use rule momentum_tables as momentum_decade_tables with:
+    input:
+        groups=MOM_DECADE_RECORDS,
+        single=[f for r in MOM_DECADE_SINGLE for f in run_records(r.folder(MOM_DECADE_DIR))],
+    output:
+        [str(MOM_DECADE_DIR / f"{name}.csv") for name in mom_tables.TABLES],
+    params:
+        runs=" ".join(r.folder(MOM_DECADE_DIR) for r in MOM_DECADE_RUNS),
+        target=MOM["target_loss"] if MOM else None,
+        fixed=MOM.get("fixed_momentum", 0.9) if MOM else None,
+        out_dir=lambda wc, output: os.path.dirname(output[0]),
+        code=src_hash("experiments.momentum_tables"),
+    log:
+        str(MOM_LOGS / "decade_tables.log"),

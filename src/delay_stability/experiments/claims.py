@@ -325,6 +325,7 @@ TABLES = {
     "fig9": ("{scale}/imagenet/fig9.csv", ("imagenet",)),
     "spikes": ("{scale}/spikes/spikes.csv", ("spikes", "fig11")),
     "momentum_runs": ("{scale}/momentum/runs.csv", ("momentum",)),
+    "momentum_decade_runs": ("{scale}/momentum/decade/runs.csv", ("momentum:decade_grid",)),
     "eos_plateaus": ("{scale}/eos/plateaus.csv", ("eos",)),
     "mitigation_edges": ("{scale}/mitigations/edges.csv", ("mitigations",)),
     "real_outcomes": ("{scale}/real_workers/outcomes.csv", ("real_workers",)),
@@ -348,7 +349,7 @@ def planned_tables(root, scale: str, experiments: dict, theory_figures=(), stabi
         for p in producers:
             kind, _, fig = p.partition(":")
             ok = (fig in theory_figures if kind == "theory" else fig in stability_figures if kind == "stability"
-                  else kind in experiments)
+                  else kind in experiments and (not fig or bool((experiments[kind] or {}).get(fig))))
             if kind == "generalization":
                 ok = ok and (name == "fig3" and "fig3" in generalization_figures
                              or name == "fig1" and "fig1" in generalization_figures)
@@ -1043,14 +1044,77 @@ def ev_p2_grid_offset(t, o):
         bests = np.array(bests)
         return np.nanmax(bests, axis=0) - np.nanmin(bests, axis=0)
 
-    full = float(stat(steps[..., None, :])[0])
-    n = len(seeds)
-    if n < 2:
-        return Result(full, full, full, n)
-    idx = resample_indices(n)
-    lo, hi = percentile_interval(np.concatenate([stat(steps[..., c]) for c in np.array_split(idx, 8)]))
+    full, lo, hi, n = _seeded_stat(steps, stat)
     return Result(full, lo, hi, n, note=f"range of the best μ at M = {ws[-1]} over the {GRID_STRIDE} offsets of a grid "
                                         f"of every {GRID_STRIDE}rd η ({lrs[1] / lrs[0]:.3g}^{GRID_STRIDE} apart)")
+
+
+def decade_offsets(lrs) -> list[list[int]]:
+    """The decade grids in a set of learning rates (``momentum_tables.decade_lrs``): indices of
+    ``lrs`` grouped by the fractional part of log10 η (each group a decade grid top, top/10, ...),
+    the group holding the largest η (the paper's grid, offset 0) first, then by falling offset."""
+    lrs = [float(x) for x in lrs]
+    top = max(lrs)
+    groups = {}
+    for i, lr in enumerate(lrs):
+        j = round((math.log10(top) - math.log10(lr)) % 1.0, 3) % 1.0   # 10^-j: the offset below top
+        groups.setdefault(j, []).append(i)
+    return [groups[j] for j in sorted(groups)]
+
+
+def _decade_best(rows):
+    """(workers, offsets, seeds, stat(steps) -> best μ[offset, M, R]) on the decade grid's runs."""
+    ws, mus, lrs, seeds, steps = _momentum_arrays(rows)
+    offsets = decade_offsets(lrs)
+    mus_a = np.asarray(mus)
+
+    def best(s):   # s: steps[M, μ, η, R, n]
+        mean = np.where(np.isfinite(s).all(axis=-1), s.mean(axis=-1), np.inf)       # [M, μ, η, R]
+        out = []
+        for idx in offsets:
+            t_ = mean[:, :, idx, :].min(axis=2)                                      # [M, μ, R]
+            b = mus_a[len(mus) - 1 - np.argmin(t_[:, ::-1, :], axis=1)].astype(float)   # ties: the larger μ
+            b[~np.isfinite(t_.min(axis=1))] = np.nan
+            out.append(b)
+        return np.array(out)                                                         # [offset, M, R]
+    return ws, offsets, [max(lrs[i] for i in o) for o in offsets], seeds, steps, best
+
+
+def _seeded_stat(steps, stat):
+    """(estimate, low, high, n): ``stat(steps[..., R, n]) -> (R,)`` on the seeds as drawn and its 95%
+    percentile interval over paired bootstrap resamples of the seeds."""
+    n = steps.shape[-1]
+    full = float(stat(steps[..., None, :])[0])
+    if n < 2:
+        return full, full, full, n
+    idx = resample_indices(n)
+    lo, hi = percentile_interval(np.concatenate([stat(steps[..., c]) for c in np.array_split(idx, 8)]))
+    return full, lo, hi, n
+
+
+def ev_p2_decade_negative(t, o):
+    """The best μ at the most workers on the paper's own decade grid (offset 0), undampened."""
+    ws, offsets, tops, seeds, steps, best = _decade_best(t["momentum_decade_runs"])
+    est, lo, hi, n = _seeded_stat(steps, lambda s: best(s)[0, -1])
+    return Result(est, lo, hi, n, note=f"best μ at M = {ws[-1]} on the decade grid {tops[0]:.4g}, "
+                                       f"{tops[0] / 10:.4g}, ... (undampened momentum, the paper's protocol)")
+
+
+def ev_p2_decade_offset(t, o):
+    """The spread (max − min) over the decade grid's offsets of the best μ at the most workers."""
+    ws, offsets, tops, seeds, steps, best = _decade_best(t["momentum_decade_runs"])
+    if len(offsets) < 2:
+        return no_result("the decade grid has one offset (momentum.decade_grid.offsets: 1)")
+
+    def spread(s):
+        b = best(s)[:, -1, :]                                                        # [offset, R]
+        return np.nanmax(b, axis=0) - np.nanmin(b, axis=0)
+    full = best(steps[..., None, :])[:, -1, 0]
+    est, lo, hi, n = _seeded_stat(steps, spread)
+    picks = ", ".join(f"{top:.3g}: " + (f"{mu:+.3g}" if math.isfinite(mu) else "none reached the target")
+                      for top, mu in zip(tops, full))
+    return Result(est, lo, hi, n, note=f"range of the best μ at M = {ws[-1]} over {len(offsets)} decade grids "
+                                       f"(largest η: best μ) {picks}; undampened momentum")
 
 
 # ---------------------------------------------------------------- beyond the paper
@@ -1268,6 +1332,15 @@ def _claims_static() -> list[Claim]:
               "where a coarse η grid falls (the paper tunes η on a decade grid).", "(robustness of fig. 8's −0.675)",
               "range of the best μ over the offsets of a coarse η grid", "the best μ depends on the grid's offset",
               R("less", 1e-9), ("momentum_runs",), ev_p2_grid_offset),
+        Claim("p2.decade.negative", "p2 fig8", "Under the paper's own protocol (undampened momentum, η on a "
+              "decade grid) the best explicit momentum with many workers is negative.", "−0.675 at 16 groups",
+              "best μ at the most workers on the decade grid through the largest η", "the best μ is ≥ 0",
+              R("less", 0.0), ("momentum_decade_runs",), ev_p2_decade_negative),
+        Claim("p2.decade.offset", "p2 fig8", "Under the paper's own protocol the best explicit momentum at the most "
+              "workers does not depend on where the decades of the η grid fall.", "(robustness of fig. 8's −0.675)",
+              "range of the best μ over decade grids shifted by 10^(−j/offsets)",
+              "the best μ depends on the grid's offset", R("less", 1e-9), ("momentum_decade_runs",),
+              ev_p2_decade_offset),
         Claim("eos.plateau", "delayed_eos", "Beyond the paper: full-batch delayed GD self-stabilises with its "
               "sharpness at the delayed edge α*(τ)/η.", "(new)", "plateau/(α*/η) furthest from 1",
               f"some plateau is more than {PLATEAU_TOL:.0%} off", R("within", low=1 - PLATEAU_TOL, high=1 + PLATEAU_TOL),

@@ -8,6 +8,10 @@ that editing the grid, a table or a figure option never reruns them.
     best.csv     per M: the best momentum, with and without negative momenta, and its penalty
     penalty.csv  per M and strategy (tuned_all, tuned_nonnegative, fixed, corrected)
     paper.csv    the paper's numbers, read off its figures
+
+The second paper's own protocol (``decade_grid``, optional): undampened momentum with η on a decade
+grid at several offsets, its own runs (an undampened η is a different dampened η for every μ), the
+same tables under momentum/decade/.
 """
 
 from __future__ import annotations
@@ -75,6 +79,42 @@ def runs(block: dict, base: dict) -> list:
         raise UserError(f"momentum: {exc}") from None
 
 
+def decade_lrs(block: dict) -> list[float]:
+    """The second paper's own η grid (``decade_grid``): η = top · 10^(−k − j/offsets) for
+    k = 0..decades−1 and j = 0..offsets−1, 4 significant digits, largest first. Offset j = 0 is the
+    paper's grid (top, top/10, ...); the other offsets shift the decades by 10^(−j/offsets), so the
+    best μ can be read off each of ``offsets`` decade grids."""
+    g = block["decade_grid"]
+    top, decades, offsets = float(g["top"]), int(g.get("decades", 3)), int(g.get("offsets", 4))
+    lrs = {float(f"{top * 10.0 ** (-k - j / offsets):.4g}") for k in range(decades) for j in range(offsets)}
+    return sorted(lrs, reverse=True)
+
+
+def decade_spec(block: dict, base: dict) -> dict:
+    """The paper's own protocol: as ``base_spec`` but undampened (Caffe's momentum, v ← μ v + g,
+    w ← w − η v; with dampening the same run has η (1 − μ) in place of η)."""
+    return deep_merge(base_spec(block, base), {"optimizer": {"dampening": False}})
+
+
+def decade_workers(block: dict) -> list[int]:
+    g = block.get("decade_grid") or {}
+    return [int(M) for M in (g.get("workers") or block["workers"])]
+
+
+def decade_runs(block: dict, base: dict) -> list:
+    """The GridRuns of the decade grid (none without ``decade_grid``), named like ``runs`` (their
+    folders live under momentum/decade/)."""
+    if not block.get("decade_grid"):
+        return []
+    points = [{"workers": M, "momentum": float(mu), "lr": lr, "seed": int(s)}
+              for M in decade_workers(block) for mu in block["momenta"] for lr in decade_lrs(block)
+              for s in block.get("seeds") or [0]]
+    try:
+        return grid.expand_named(decade_spec(block, base), points)
+    except UserError as exc:
+        raise UserError(f"momentum.decade_grid: {exc}") from None
+
+
 def check_block(block: dict) -> None:
     """UserError naming the key when the grid cannot answer its question."""
     g = block["lr_grid"]
@@ -86,6 +126,11 @@ def check_block(block: dict) -> None:
         raise UserError(f"momentum.fixed_momentum: {block.get('fixed_momentum', 0.9)} is not in momentum.momenta")
     if 1 not in block["workers"]:
         raise UserError("momentum.workers: must include 1 (the synchronous reference of the correction)")
+    if block.get("decade_grid"):
+        if 1 not in decade_workers(block):
+            raise UserError("momentum.decade_grid.workers: must include 1 (the synchronous reference of the correction)")
+        if len(decade_lrs(block)) < 2:
+            raise UserError("momentum.decade_grid: needs at least 2 learning rates (decades x offsets >= 2)")
 
 
 def all_specs(block: dict, base: dict):
@@ -102,6 +147,8 @@ def all_specs(block: dict, base: dict):
         yield f"momentum ({run.name})", run.spec
     for seed in seeds[1:]:
         yield f"momentum.seeds ({seed})", {**first[0].spec, "seed": seed}
+    for run in decade_runs({**block, "seeds": seeds[:1]}, base):
+        yield f"momentum.decade_grid ({run.name})", run.spec
 
 
 def groups(runs_: list) -> dict:

@@ -347,8 +347,8 @@ def shrink_table1(block: dict, spec, sizes: dict) -> None:
 
 
 def shrink_momentum(block: dict, spec, sizes: dict) -> None:
-    """Two worker counts, two momenta and the fixed one, one seed, one lr either side; its theory
-    options stay (results/theory/ is shared by every scale)."""
+    """Two worker counts, two momenta and the fixed one, one seed, one lr either side (the decade
+    grid: one decade at two offsets); its theory options stay (results/theory/ is shared by every scale)."""
     block["train"] = spec(block["train"])
     block["workers"] = _first(block["workers"])
     fixed = block.get("fixed_momentum", 0.9)
@@ -356,6 +356,9 @@ def shrink_momentum(block: dict, spec, sizes: dict) -> None:
     block["seeds"] = _first(block.get("seeds") or [0], 1)
     if isinstance(block.get("lr_grid"), dict):
         block["lr_grid"].update(below=1, above=1)
+    if isinstance(block.get("decade_grid"), dict):   # one decade, at most two offsets, two worker counts
+        g = block["decade_grid"]
+        g.update(decades=1, offsets=min(int(g.get("offsets", 4)), 2), workers=_first(g.get("workers") or block["workers"]))
 
 
 def shrink_real_workers(block: dict, spec, sizes: dict) -> None:
