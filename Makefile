@@ -41,7 +41,7 @@ slurm-test: setup
 # The component benchmarks (each writes benchmarks/results/<name>.json). The long measurements are run by
 # hand, as the README says: fresh_clone.py (the two commands from a fresh clone), test_time.py,
 # smoke_processes.py and pilot_standins.py (the fig5/fig9 stand-in pilot: about 30 CPU-minutes, needs mlxtend).
-BENCHMARKS := asgd theory sharpness ensemble imagenet paper_budget
+BENCHMARKS := asgd theory sharpness ensemble imagenet paper_budget checkpoints
 benchmarks: setup
 	for b in $(BENCHMARKS); do $(BIN)/python benchmarks/$$b.py || exit 1; done
 
