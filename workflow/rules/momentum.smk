@@ -13,7 +13,7 @@ MOM = EXP.get("momentum")
 MOM_DIR = SCALE_DIR / "momentum"
 MOM_LOGS = LOGS / "momentum"
 MOM_BASE = with_run_settings(MOM["train"]) if MOM else {}
-MOM_RUNS = mom_tables.runs(MOM, MOM_BASE) if MOM else []
+MOM_RUNS = mom_tables.runs(MOM, MOM_BASE, validate=False) if MOM else []   # checked by the config check
 #: M -> the GridRuns that train as one ensemble; run folders MOM_DIR/workers{M}/momentum{μ}/lr{η}/seed{s}
 MOM_GROUPS = mom_tables.ensemble_groups(MOM_RUNS) if MOM else {}
 MOM_SINGLE = [r for r in MOM_RUNS if r.axes["workers"] not in MOM_GROUPS]
@@ -26,7 +26,7 @@ MOM_RECORDS = [register_ensemble(MOM_DIR / f"workers{M}", [(r.folder(MOM_DIR), r
 # The second paper's own protocol (``decade_grid``: undampened momentum, η on a decade grid at several
 # offsets): its own runs, one ensemble job per M, tables under MOM_DIR/decade/ (the same collect).
 MOM_DECADE_DIR = MOM_DIR / "decade"
-MOM_DECADE_RUNS = mom_tables.decade_runs(MOM, MOM_BASE) if MOM else []
+MOM_DECADE_RUNS = mom_tables.decade_runs(MOM, MOM_BASE, validate=False) if MOM else []
 MOM_DECADE_GROUPS = mom_tables.ensemble_groups(MOM_DECADE_RUNS)
 MOM_DECADE_SINGLE = [r for r in MOM_DECADE_RUNS if r.axes["workers"] not in MOM_DECADE_GROUPS]
 for _run in MOM_DECADE_SINGLE:

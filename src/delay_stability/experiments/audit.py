@@ -527,15 +527,18 @@ def _in_progress(name) -> bool:
 
 
 def _result_files(root):
-    """{folder: [file names]} of the results under ``root`` (hidden names, pids/ and the state of
-    runs in progress skipped)."""
-    found = {}
+    """({folder: [file names]} of the results under ``root``, the folders holding a manifest), in one
+    walk: hidden folders (a run's .finished/ copies), pids/ and the state of runs in progress are
+    skipped. A manifest is only ever written beside results, so it never lies in a skipped folder."""
+    found, manifests = {}, set()
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith(_SKIP) and d not in _SKIP_DIRS)
         names = sorted(f for f in files if not f.startswith(_SKIP) and not _in_progress(f))
         if names:
             found[folder] = names
-    return found
+        if MANIFEST in files:
+            manifests.add(folder)
+    return found, manifests
 
 
 def _read_manifest(folder):
@@ -574,6 +577,7 @@ def sync_manifests(directory=".", roots=("results", "figures"), seed=True, resto
     from ..files import sha256_file
 
     directory = Path(directory)
+    dir_s = os.fspath(directory)
     stats = {"checked": 0, "hashed": 0, "recorded": 0, "seeded": 0, "retimed": 0, "damaged": [], "missing": []}
     forcerun = set()
     listing = _RecordListing(directory)
@@ -581,11 +585,8 @@ def sync_manifests(directory=".", roots=("results", "figures"), seed=True, resto
         base = directory / root
         if not base.is_dir():
             continue
-        present = _result_files(base)
-        folders = set(present)
-        for folder, _, files in os.walk(base):
-            if MANIFEST in files:
-                folders.add(folder)
+        present, manifests = _result_files(base)
+        folders = set(present) | manifests
         records, owners_of, marked = {}, {}, {}
 
         def record_of(rel):
@@ -616,7 +617,7 @@ def sync_manifests(directory=".", roots=("results", "figures"), seed=True, resto
             names = present.get(folder, [])
             for name in sorted(set(names) | set(old)):
                 rel = os.path.join(rel_folder, name) if rel_folder != "." else name  # as str(Path(rel_folder) / name)
-                path = directory / rel
+                path = os.path.join(dir_s, rel)   # a str: a Path per file costs more than the stat
                 entry = old.get(name)
                 rec = record_of(rel)
                 owner = rel if rec else (entry.get("owner") if entry else None)
@@ -624,7 +625,7 @@ def sync_manifests(directory=".", roots=("results", "figures"), seed=True, resto
                     # a file no job declares, written beside an output: it belongs to the job of that
                     # output only if the job ended after the file was written (a later job's
                     # half-written folder is not an earlier job's result)
-                    mtime = path.stat().st_mtime_ns
+                    mtime = os.stat(path).st_mtime_ns
                     owner = next((o for o in owner_of(rel_folder)
                                   if (record_of(o) or {}).get("endtime") and record_of(o)["endtime"] * 1e9 >= mtime - 1e6),
                                  None)
@@ -643,7 +644,7 @@ def sync_manifests(directory=".", roots=("results", "figures"), seed=True, resto
                         changed = True  # an output Snakemake will plan, or a file its job no longer writes
                     continue
                 stats["checked"] += 1
-                st = path.stat()
+                st = os.stat(path)
                 rebuilt = owner_rec is not None and (entry is None or owner_rec.get("endtime") != entry.get("endtime"))
                 if entry is None or rebuilt:  # a job finished since the manifest: record its files
                     if owner_rec is None and entry is None and owner is None:

@@ -68,13 +68,14 @@ def base_spec(block: dict, base: dict) -> dict:
                              "stop": {"settle": {"below": target, "window": 1}}})
 
 
-def runs(block: dict, base: dict) -> list:
-    """The GridRuns, named workers{M}/momentum{μ}/lr{η}/seed{s}."""
+def runs(block: dict, base: dict, *, validate: bool = True) -> list:
+    """The GridRuns, named workers{M}/momentum{μ}/lr{η}/seed{s}. ``validate=False``: the specs are not
+    checked one by one (the workflow: the config check has checked every configuration, ``all_specs``)."""
     points = [{"workers": int(M), "momentum": float(mu), "lr": lr, "seed": int(s)}
               for M in block["workers"] for mu in block["momenta"] for lr in lr_window(block, M)
               for s in block.get("seeds") or [0]]
     try:
-        return grid.expand_named(base_spec(block, base), points)
+        return grid.expand_named(base_spec(block, base), points, validate=validate)
     except UserError as exc:
         raise UserError(f"momentum: {exc}") from None
 
@@ -101,16 +102,16 @@ def decade_workers(block: dict) -> list[int]:
     return [int(M) for M in (g.get("workers") or block["workers"])]
 
 
-def decade_runs(block: dict, base: dict) -> list:
+def decade_runs(block: dict, base: dict, *, validate: bool = True) -> list:
     """The GridRuns of the decade grid (none without ``decade_grid``), named like ``runs`` (their
-    folders live under momentum/decade/)."""
+    folders live under momentum/decade/); ``validate`` as in ``runs``."""
     if not block.get("decade_grid"):
         return []
     points = [{"workers": M, "momentum": float(mu), "lr": lr, "seed": int(s)}
               for M in decade_workers(block) for mu in block["momenta"] for lr in decade_lrs(block)
               for s in block.get("seeds") or [0]]
     try:
-        return grid.expand_named(decade_spec(block, base), points)
+        return grid.expand_named(decade_spec(block, base), points, validate=validate)
     except UserError as exc:
         raise UserError(f"momentum.decade_grid: {exc}") from None
 
@@ -142,12 +143,12 @@ def all_specs(block: dict, base: dict):
     yield "momentum.train", base
     check_block(block)
     seeds = block.get("seeds") or [0]
-    first = runs({**block, "seeds": seeds[:1]}, base)
+    first = runs({**block, "seeds": seeds[:1]}, base, validate=False)   # the config check validates what this yields
     for run in first:
         yield f"momentum ({run.name})", run.spec
     for seed in seeds[1:]:
         yield f"momentum.seeds ({seed})", {**first[0].spec, "seed": seed}
-    for run in decade_runs({**block, "seeds": seeds[:1]}, base):
+    for run in decade_runs({**block, "seeds": seeds[:1]}, base, validate=False):
         yield f"momentum.decade_grid ({run.name})", run.spec
 
 
