@@ -1063,7 +1063,10 @@ def decade_offsets(lrs) -> list[list[int]]:
 
 
 def _decade_best(rows):
-    """(workers, offsets, seeds, stat(steps) -> best μ[offset, M, R]) on the decade grid's runs."""
+    """(workers, offsets (``decade_offsets``), the largest η of each offset's grid, seeds, steps[M, μ,
+    η, seed], ``best``: steps[M, μ, η, R, n] -> best μ[offset, M, R]) of the decade grid's runs: per
+    offset the μ of least mean steps over that grid's η (ties: the larger μ; NaN where no η brought
+    every seed to the target)."""
     ws, mus, lrs, seeds, steps = _momentum_arrays(rows)
     offsets = decade_offsets(lrs)
     mus_a = np.asarray(mus)
@@ -1106,9 +1109,12 @@ def ev_p2_decade_offset(t, o):
     if len(offsets) < 2:
         return no_result("the decade grid has one offset (momentum.decade_grid.offsets: 1)")
 
-    def spread(s):
+    def spread(s):   # over the offsets with a best μ (NaN in a resample where none has one)
         b = best(s)[:, -1, :]                                                        # [offset, R]
-        return np.nanmax(b, axis=0) - np.nanmin(b, axis=0)
+        some = np.isfinite(b).any(axis=0)
+        out = np.full(b.shape[1], np.nan)
+        out[some] = np.nanmax(b[:, some], axis=0) - np.nanmin(b[:, some], axis=0)
+        return out
     full = best(steps[..., None, :])[:, -1, 0]
     est, lo, hi, n = _seeded_stat(steps, spread)
     picks = ", ".join(f"{top:.3g}: " + (f"{mu:+.3g}" if math.isfinite(mu) else "none reached the target")
