@@ -6,15 +6,27 @@ STAMP  := $(VENV)/.installed
 CORES  ?= 2
 TARGET ?=
 
-.PHONY: setup figures readme test slurm-test benchmarks lint clean-figures
+.PHONY: setup lock figures readme test slurm-test benchmarks lint clean-figures
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The pinned environment first (requirements.lock: no resolution, three pip processes at once), then
+# pip's resolver for the project itself and anything the lock did not install (another platform).
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python tools/install_lock.py requirements.lock 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import delay_stability, torch, torchvision, snakemake"
 	touch $(STAMP)
+
+# requirements.lock from the environment pip resolves for pyproject.toml (run after changing a dependency).
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+	{ echo "# The resolved environment of 'pip install -e .[test]' ($$(.lock-venv/bin/python -c 'import platform; print("Python", platform.python_version(), platform.system(), platform.machine())')), written by 'make lock'."; \
+	  echo "# make setup installs it without resolving (tools/install_lock.py), then pip install -e '.[test]' checks it."; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable --disable-pip-version-check | grep -v "^delay-stability"; } > requirements.lock
+	rm -rf .lock-venv
 
 # Builds the default target (`rule all`: every figure at the current scale, `quick` by default).
 figures: setup
