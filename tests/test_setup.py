@@ -57,3 +57,18 @@ def test_read_lock_skips_comments_and_names_normalise(tmp_path):
     assert install_lock.read_lock(lock) == ["Torch_Vision==0.29.1", "numpy==2.0"]
     assert install_lock.package_name("Torch_Vision==0.29.1") == "torch-vision"
     assert install_lock.main([str(tmp_path / "missing.lock")]) == 2
+
+
+def test_environment_yml_asks_what_pyproject_asks():
+    """Conda users get the same requirements as pip users: environment.yml's pip list is
+    pyproject.toml's dependencies and test extras (and the project, editable)."""
+    import yaml
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {canonicalize_name(Requirement(t).name): str(Requirement(t).specifier)
+              for t in [*project["dependencies"], *project["optional-dependencies"]["test"]]}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert "-e ." in pip
+    listed = {canonicalize_name(Requirement(t).name): str(Requirement(t).specifier) for t in pip if t != "-e ."}
+    assert listed == wanted
