@@ -420,3 +420,14 @@ def test_rescoring_leaves_out_the_moment_edges_of_a_long_measured_histogram(caps
     assert out["histogram/mean"][2] == pytest.approx(T.iid_edge(hist, "mean")["alpha"])
     assert {"workers/mean", "workers/mean-square", "workers/almost-sure", "round-robin"} <= set(out)
     assert "histogram/mean-square left out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, named", [("{bad", "not valid JSON"), ('{"chain": 8}', "unknown key"),
+                                          ('[8]', "expected a JSON object")])
+def test_rescore_names_a_bad_lyapunov_flag(tmp_path, run_cli, flag, named):
+    """--lyapunov is parsed as every JSON flag is (files.parse_json_object): a one-line error naming it."""
+    status, _, err = run_cli("random-staleness-rescore", "--continuations", tmp_path / "c.csv",
+                             "--histograms", tmp_path / "h.csv", "--lyapunov", flag,
+                             "--rescored", tmp_path / "r.csv", "--scores", tmp_path / "s.csv")
+    assert status == 2 and "--lyapunov" in err and named in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # nothing written

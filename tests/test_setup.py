@@ -72,3 +72,21 @@ def test_environment_yml_asks_what_pyproject_asks():
     assert "-e ." in pip
     listed = {canonicalize_name(Requirement(t).name): str(Requirement(t).specifier) for t in pip if t != "-e ."}
     assert listed == wanted
+
+
+def test_fresh_clone_records_keep_the_earlier_runs_of_each_command():
+    """benchmarks/fresh_clone.py: a new run of a command becomes the table's row and the run it
+    replaces the first of the earlier runs (at most EARLIER_KEPT); other commands keep theirs."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import fresh_clone as fc
+
+    def run(commit, s):
+        return {"commit": commit, "wall_s": s, "setup_wall_s": 60.0, "measured": "2026-12-08T00:00:00+00:00"}
+
+    records = {"figures": run("f0", 800.0), "stray": {}}
+    for i in range(fc.EARLIER_KEPT + 2):
+        records = fc.add_record(records, "test", run(f"t{i}", 600.0 + i))
+    assert records["test"]["commit"] == f"t{fc.EARLIER_KEPT + 1}" and records["figures"]["commit"] == "f0"
+    assert [r["commit"] for r in records["earlier"]["test"]] == [f"t{i}" for i in range(fc.EARLIER_KEPT, 0, -1)]
+    assert "stray" not in records and "figures" not in records["earlier"]
+    assert fc._total(run("x", 600.0)) == "11.0 min"

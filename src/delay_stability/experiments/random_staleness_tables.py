@@ -5,7 +5,6 @@ role ``specs``). What its jobs compute (predictions, searches) is in ``random_st
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 
@@ -13,7 +12,7 @@ import numpy as np
 
 from .. import theory
 from ..errors import UserError
-from ..files import atomic_write, read_csv, read_json, write_csv
+from ..files import atomic_write, parse_json_object, read_csv, read_json, write_csv
 from .random_staleness import PREDICTION_COLUMNS, searched_models, optimizer_overrides
 
 EDGE_COLUMNS = ("model", "seed", "alpha_measured", "alpha_escape", "censored", "n_probes", "sharpness",
@@ -231,7 +230,11 @@ def _cli_collect(args):
 
 
 def _cli_rescore(args):
-    settings = theory.LyapunovSettings(**json.loads(args.lyapunov))
+    options = parse_json_object(args.lyapunov, "--lyapunov")
+    try:
+        settings = theory.LyapunovSettings(**options)
+    except TypeError:
+        raise UserError(f"--lyapunov: unknown key (choose {', '.join(theory.LyapunovSettings().as_dict())})") from None
     rows, scores = rescore(args.continuations, args.histograms, settings)
     write_csv(args.rescored, RESCORE_COLUMNS, rows)
     write_csv(args.scores, SCORE_COLUMNS, scores)
