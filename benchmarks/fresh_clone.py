@@ -146,6 +146,14 @@ def _total(r: dict) -> str:
     return f"{r['wall_s']:.1f} s"
 
 
+#: How the table names each command.
+NAMES = {"figures": "make figures", "test": "make test", "dry-run": "snakemake -n", "audit": "delay-stability audit"}
+
+
+def _budget(kind: str) -> str:
+    return f"{BUDGETS_S[kind] / 60:.0f} min" if BUDGETS_S[kind] >= 60 else f"{BUDGETS_S[kind]} s"
+
+
 def write_table(records: dict) -> None:
     """The README's table: one row per command, with its budget and the load it ran under."""
     lines = ["| command (fresh clone) | set-up | run | budget | outcome | load (1-min, mean / max) | commit | measured |",
@@ -156,21 +164,16 @@ def write_table(records: dict) -> None:
             continue
         setup = f"{r['setup_wall_s'] / 60:.1f} min" if "setup_wall_s" in r else "—"
         run = f"{r['wall_s'] / 60:.1f} min" if r["wall_s"] >= 60 else f"{r['wall_s']:.1f} s"
-        budget = f"{BUDGETS_S[kind] / 60:.0f} min" if BUDGETS_S[kind] >= 60 else f"{BUDGETS_S[kind]} s"
+        budget = _budget(kind)
         load = (f"{r['load1_mean_during']} / {r['load1_max_during']}" if "load1_mean_during" in r
                 else f"{r['load1_before']}")
-        name = {"figures": "`make figures`", "test": "`make test`", "dry-run": "`snakemake -n` (finished quick build)",
-                "audit": "`delay-stability audit` (finished quick build)"}[kind]
+        name = f"`{NAMES[kind]}`" + (" (finished quick build)" if kind in ("dry-run", "audit") else "")
         lines.append(f"| {name} | {setup} | {run} | {budget} | {r.get('outcome') or 'exit ' + str(r['exit_status'])} "
                      f"| {load} | {r['commit']} | {r['measured'][:16].replace('T', ' ')} UTC |")
-    for kind in ("figures", "test", "dry-run", "audit"):
-        runs = (records.get("earlier") or {}).get(kind) or []
-        if runs:
-            name = {"figures": "make figures", "test": "make test", "dry-run": "snakemake -n", "audit": "audit"}[kind]
-            listed = "; ".join(f"{_total(r)} ({r['commit']}, {r['measured'][:16].replace('T', ' ')} UTC)" for r in runs)
-            lines.append(f"\nEarlier runs of `{name}` (set-up + run; budget {BUDGETS_S[kind] / 60:.0f} min"
-                         if BUDGETS_S[kind] >= 60 else f"\nEarlier runs of `{name}` (budget {BUDGETS_S[kind]} s")
-            lines[-1] += f"): {listed}."
+    for kind, runs in (records.get("earlier") or {}).items():
+        listed = "; ".join(f"{_total(r)} ({r['commit']}, {r['measured'][:16].replace('T', ' ')} UTC)" for r in runs)
+        what = "set-up + run; " if "setup_wall_s" in runs[0] else ""
+        lines.append(f"\nEarlier runs of `{NAMES[kind]}` ({what}budget {_budget(kind)}): {listed}.")
     TABLE.write_text("\n".join(lines) + "\n")
 
 

@@ -13,7 +13,8 @@ libraries). Exit status 0 when every share installed; otherwise the failing pip'
 whatever is still missing (a lock written on another platform, a package not on this machine's index).
 
 The lock is ``pip freeze`` of an environment that ``pip install -e '.[test]'`` resolved (``make lock``);
-tests/test_layout.py checks that it pins every dependency of pyproject.toml at a version it allows.
+tests/test_setup.py checks that it pins every dependency of pyproject.toml at a version it allows.
+(``package_name`` is PEP 503 by hand: on a fresh venv the ``packaging`` library is not there yet.)
 """
 
 from __future__ import annotations

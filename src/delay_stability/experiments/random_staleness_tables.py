@@ -231,10 +231,11 @@ def _cli_collect(args):
 
 def _cli_rescore(args):
     options = parse_json_object(args.lyapunov, "--lyapunov")
-    try:
-        settings = theory.LyapunovSettings(**options)
-    except TypeError:
-        raise UserError(f"--lyapunov: unknown key (choose {', '.join(theory.LyapunovSettings().as_dict())})") from None
+    known = theory.LyapunovSettings().as_dict()
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UserError(f"--lyapunov: unknown key {', '.join(unknown)} (choose {', '.join(known)})")
+    settings = theory.LyapunovSettings(**options)
     rows, scores = rescore(args.continuations, args.histograms, settings)
     write_csv(args.rescored, RESCORE_COLUMNS, rows)
     write_csv(args.scores, SCORE_COLUMNS, scores)
